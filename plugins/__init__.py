@@ -1,0 +1,1 @@
+"""Built-in strategy plugins, each an ordinary pluggy plugin module."""

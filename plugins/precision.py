@@ -1,0 +1,73 @@
+"""Numeric precision: fp32, TF32 matmuls, bf16 autocast, fp16 autocast with a GradScaler.
+
+fp32 leaves PyTorch's defaults alone.  tf32 lets float32 matmuls and
+convolutions use TensorFloat-32 (Ampere and newer).  bf16 and fp16 run the
+forward pass and loss under ``torch.autocast``; fp16 training also scales the
+loss so small gradients do not flush to zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dstune import Knob, TuneContext, hookimpl
+
+KNOB = "precision"
+
+
+def _choices(ctx: TuneContext) -> tuple[str, ...]:
+    if ctx.is_cuda:
+        choices = ["fp32"]
+        if ctx.capability and ctx.capability >= (8, 0):
+            choices.append("tf32")
+        if ctx.bf16_supported:
+            choices.append("bf16")
+        choices.append("fp16")
+        return tuple(choices)
+    return ("fp32", "bf16") if ctx.bf16_supported else ("fp32",)
+
+
+@hookimpl
+def dstune_knobs(ctx: TuneContext) -> list[Knob]:
+    choices = _choices(ctx)
+    checklist = "bf16" if "bf16" in choices else ("fp16" if "fp16" in choices else "fp32")
+    return [
+        Knob(KNOB, choices=choices, default="fp32", checklist=checklist,
+             help="fp32, tf32 matmuls, bf16 autocast, fp16 autocast + GradScaler")
+    ]
+
+
+@hookimpl
+def dstune_validate(config: dict[str, Any], ctx: TuneContext) -> str | None:
+    value = config.get(KNOB, "fp32")
+    if value not in _choices(ctx):
+        return f"precision={value} is not supported on {ctx.device_name}"
+    return None
+
+
+@hookimpl
+def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
+    if config.get(KNOB) == "tf32":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def _dtype(config: dict[str, Any]) -> torch.dtype | None:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.get(KNOB, "fp32"))
+
+
+@hookimpl
+def dstune_step_context(config: dict[str, Any], ctx: TuneContext) -> Any:
+    dtype = _dtype(config)
+    if dtype is None:
+        return None
+    return torch.autocast(device_type=ctx.device, dtype=dtype)
+
+
+@hookimpl
+def dstune_grad_scaler(config: dict[str, Any], ctx: TuneContext) -> Any:
+    if config.get(KNOB) == "fp16" and ctx.mode == "train":
+        return torch.amp.GradScaler(ctx.device)
+    return None

@@ -1,0 +1,107 @@
+"""Open a store: the engine, the schema, SQLite's WAL mode and busy timeout.
+
+SQLite is the embedded default (``./dstune.db``); any SQLAlchemy URL works,
+PostgreSQL being the multi-host store.  A file that is not a database, or one
+written by a newer dstune, is refused with a clear error and left untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dstune.errors import UsageError
+
+from .models import SCHEMA_VERSION, Base, Meta
+
+DEFAULT_DB = "./dstune.db"
+BUSY_TIMEOUT_S = 60
+
+
+def resolve_url(db: str | None) -> str:
+    """``--db`` beats ``DSTUNE_DB`` beats ``./dstune.db``; a bare path means SQLite."""
+    value = db or os.environ.get("DSTUNE_DB") or DEFAULT_DB
+    if "://" not in value:
+        value = "sqlite:///" + str(Path(value).expanduser())
+    try:
+        make_url(value)
+    except ArgumentError:
+        raise UsageError(
+            f"database URL {value!r} is not a valid SQLAlchemy URL. Use a file path, sqlite:///path.db "
+            "or postgresql://user@host/dbname."
+        ) from None
+    return value
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _on_sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    path = _sqlite_path(url)
+    if path is not None:
+        if not path.parent.exists():
+            raise UsageError(
+                f"database {path}: folder {path.parent} does not exist. Create it or choose another --db."
+            )
+        if not path.exists():
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as exc:
+                raise UsageError(
+                    f"database {path} cannot be created ({exc.strerror}). Choose a writable folder with --db."
+                ) from None
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+        event.listen(engine, "connect", _on_sqlite_connect)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def init_schema(engine: Engine, url: str) -> None:
+    """Create missing tables; refuse databases from a newer schema."""
+    where = _sqlite_path(url) or url
+    try:
+        tables = set(inspect(engine).get_table_names())
+        if "dstune_meta" in tables:
+            with Session(engine) as session:
+                row = session.scalar(select(Meta).where(Meta.key == "schema_version"))
+                found = int(row.value) if row else SCHEMA_VERSION
+            if found > SCHEMA_VERSION:
+                raise UsageError(
+                    f"database {where} was written by a newer dstune (schema {found}; this dstune knows "
+                    f"{SCHEMA_VERSION}). Upgrade dstune, or point --db at another database."
+                )
+        Base.metadata.create_all(engine)
+        with Session(engine) as session, session.begin():
+            if session.get(Meta, "schema_version") is None:
+                session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+    except (DatabaseError, OperationalError) as exc:
+        reason = str(exc.orig) if getattr(exc, "orig", None) is not None else str(exc)
+        raise UsageError(
+            f"database {where} cannot be opened: {reason}. If it is not a dstune database, choose another "
+            "--db; nothing was written to it."
+        ) from None
+
+
+def open_engine(db: str | None) -> tuple[str, Engine, sessionmaker[Session]]:
+    url = resolve_url(db)
+    engine = make_engine(url)
+    init_schema(engine, url)
+    return url, engine, sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,116 @@
+"""SQLAlchemy models of dstune's own tables (prefix ``dstune_``).
+
+They live in the same database as Optuna's tables, so one URL holds a whole
+tuning history.  Configurations and metrics are JSON, never pickles.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Meta(Base):
+    """Key/value facts about the database itself (schema version)."""
+
+    __tablename__ = "dstune_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class WorkloadRow(Base):
+    __tablename__ = "dstune_workloads"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    source_path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EnvironmentRow(Base):
+    __tablename__ = "dstune_environments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IterationRow(Base):
+    """One ``dstune run``: a plan-do-check-act iteration of one workload."""
+
+    __tablename__ = "dstune_iterations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workload_id: Mapped[int] = mapped_column(ForeignKey("dstune_workloads.id"), index=True)
+    environment_id: Mapped[int | None] = mapped_column(ForeignKey("dstune_environments.id"))
+    study_name: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    phase: Mapped[str] = mapped_column(String(20), default="plan")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    host: Mapped[str | None] = mapped_column(String(200))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    knobs: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    default_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    checklist_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    memory_budget_bytes: Mapped[int | None] = mapped_column(Integer)
+    chosen_trial_id: Mapped[int | None] = mapped_column(Integer)
+    chosen_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    workload: Mapped[WorkloadRow] = relationship()
+    environment: Mapped[EnvironmentRow | None] = relationship()
+
+
+class TrialRow(Base):
+    """One trial: a configuration run in a fresh process, and how it ended."""
+
+    __tablename__ = "dstune_trials"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    iteration_id: Mapped[int] = mapped_column(ForeignKey("dstune_iterations.id"), index=True)
+    number: Mapped[int | None] = mapped_column(Integer)
+    seed_kind: Mapped[str] = mapped_column(String(20), default="search")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    samples_per_s: Mapped[float | None] = mapped_column(Float)
+    step_time_median_s: Mapped[float | None] = mapped_column(Float)
+    step_time_cv: Mapped[float | None] = mapped_column(Float)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(Integer)
+    peak_allocated: Mapped[int | None] = mapped_column(Integer)
+    peak_reserved: Mapped[int | None] = mapped_column(Integer)
+    first_step_s: Mapped[float | None] = mapped_column(Float)
+    micro_batch: Mapped[int | None] = mapped_column(Integer)
+    accumulation: Mapped[int | None] = mapped_column(Integer)
+    energy_per_sample_j: Mapped[float | None] = mapped_column(Float)
+    gpu_util_mean: Mapped[float | None] = mapped_column(Float)
+    latency_p99_s: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    signal: Mapped[str | None] = mapped_column(String(20))
+    stderr_tail: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(200))
+    gpu: Mapped[str | None] = mapped_column(String(50))
+
+    iteration: Mapped[IterationRow] = relationship()
+
+    METRIC_COLUMNS = (
+        "samples_per_s", "step_time_median_s", "step_time_cv", "peak_memory_bytes", "peak_allocated",
+        "peak_reserved", "first_step_s", "micro_batch", "accumulation", "energy_per_sample_j",
+        "gpu_util_mean", "latency_p99_s",
+    )

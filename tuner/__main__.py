@@ -1,0 +1,5 @@
+"""``python -m dstune`` is the ``dstune`` command."""
+
+from .cli import main
+
+main()

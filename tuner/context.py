@@ -1,0 +1,56 @@
+"""What a strategy plugin may know about the trial it takes part in.
+
+A :class:`TuneContext` is built once per run by the probe process (which
+imports the workload and looks at the device and the model), then shipped as
+JSON to every trial process.  Plugins decide from it which knobs apply, and
+the user's workload function receives it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TuneContext:
+    """Facts about the device, the workload and the model of one run.
+
+    ``facts`` holds what plugins reported about the model through the
+    ``dstune_model_facts`` hook (for example how many repeated blocks could be
+    checkpointed); the core reads none of it.
+    """
+
+    workload: str
+    mode: str = "train"
+    device: str = "cpu"
+    device_name: str = "cpu"
+    capability: tuple[int, int] | None = None
+    bf16_supported: bool = False
+    device_memory: int = 0
+    cpu_count: int = 1
+    global_batch_size: int | None = None
+    default_batch_size: int = 32
+    has_dataset: bool = False
+    model_class: str = ""
+    param_count: int = 0
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device == "cuda"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TuneContext":
+        data = dict(data)
+        if data.get("capability") is not None:
+            data["capability"] = tuple(data["capability"])
+        return cls(**data)
+
+    def with_updates(self, **changes: Any) -> "TuneContext":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,117 @@
+"""Knobs: the values a strategy plugin offers to the search.
+
+A knob is declared by a plugin through ``dstune_knobs(ctx)``.  The core never
+names a knob; it only reads these declarations to build the Optuna search
+space, the default configuration and the expert-checklist configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from .context import TuneContext
+from .errors import UsageError
+
+Choice = Any  # None, bool, int, float or str: what Optuna's categorical takes
+Config = dict[str, Choice]
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One tunable setting.
+
+    ``default`` is what the workload gets when nobody tunes it (PyTorch's own
+    default); ``checklist`` is what the PyTorch performance tuning guide would
+    pick.  ``applies`` says whether the knob means anything in this context
+    (cuDNN knobs only on CUDA, say); a knob that does not apply stays out of
+    the search and out of the configuration.  ``costly`` lists choices that
+    make a trial far dearer (compilation): the search explores without them
+    first, then tries them on the most promising configurations while the
+    budget allows.
+    """
+
+    name: str
+    choices: tuple[Choice, ...]
+    default: Choice
+    checklist: Choice
+    help: str = ""
+    applies: Callable[[TuneContext], bool] | None = None
+    costly: tuple[Choice, ...] = ()
+    plugin: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace(".", "").isalnum():
+            raise ValueError(f"knob name {self.name!r} must be letters, digits, '_' or '.'")
+        if not self.choices:
+            raise ValueError(f"knob {self.name!r} declares no choices")
+        for label, value in (("default", self.default), ("checklist", self.checklist)):
+            if value not in self.choices:
+                raise ValueError(
+                    f"knob {self.name!r}: {label} value {value!r} is not one of its choices {list(self.choices)}"
+                )
+        if any(c not in self.choices for c in self.costly) or self.default in self.costly:
+            raise ValueError(f"knob {self.name!r}: costly choices must be non-default choices")
+
+    def applicable(self, ctx: TuneContext) -> bool:
+        return self.applies is None or bool(self.applies(ctx))
+
+    @property
+    def tunable(self) -> bool:
+        return len(self.choices) > 1
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step is fed: ``accumulation`` micro-batches of ``micro_batch`` samples.
+
+    A plugin answers ``dstune_batch_plan`` with one; the core builds the step from it.
+    """
+
+    micro_batch: int
+    accumulation: int = 1
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.micro_batch * self.accumulation
+
+
+def default_config(knobs: Sequence[Knob]) -> Config:
+    return {k.name: k.default for k in knobs}
+
+
+def checklist_config(knobs: Sequence[Knob]) -> Config:
+    return {k.name: k.checklist for k in knobs}
+
+
+def validate_config_values(config: Mapping[str, Choice], knobs: Sequence[Knob], source: str) -> Config:
+    """Check that ``config`` names only known knobs and allowed values.
+
+    Returns the full configuration (knobs it leaves out keep their default).
+    Nothing is applied before this passes, so a bad file is never half-applied.
+    """
+    by_name = {k.name: k for k in knobs}
+    unknown = sorted(set(config) - set(by_name))
+    if unknown:
+        raise UsageError(
+            f"{source} names unknown knob(s) {', '.join(unknown)}. Known knobs here: "
+            f"{', '.join(sorted(by_name))}. Remove them or install the plugin that declares them."
+        )
+    for name, value in config.items():
+        knob = by_name[name]
+        if value not in knob.choices:
+            raise UsageError(
+                f"{source} sets {name}={value!r}, which is not one of its choices "
+                f"{list(knob.choices)}. Pick one of those values."
+            )
+    full = default_config(knobs)
+    full.update(config)
+    return full
+
+
+def describe_config(config: Mapping[str, Choice], base: Mapping[str, Choice] | None = None) -> str:
+    """Short text of a configuration; with ``base``, only what differs from it."""
+    items = [
+        f"{k}={v}" for k, v in sorted(config.items()) if base is None or base.get(k) != v
+    ]
+    return ", ".join(items) if items else "(defaults)"

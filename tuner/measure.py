@@ -1,0 +1,168 @@
+"""Time a composed step the way a benchmark should.
+
+Warm up until step time is steady (the first step, which pays for
+compilation, is recorded on its own), then time several windows of steps with
+the device synchronised only at window edges (CUDA events on the GPU).  The
+result is the median step time across windows and the spread between them,
+so later phases can tell a real speed-up from noise.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .composition import Composed
+from .gpu_monitor import GpuMonitor
+
+
+class NumericsError(Exception):
+    """The loss or output went NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How long to warm up and how much to time; shipped to the trial process as JSON."""
+
+    windows: int = 5
+    window_s: float = 0.5
+    min_warmup_steps: int = 3
+    max_warmup_s: float = 60.0
+    steady_tolerance: float = 0.10
+    max_steps_per_window: int = 2000
+    max_timed_s: float = 15.0  # steps slower than a window get fewer windows (never under two)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Clock:
+    """Device-aware timing: CUDA events on the GPU, the host clock on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start: Any, end: Any) -> float:
+        if self.cuda:
+            return start.elapsed_time(end) / 1000.0
+        return end - start
+
+
+def _check_finite(tensor: torch.Tensor) -> None:
+    if not bool(torch.isfinite(tensor.detach()).all()):
+        raise NumericsError("loss/output is NaN or infinite")
+
+
+def _steady(times: list[float], tolerance: float) -> bool:
+    tail = times[-3:]
+    return len(tail) == 3 and max(tail) <= min(tail) * (1 + tolerance)
+
+
+def peak_memory(device: torch.device) -> dict[str, int]:
+    """Peak memory of this process: allocator peaks on CUDA, peak RSS on the CPU."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if device.type == "cuda":
+        allocated = int(torch.cuda.max_memory_allocated(device))
+        reserved = int(torch.cuda.max_memory_reserved(device))
+        return {"peak_allocated": allocated, "peak_reserved": reserved, "peak_rss": rss,
+                "peak_memory_bytes": reserved}
+    return {"peak_rss": rss, "peak_memory_bytes": rss}
+
+
+def measure(composed: Composed, settings: MeasureSettings) -> dict[str, Any]:
+    """Warm up, time ``settings.windows`` windows, and return the metrics of the trial."""
+    clock = _Clock(composed.device)
+    step = composed.step
+    warm_times: list[float] = []
+    warm_start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        out = step()
+        _check_finite(out)  # synchronises: warm-up steps are timed one by one
+        clock.sync()
+        warm_times.append(time.perf_counter() - t0)
+        enough = len(warm_times) >= settings.min_warmup_steps + 1  # the first step pays for compilation
+        if enough and _steady(warm_times[1:], settings.steady_tolerance):
+            break
+        if enough and time.perf_counter() - warm_start > settings.max_warmup_s:
+            break
+    warmup_s = time.perf_counter() - warm_start
+    typical = statistics.median(warm_times[-3:])
+    steps_per_window = int(min(settings.max_steps_per_window, max(1, math.ceil(settings.window_s / typical))))
+    windows = settings.windows
+    if steps_per_window * typical * windows > settings.max_timed_s:
+        windows = max(2, min(windows, int(settings.max_timed_s / (steps_per_window * typical))))
+
+    monitor = GpuMonitor(composed.device.index or 0) if clock.cuda else None
+    per_window: list[float] = []
+    per_step: list[float] = []
+    bad = torch.zeros((), dtype=torch.bool, device=composed.device)
+    per_step_latency = composed.mode == "inference"
+    clock.sync()
+    if monitor:
+        monitor.start()
+    timed_start = time.perf_counter()
+    for _ in range(windows):
+        marks = [clock.mark()]
+        for _ in range(steps_per_window):
+            out = step()
+            bad |= ~torch.isfinite(out.detach()).all()
+            if per_step_latency:
+                marks.append(clock.mark())
+        if not per_step_latency:
+            marks.append(clock.mark())
+        clock.sync()
+        per_window.append(clock.seconds(marks[0], marks[-1]) / steps_per_window)
+        if per_step_latency:
+            per_step.extend(clock.seconds(a, b) for a, b in zip(marks, marks[1:]))
+    timed_wall_s = time.perf_counter() - timed_start
+    readings = monitor.stop() if monitor else {}
+    if bool(bad):
+        raise NumericsError("loss/output went NaN or infinite during the timed window")
+
+    median = statistics.median(per_window)
+    mean = statistics.fmean(per_window)
+    samples_per_step = composed.plan.samples_per_step
+    timed_samples = samples_per_step * steps_per_window * windows
+    metrics: dict[str, Any] = {
+        "samples_per_s": samples_per_step / median,
+        "step_time_median_s": median,
+        "step_time_cv": (statistics.pstdev(per_window) / mean) if len(per_window) > 1 else 0.0,
+        "window_step_times_s": per_window,
+        "steps_per_window": steps_per_window,
+        "windows": windows,
+        "first_step_s": warm_times[0],
+        "warmup_steps": len(warm_times),
+        "warmup_s": warmup_s,
+        "timed_wall_s": timed_wall_s,
+        "micro_batch": composed.plan.micro_batch,
+        "accumulation": composed.plan.accumulation,
+        "samples_per_step": samples_per_step,
+        **peak_memory(composed.device),
+        **readings,
+    }
+    if readings.get("energy_j") is not None:
+        metrics["energy_per_sample_j"] = readings["energy_j"] / timed_samples
+    if per_step:
+        ordered = sorted(per_step)
+        metrics["latency_p50_s"] = ordered[len(ordered) // 2]
+        metrics["latency_p99_s"] = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+    return metrics
+

@@ -1,0 +1,157 @@
+"""The Optuna side of a run: search space, seeds, and telling results back.
+
+A multi-objective study maximises samples/s and minimises peak memory.
+Failures that teach something about the space (out of memory, bad numerics,
+timeouts, invalid combinations) are told as *infeasible* completed trials
+through Optuna 5's ``Trial.set_constraint``, so the sampler learns where the
+memory boundary lies instead of retrying it.  Crashes are told as failed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import optuna
+
+from .knobs import Config, Knob
+
+DIRECTIONS = ("maximize", "minimize")
+SEED_ATTR = "dstune_seed"
+INFEASIBLE_STATUSES = frozenset({"oom", "numerics", "timeout", "invalid"})
+CONSTRAINT_MEMORY = "memory_over_budget"
+CONSTRAINT_FAILED = "failed"
+
+
+def config_key(config: Config) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Knobs that apply in this run; those with one choice are fixed, not searched."""
+
+    knobs: tuple[Knob, ...]
+
+    def config_from_trial(self, trial: optuna.Trial) -> Config:
+        config: Config = {}
+        for knob in self.knobs:
+            if knob.tunable:
+                config[knob.name] = trial.suggest_categorical(knob.name, list(knob.choices))
+            else:
+                config[knob.name] = knob.choices[0]
+        return config
+
+    def params(self, config: Config) -> dict[str, Any]:
+        """The Optuna parameters of ``config`` (tunable knobs only)."""
+        return {k.name: config[k.name] for k in self.knobs if k.tunable and k.name in config}
+
+
+def create_study(storage: optuna.storages.BaseStorage, study_name: str, seed: int,
+                 startup_trials: int) -> optuna.Study:
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
+    return optuna.create_study(storage=storage, study_name=study_name, directions=list(DIRECTIONS),
+                               sampler=sampler, load_if_exists=True)
+
+
+def enqueue_seeds(study: optuna.Study, space: SearchSpace, seeds: Sequence[tuple[str, Config]]) -> None:
+    """Enqueue seed configurations (default, checklist, incumbent) to run first."""
+    for kind, config in seeds:
+        study.enqueue_trial(space.params(config), user_attrs={SEED_ATTR: kind}, skip_if_exists=True)
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, status: str, metrics: dict[str, Any],
+         memory_budget: int) -> None:
+    """Report a trial's end to the sampler."""
+    if status == "ok":
+        peak = float(metrics.get("peak_memory_bytes") or 0)
+        trial.set_constraint(CONSTRAINT_MEMORY, peak - memory_budget)
+        trial.set_constraint(CONSTRAINT_FAILED, 0.0)
+        study.tell(trial, [float(metrics["samples_per_s"]), peak])
+    elif status in INFEASIBLE_STATUSES:
+        peak = float(max(metrics.get("peak_memory_bytes") or 0, memory_budget))
+        trial.set_constraint(CONSTRAINT_MEMORY, peak - memory_budget)
+        trial.set_constraint(CONSTRAINT_FAILED, 1.0)
+        study.tell(trial, [0.0, peak])
+    else:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+
+def pareto_front(rows: Sequence[Any]) -> list[Any]:
+    """Rows not dominated in (samples/s up, peak memory down), fastest first."""
+    front = []
+    for row in rows:
+        dominated = any(
+            other.samples_per_s >= row.samples_per_s and other.peak_memory_bytes <= row.peak_memory_bytes
+            and (other.samples_per_s > row.samples_per_s or other.peak_memory_bytes < row.peak_memory_bytes)
+            for other in rows
+        )
+        if not dominated:
+            front.append(row)
+    return sorted(front, key=lambda r: -r.samples_per_s)
+
+
+def choose_max_throughput(rows: Sequence[Any], memory_budget: int) -> Any | None:
+    """The fastest successful trial whose peak memory fits the budget."""
+    fitting = [r for r in rows if r.peak_memory_bytes is not None and r.peak_memory_bytes <= memory_budget]
+    return max(fitting, key=lambda r: r.samples_per_s, default=None)
+
+
+@dataclass
+class CostAwareSchedule:
+    """Spend the budget knowingly when some choices (compilation) cost far more than others.
+
+    While exploring (the first ``explore_fraction`` of trials and of budget)
+    every costly knob is pinned to its default, so the sampler learns the
+    cheap dimensions first.  Then the ``promote_top`` fastest configurations
+    found so far are enqueued with each costly knob at its checklist value,
+    and the search goes on over the full space.  Whenever the remaining
+    budget is smaller than a costly trial has taken so far, costly knobs are
+    pinned again rather than started and cut off.
+    """
+
+    space: SearchSpace
+    trials: int
+    budget_s: float
+    explore_fraction: float = 0.5
+    promote_top: int = 2
+    durations: list[float] = field(default_factory=list)
+    promoted: bool = False
+
+    @property
+    def costly_knobs(self) -> list[Knob]:
+        return [k for k in self.space.knobs if k.costly and k.tunable]
+
+    def is_costly(self, config: Config) -> bool:
+        return any(config.get(k.name) in k.costly for k in self.costly_knobs)
+
+    def record(self, config: Config, duration_s: float) -> None:
+        if self.is_costly(config):
+            self.durations.append(duration_s)
+
+    def affordable(self, remaining_s: float) -> bool:
+        if not self.durations:
+            return True
+        return remaining_s > statistics.median(self.durations) * 1.1
+
+    def before_ask(self, study: optuna.Study, done: int, elapsed_s: float,
+                   successes: Sequence[tuple[Config, float]]) -> None:
+        """Enqueue what the next trial should be constrained to, if anything."""
+        costly = self.costly_knobs
+        if not costly or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            return
+        exploring = done < self.trials * self.explore_fraction and elapsed_s < self.budget_s * self.explore_fraction
+        affordable = self.affordable(self.budget_s - elapsed_s)
+        if not exploring and affordable and not self.promoted:
+            self.promoted = True
+            cheap = sorted((c for c in successes if not self.is_costly(c[0])), key=lambda c: -c[1])
+            for config, _ in cheap[: self.promote_top]:
+                promoted = dict(config, **{k.name: k.checklist for k in costly})
+                study.enqueue_trial(self.space.params(promoted), user_attrs={SEED_ATTR: "promoted"},
+                                    skip_if_exists=True)
+            if cheap:
+                return
+        if exploring or not affordable:
+            study.enqueue_trial({k.name: k.default for k in costly}, skip_if_exists=False)

@@ -1,0 +1,155 @@
+"""The trial process: ``python -m dstune.trial_worker SPEC.json RESULT.json``.
+
+Every trial runs here, in a fresh interpreter, so process-global state
+(thread pools, cuDNN flags, allocator settings, a CUDA context poisoned by an
+out-of-memory error) never leaks into the next trial.  The same entry point
+runs the probe that opens each run.  The outcome is written to RESULT.json;
+a process that dies before writing it is classified by the parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+STDERR_TAIL_CHARS = 4000
+
+
+def write_result(path: str | Path, result: dict[str, Any]) -> None:
+    """Write atomically: the parent sees a whole result or none."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(result, default=str))
+    os.replace(tmp, path)
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text.lower() or "CUBLAS_STATUS_ALLOC_FAILED" in text
+    )
+
+
+def _device_context(definition: Any) -> Any:
+    import torch
+
+    from .context import TuneContext
+
+    cuda = torch.cuda.is_available()
+    props = torch.cuda.get_device_properties(0) if cuda else None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return TuneContext(
+        workload=definition.name,
+        mode=definition.mode,
+        device="cuda" if cuda else "cpu",
+        device_name=props.name if props else "cpu",
+        capability=(props.major, props.minor) if props else None,
+        bf16_supported=bool(torch.cuda.is_bf16_supported()) if cuda else True,
+        device_memory=int(props.total_memory) if props else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        cpu_count=cpus,
+        global_batch_size=definition.global_batch_size,
+        default_batch_size=definition.default_batch_size,
+    )
+
+
+def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
+    """Import and build the workload once; report the context and environment."""
+    from .fingerprint import environment_facts
+    from .plugin_manager import plugin_manager
+    from .workload_loader import select_workload
+
+    plugins = plugin_manager(spec.get("disabled_plugins", ()))
+    definition = select_workload(spec["workload_file"], spec.get("workload_name"))
+    ctx = _device_context(definition)
+    built = definition.build(ctx)
+    model = built.model
+    facts: dict[str, Any] = {}
+    for part in plugins.pm.hook.dstune_model_facts(model=model, workload=built, ctx=ctx):
+        facts.update(part or {})
+    ctx = ctx.with_updates(
+        has_dataset=built.dataset is not None,
+        model_class=f"{type(model).__module__}.{type(model).__qualname__}",
+        param_count=sum(p.numel() for p in model.parameters()),
+        facts=facts,
+    )
+    return {
+        "status": "ok",
+        "ctx": json.loads(ctx.to_json()),
+        "environment": environment_facts(plugins.pm, spec["workload_file"]),
+        "plugin_problems": plugins.problems,
+    }
+
+
+def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
+    """Configure the process, build, measure."""
+    import torch
+
+    from .composition import compose, configure_process
+    from .context import TuneContext
+    from .measure import MeasureSettings, measure
+    from .plugin_manager import plugin_manager
+    from .workload_loader import select_workload
+
+    ctx = TuneContext.from_dict(spec["ctx"])
+    config = spec["config"]
+    plugins = plugin_manager(spec.get("disabled_plugins", ()))
+    configure_process(plugins.pm, config, ctx)
+    seed = int(spec.get("seed", 0))
+    random.seed(seed)
+    torch.manual_seed(seed)
+    definition = select_workload(spec["workload_file"], spec.get("workload_name"))
+    composed = compose(plugins.pm, definition, config, ctx)
+    metrics = measure(composed, MeasureSettings(**spec.get("measure", {})))
+    return {"status": "ok", "metrics": metrics}
+
+
+def _partial_memory() -> dict[str, Any]:
+    try:
+        import torch
+
+        from .measure import peak_memory
+
+        device = torch.device("cuda", 0) if torch.cuda.is_available() and torch.cuda.is_initialized() else torch.device("cpu")
+        return peak_memory(device)
+    except Exception:  # noqa: BLE001 - best effort after a failure
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec_path, result_path = argv
+    spec = json.loads(Path(spec_path).read_text())
+    from .errors import UsageError
+    from .measure import NumericsError
+
+    try:
+        result = run_probe(spec) if spec.get("kind") == "probe" else run_trial(spec)
+    except UsageError as exc:
+        write_result(result_path, {"status": "usage_error", "error": str(exc)})
+        return 2
+    except NumericsError as exc:
+        write_result(result_path, {"status": "numerics", "error": str(exc), "metrics": _partial_memory()})
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every end is classified
+        if isinstance(exc, Exception) and is_oom(exc):
+            write_result(result_path, {"status": "oom", "error": f"{type(exc).__name__}: {exc}"[:STDERR_TAIL_CHARS],
+                                       "metrics": _partial_memory()})
+            return 0
+        tb = traceback.format_exc()
+        sys.stderr.write(tb)
+        write_result(result_path, {"status": "crash", "error": tb[-STDERR_TAIL_CHARS:]})
+        return 1
+    write_result(result_path, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
