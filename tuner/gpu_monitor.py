@@ -1,8 +1,9 @@
 """NVML readings taken around a trial's timed window.
 
 Utilisation and memory are sampled in a background thread.  Energy comes from
-the GPU's total-energy counter where it has one (Volta and newer), otherwise
-from sampled power integrated over time.  Without NVML (no NVIDIA driver, a
+the GPU's total-energy counter where it has one (Volta and newer) and it
+advanced during the window, otherwise from sampled power integrated over
+time: on an H100 the counter was seen not to move at all over a 56 ms window.  Without NVML (no NVIDIA driver, a
 CPU run) the monitor reports nothing rather than failing the trial.
 """
 
@@ -66,16 +67,19 @@ class GpuMonitor:
         self._energy_start_mj: int | None = None
         self._t0 = 0.0
 
+    def _read(self) -> bool:
+        try:
+            self._util.append(float(pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
+            self._power_w.append((time.perf_counter(), pynvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0))
+            self._mem_max = max(self._mem_max, int(pynvml.nvmlDeviceGetMemoryInfo(self.handle).used))
+            return True
+        except pynvml.NVMLError as exc:
+            self.error = f"NVML sampling failed: {exc}"
+            return False
+
     def _sample(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._util.append(float(pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
-                self._power_w.append((time.perf_counter(), pynvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0))
-                self._mem_max = max(self._mem_max, int(pynvml.nvmlDeviceGetMemoryInfo(self.handle).used))
-            except pynvml.NVMLError as exc:
-                self.error = f"NVML sampling failed: {exc}"
-                return
-            self._stop.wait(self.interval_s)
+        while not self._stop.wait(self.interval_s) and self._read():
+            pass
 
     def start(self) -> None:
         if self.handle is None:
@@ -85,6 +89,7 @@ class GpuMonitor:
         except pynvml.NVMLError:
             self._energy_start_mj = None
         self._t0 = time.perf_counter()
+        self._read()
         self._thread = threading.Thread(target=self._sample, name="dstune-nvml", daemon=True)
         self._thread.start()
 
@@ -94,6 +99,7 @@ class GpuMonitor:
             return {"nvml_error": self.error} if self.error else {}
         self._stop.set()
         self._thread.join()
+        self._read()
         elapsed = time.perf_counter() - self._t0
         readings: dict[str, Any] = {
             "gpu_util_mean": sum(self._util) / len(self._util) if self._util else None,
@@ -103,8 +109,10 @@ class GpuMonitor:
         energy_j = None
         if self._energy_start_mj is not None:
             try:
-                energy_j = (int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)) - self._energy_start_mj) / 1000.0
-                readings["energy_source"] = "counter"
+                delta_mj = int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)) - self._energy_start_mj
+                if delta_mj > 0:
+                    energy_j = delta_mj / 1000.0
+                    readings["energy_source"] = "counter"
             except pynvml.NVMLError:
                 energy_j = None
         if energy_j is None and readings["power_mean_w"] is not None:

@@ -98,6 +98,16 @@ def probe(options: RunOptions) -> dict[str, Any]:
     return outcome.payload
 
 
+def trial_spec(options: RunOptions, ctx: dict[str, Any], config: Config) -> dict[str, Any]:
+    """What a trial process needs: the workload, the config, the context, how to measure."""
+    return {
+        "kind": "trial", "workload_file": str(options.workload_file),
+        "workload_name": options.workload_name or ctx["workload"], "config": config, "ctx": ctx,
+        "disabled_plugins": list(options.disabled_plugins), "measure": options.measure.to_dict(),
+        "seed": options.seed,
+    }
+
+
 def applicable_knobs(pm: Any, ctx: TuneContext) -> list[Knob]:
     """Collect the knobs of every plugin, tag each with its plugin, keep those that apply."""
     knobs: list[Knob] = []
@@ -199,13 +209,8 @@ def run_iteration(options: RunOptions, reporter: Reporter) -> RunResult:
                 continue
             reporter.trial_started(done + 1, config, seed_kind)
             in_flight = (trial.number, config, seed_kind)
-            spec = {
-                "kind": "trial", "workload_file": str(options.workload_file),
-                "workload_name": options.workload_name or ctx.workload, "config": config,
-                "ctx": probed["ctx"], "disabled_plugins": list(options.disabled_plugins),
-                "measure": options.measure.to_dict(), "seed": options.seed,
-            }
-            outcome = run_in_subprocess(spec, timeout_s=options.trial_timeout_s, env=env)
+            outcome = run_in_subprocess(trial_spec(options, probed["ctx"], config),
+                                        timeout_s=options.trial_timeout_s, env=env)
             in_flight = None
             store.record_trial(
                 iteration_id, number=trial.number, seed_kind=seed_kind, config=config, status=outcome.status,

@@ -1,0 +1,80 @@
+"""Shared fixtures: run one real trial of a test workload in a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from dstune.context import TuneContext
+from dstune.knobs import default_config
+from dstune.measure import MeasureSettings
+from dstune.plugin_manager import plugin_manager
+from dstune.trial_runner import TrialOutcome, run_in_subprocess
+from dstune.tuning_run import RunOptions, applicable_knobs, compile_cache_env, probe, trial_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = Path(__file__).resolve().parent / "workloads"
+FAST = MeasureSettings(windows=2, window_s=0.05, min_warmup_steps=1, max_warmup_s=2.0)
+
+_probes: dict[tuple[str, str | None, tuple[str, ...]], dict[str, Any]] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def probed(file: Path, workload: str | None, disabled: tuple[str, ...] = ()) -> dict[str, Any]:
+    key = (str(file), workload, disabled)
+    if key not in _probes:
+        _probes[key] = probe(RunOptions(workload_file=file, workload_name=workload, disabled_plugins=disabled))
+    return _probes[key]
+
+
+class TrialHarness:
+    """Runs single trials of a test workload with chosen knob values, as ``dstune run`` would."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.count = 0
+
+    def context(self, file: Path, workload: str | None) -> TuneContext:
+        return TuneContext.from_dict(probed(file, workload)["ctx"])
+
+    def run(self, file: Path, workload: str | None, timeout_s: float = 120.0,
+            measure: MeasureSettings = FAST, **overrides: Any) -> tuple[TrialOutcome, dict[str, Any] | None]:
+        info = probed(file, workload)
+        ctx = TuneContext.from_dict(info["ctx"])
+        knobs = applicable_knobs(plugin_manager().pm, ctx)
+        config = default_config(knobs)
+        config.update(overrides)
+        self.count += 1
+        observe = self.tmp_path / f"observe-{self.count}.json"
+        options = RunOptions(workload_file=file, workload_name=workload, measure=measure)
+        env = {"DSTUNE_OBSERVE": str(observe), **compile_cache_env(ctx.workload)}
+        outcome = run_in_subprocess(trial_spec(options, info["ctx"], config), timeout_s=timeout_s, env=env)
+        facts = json.loads(observe.read_text()) if observe.exists() else None
+        return outcome, facts
+
+
+@pytest.fixture
+def trials(tmp_path: Path) -> TrialHarness:
+    return TrialHarness(tmp_path)
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real ``dstune`` command in a subprocess."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "dstune", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

@@ -1,0 +1,71 @@
+"""The real ``dstune run`` in a subprocess, on a temporary SQLite database."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import optuna
+
+from .conftest import WORKLOADS, run_cli
+
+NO_COMPILE = ("--disable-plugin", "compile")
+
+
+def _rows(db: Path, query: str) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_run_records_every_trial_and_prints_the_front(tmp_path):
+    db = tmp_path / "tune.db"
+    result = run_cli("run", str(WORKLOADS / "observe.py"), "--workload", "observe", "--db", str(db),
+                     "--trials", "5", "--budget", "3m", "--window-time", "0.1", *NO_COMPILE, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = result.stdout
+    assert "Pareto front" in out and "Chosen" in out and "vs default" in out
+    assert "trial 1/5" in out and "trial 5/5" in out
+
+    iterations = _rows(db, "select id, status, study_name, chosen_config, memory_budget_bytes from dstune_iterations")
+    assert len(iterations) == 1
+    iteration_id, status, study_name, chosen, budget = iterations[0]
+    assert status == "completed" and chosen is not None and budget > 0
+
+    trials = _rows(db, "select seed_kind, status, samples_per_s, peak_memory_bytes, step_time_cv, config "
+                       "from dstune_trials order by id")
+    assert len(trials) == 5
+    assert [t[0] for t in trials[:2]] == ["default", "checklist"]
+    for seed_kind, status, sps, peak, cv, config in trials:
+        assert status == "ok" and sps > 0 and peak > 0 and cv is not None
+    assert len({t[5] for t in trials}) == 5, "each trial measured a different configuration"
+    # Optuna's own tables live in the same file, and hold the same trials.
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{db}")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 5
+    assert _rows(db, "pragma journal_mode")[0][0] == "wal"
+    assert (os.stat(db).st_mode & 0o777) == 0o600
+
+
+def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
+    db = tmp_path / "faults.db"
+    pid_file = tmp_path / "child.pid"
+    disabled = [arg for name in ("compile", "threads", "precision", "checkpointing", "cudnn")
+                for arg in ("--disable-plugin", name)]
+    result = run_cli("run", str(WORKLOADS / "faults.py"), "--db", str(db), "--trials", "7", "--budget", "5m",
+                     "--trial-timeout", "8s", "--window-time", "0.05", *disabled, cwd=tmp_path,
+                     env={"DSTUNE_CHILD_PID_FILE": str(pid_file)})
+    assert result.returncode == 0, result.stderr + result.stdout
+    rows = _rows(db, "select json_extract(config, '$.batch_size'), status, error, signal, stderr_tail "
+                     "from dstune_trials")
+    by_batch = {batch: (status, error, sig, tail) for batch, status, error, sig, tail in rows}
+    assert sorted(by_batch) == [8, 16, 32, 64, 128, 256, 512]
+    assert by_batch[8][0] == "oom" and "80.00 GiB" in by_batch[8][1]
+    assert by_batch[16][0] == "crash" and by_batch[16][2] == "SIGABRT"
+    assert by_batch[64][0] == "numerics"
+    assert by_batch[128][0] == "timeout"
+    assert all(by_batch[b][0] == "ok" for b in (32, 256, 512))
+    # The hung trial's own child process died with its process group.
+    child = int(pid_file.read_text())
+    assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
+    status, chosen = _rows(db, "select status, json_extract(chosen_config, '$.batch_size') from dstune_iterations")[0]
+    assert status == "completed" and chosen in (32, 256, 512)

@@ -1,0 +1,104 @@
+"""Test workloads that report, from inside the trial process, what the strategies changed.
+
+The loss function writes what it sees (autocast dtype, thread counts, backend
+flags, the model's type, how often a block ran) to the JSON file named by
+``DSTUNE_OBSERVE``; tests read it after the trial.
+"""
+
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dstune
+
+
+class Block(nn.Module):
+    calls = 0
+
+    def __init__(self, width):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x):
+        Block.calls += 1
+        return x + torch.relu(self.fc(x))
+
+
+class Net(nn.Module):
+    def __init__(self, conv=False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1) if conv else None
+        self.inp = nn.Linear(32, 32)
+        self.blocks = nn.Sequential(Block(32), Block(32), Block(32))
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        if self.conv is not None:
+            x = self.conv(x).mean(dim=(2, 3)).repeat(1, 4)
+        return self.head(self.blocks(self.inp(x)))
+
+
+LOSS_CALLS = 0
+
+
+def _observe(model, out, batch):
+    path = os.environ.get("DSTUNE_OBSERVE")
+    if not path:
+        return
+    facts = {
+        "output_dtype": str(out.dtype),
+        "autocast_cpu": torch.is_autocast_enabled("cpu"),
+        "autocast_cuda": torch.is_autocast_enabled("cuda") if torch.cuda.is_available() else False,
+        "num_threads": torch.get_num_threads(),
+        "num_interop_threads": torch.get_num_interop_threads(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "matmul_precision": torch.get_float32_matmul_precision(),
+        "model_type": type(model).__name__,
+        "block_calls": Block.calls,
+        "loss_calls": LOSS_CALLS,
+        "batch_rows": int(batch[0].shape[0]),
+        "device": str(out.device),
+    }
+    with open(path, "w") as fh:
+        json.dump(facts, fh)
+
+
+def _loss(model, batch):
+    global LOSS_CALLS
+    LOSS_CALLS += 1
+    out = model(batch[0])
+    _observe(model, out, batch)
+    return F.cross_entropy(out.float(), batch[1])
+
+
+@dstune.workload(batch_size=8)
+def observe(ctx):
+    return dstune.Workload(
+        model=Net(),
+        optimizer=lambda params, **kw: torch.optim.SGD(params, lr=0.01, **kw),
+        batch=lambda n, device: (torch.randn(n, 32, device=device), torch.randint(0, 4, (n,), device=device)),
+        loss=_loss,
+    )
+
+
+@dstune.workload(batch_size=8)
+def observe_conv(ctx):
+    return dstune.Workload(
+        model=Net(conv=True),
+        optimizer=lambda params, **kw: torch.optim.SGD(params, lr=0.01, **kw),
+        batch=lambda n, device: (torch.randn(n, 3, 8, 8, device=device), torch.randint(0, 4, (n,), device=device)),
+        loss=_loss,
+    )
+
+
+@dstune.workload(global_batch_size=16, batch_size=4)
+def observe_accum(ctx):
+    return dstune.Workload(
+        model=Net(),
+        optimizer=lambda params, **kw: torch.optim.SGD(params, lr=0.01, **kw),
+        batch=lambda n, device: (torch.randn(n, 32, device=device), torch.randint(0, 4, (n,), device=device)),
+        loss=_loss,
+    )
