@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dstune.errors import UsageError
@@ -29,8 +29,13 @@ def resolve_url(db: str | None) -> str:
     if "://" not in value:
         value = "sqlite:///" + str(Path(value).expanduser())
     try:
-        make_url(value)
-    except ArgumentError:
+        make_url(value).get_dialect()
+    except NoSuchModuleError:
+        raise UsageError(
+            f"database URL {value!r} names a database SQLAlchemy does not know (or whose driver is not "
+            "installed). Use a file path, sqlite:///path.db or postgresql://user@host/dbname."
+        ) from None
+    except (ArgumentError, ValueError):
         raise UsageError(
             f"database URL {value!r} is not a valid SQLAlchemy URL. Use a file path, sqlite:///path.db "
             "or postgresql://user@host/dbname."

@@ -26,6 +26,14 @@ class NumericsError(Exception):
     """The loss or output went NaN or infinite."""
 
 
+class HopelessTrial(Exception):
+    """Warm-up already shows throughput far below the best so far: not worth timing."""
+
+    def __init__(self, estimate: float, metrics: dict[str, Any]) -> None:
+        super().__init__(f"about {estimate:.1f} samples/s in warm-up, under the pruning threshold")
+        self.metrics = metrics
+
+
 @dataclass(frozen=True)
 class MeasureSettings:
     """How long to warm up and how much to time; shipped to the trial process as JSON."""
@@ -86,8 +94,13 @@ def peak_memory(device: torch.device) -> dict[str, int]:
     return {"peak_rss": rss, "peak_memory_bytes": rss}
 
 
-def measure(composed: Composed, settings: MeasureSettings) -> dict[str, Any]:
-    """Warm up, time ``settings.windows`` windows, and return the metrics of the trial."""
+def measure(composed: Composed, settings: MeasureSettings, prune_below: float | None = None) -> dict[str, Any]:
+    """Warm up, time ``settings.windows`` windows, and return the metrics of the trial.
+
+    With ``prune_below`` (samples/s), a trial whose warm-up steps after the
+    first are already slower than that raises :class:`HopelessTrial` instead
+    of spending its warm-up and timed windows.
+    """
     clock = _Clock(composed.device)
     step = composed.step
     warm_times: list[float] = []
@@ -98,6 +111,13 @@ def measure(composed: Composed, settings: MeasureSettings) -> dict[str, Any]:
         _check_finite(out)  # synchronises: warm-up steps are timed one by one
         clock.sync()
         warm_times.append(time.perf_counter() - t0)
+        if prune_below and len(warm_times) >= 3:
+            estimate = composed.plan.samples_per_step / statistics.median(warm_times[1:])
+            if estimate < prune_below:
+                raise HopelessTrial(estimate, {
+                    "samples_per_s": estimate, "first_step_s": warm_times[0], "warmup_steps": len(warm_times),
+                    "micro_batch": composed.plan.micro_batch, "accumulation": composed.plan.accumulation,
+                    **peak_memory(composed.device)})
         enough = len(warm_times) >= settings.min_warmup_steps + 1  # the first step pays for compilation
         if enough and _steady(warm_times[1:], settings.steady_tolerance):
             break

@@ -65,7 +65,7 @@ def enqueue_seeds(study: optuna.Study, space: SearchSpace, seeds: Sequence[tuple
 def tell(study: optuna.Study, trial: optuna.Trial, status: str, metrics: dict[str, Any],
          memory_budget: int) -> None:
     """Report a trial's end to the sampler."""
-    if status == "ok":
+    if status in ("ok", "pruned"):  # pruned: a warm-up estimate, enough to steer away
         peak = float(metrics.get("peak_memory_bytes") or 0)
         trial.set_constraint(CONSTRAINT_MEMORY, peak - memory_budget)
         trial.set_constraint(CONSTRAINT_FAILED, 0.0)
@@ -118,7 +118,8 @@ class CostAwareSchedule:
     explore_fraction: float = 0.5
     promote_top: int = 2
     durations: list[float] = field(default_factory=list)
-    promoted: bool = False
+    promotions: int = 0
+    promoted_configs: list[Config] = field(default_factory=list)
 
     @property
     def costly_knobs(self) -> list[Knob]:
@@ -138,20 +139,26 @@ class CostAwareSchedule:
 
     def before_ask(self, study: optuna.Study, done: int, elapsed_s: float,
                    successes: Sequence[tuple[Config, float]]) -> None:
-        """Enqueue what the next trial should be constrained to, if anything."""
+        """Enqueue what the next trial should be constrained to, if anything.
+
+        Promotions go one at a time, each only while the budget left can pay
+        for a costly trial, so none is started only to be cut off.
+        """
         costly = self.costly_knobs
         if not costly or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             return
         exploring = done < self.trials * self.explore_fraction and elapsed_s < self.budget_s * self.explore_fraction
         affordable = self.affordable(self.budget_s - elapsed_s)
-        if not exploring and affordable and not self.promoted:
-            self.promoted = True
+        if not exploring and affordable and self.promotions < self.promote_top:
+            tried = {config_key(c) for c in self.promoted_configs}
             cheap = sorted((c for c in successes if not self.is_costly(c[0])), key=lambda c: -c[1])
-            for config, _ in cheap[: self.promote_top]:
+            for config, _ in cheap:
                 promoted = dict(config, **{k.name: k.checklist for k in costly})
-                study.enqueue_trial(self.space.params(promoted), user_attrs={SEED_ATTR: "promoted"},
-                                    skip_if_exists=True)
-            if cheap:
-                return
+                if config_key(promoted) not in tried:
+                    self.promotions += 1
+                    self.promoted_configs.append(promoted)
+                    study.enqueue_trial(self.space.params(promoted), user_attrs={SEED_ATTR: "promoted"},
+                                        skip_if_exists=True)
+                    return
         if exploring or not affordable:
             study.enqueue_trial({k.name: k.default for k in costly}, skip_if_exists=False)

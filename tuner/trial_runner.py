@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("ok", "oom", "crash", "timeout", "numerics", "invalid", "interrupted")
+STATUSES = ("ok", "pruned", "oom", "crash", "timeout", "numerics", "invalid", "interrupted")
 TAIL_BYTES = 4000
 KILL_GRACE_S = 5.0
 

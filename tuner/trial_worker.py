@@ -107,7 +107,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(seed)
     definition = select_workload(spec["workload_file"], spec.get("workload_name"))
     composed = compose(plugins.pm, definition, config, ctx)
-    metrics = measure(composed, MeasureSettings(**spec.get("measure", {})))
+    metrics = measure(composed, MeasureSettings(**spec.get("measure", {})), prune_below=spec.get("prune_below"))
     return {"status": "ok", "metrics": metrics}
 
 
@@ -128,13 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     spec_path, result_path = argv
     spec = json.loads(Path(spec_path).read_text())
     from .errors import UsageError
-    from .measure import NumericsError
+    from .measure import HopelessTrial, NumericsError
 
     try:
         result = run_probe(spec) if spec.get("kind") == "probe" else run_trial(spec)
     except UsageError as exc:
         write_result(result_path, {"status": "usage_error", "error": str(exc)})
         return 2
+    except HopelessTrial as exc:
+        write_result(result_path, {"status": "pruned", "error": str(exc), "metrics": exc.metrics})
+        return 0
     except NumericsError as exc:
         write_result(result_path, {"status": "numerics", "error": str(exc), "metrics": _partial_memory()})
         return 0

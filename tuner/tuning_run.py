@@ -32,7 +32,8 @@ from .units import parse_memory_budget
 log = logging.getLogger("dstune.run")
 
 PROBE_TIMEOUT_S = 600.0
-MAX_REPEATS = 40  # consecutive already-seen suggestions before the space counts as exhausted
+MAX_REPEATS = 40
+PRUNE_RATIO = 0.25  # a trial whose warm-up shows under this fraction of the best is stopped early  # consecutive already-seen suggestions before the space counts as exhausted
 
 
 @dataclass
@@ -209,8 +210,10 @@ def run_iteration(options: RunOptions, reporter: Reporter) -> RunResult:
                 continue
             reporter.trial_started(done + 1, config, seed_kind)
             in_flight = (trial.number, config, seed_kind)
-            outcome = run_in_subprocess(trial_spec(options, probed["ctx"], config),
-                                        timeout_s=options.trial_timeout_s, env=env)
+            spec = trial_spec(options, probed["ctx"], config)
+            if best and seed_kind == "search":
+                spec["prune_below"] = best * PRUNE_RATIO
+            outcome = run_in_subprocess(spec, timeout_s=options.trial_timeout_s, env=env)
             in_flight = None
             store.record_trial(
                 iteration_id, number=trial.number, seed_kind=seed_kind, config=config, status=outcome.status,

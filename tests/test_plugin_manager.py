@@ -1,0 +1,64 @@
+"""The plugin manager: built-ins as ordinary plugins, chained model preparation, knob conflicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from dstune import Knob, hookimpl
+from dstune.context import TuneContext
+from dstune.errors import UsageError
+from dstune.plugin_manager import DEFAULT_PLUGINS, chain_hook, plugin_manager
+from dstune.tuning_run import applicable_knobs
+
+CTX = TuneContext(workload="w", device="cpu", cpu_count=2, bf16_supported=True)
+
+
+class Extra:
+    @hookimpl
+    def dstune_knobs(self, ctx):
+        return [Knob("extra_knob", choices=(1, 2), default=1, checklist=2)]
+
+    @hookimpl(tryfirst=True)
+    def dstune_prepare_model(self, model, config, ctx):
+        return model + ["extra"]
+
+
+def test_builtins_are_registered_like_any_plugin():
+    names = plugin_manager().names()
+    assert [m.rsplit(".", 1)[1] for m in DEFAULT_PLUGINS] == [n for n in names if n in
+                                                             {m.rsplit(".", 1)[1] for m in DEFAULT_PLUGINS}]
+    assert "compile" not in plugin_manager(disabled=["compile"]).names()
+
+
+def test_a_registered_plugin_adds_knobs_and_runs_in_order():
+    pm = plugin_manager().pm
+    pm.register(Extra(), name="extra")
+    try:
+        knobs = {k.name: k for k in applicable_knobs(pm, CTX)}
+        assert knobs["extra_knob"].plugin == "extra" and knobs["compile"].plugin == "compile"
+        prepared = chain_hook(pm, "dstune_prepare_model", ["model"], config={"compile": "off"}, ctx=CTX)
+        assert prepared == ["model", "extra"]
+    finally:
+        pm.unregister(name="extra")
+
+
+def test_two_plugins_declaring_one_knob_is_an_error():
+    class Clash:
+        @hookimpl
+        def dstune_knobs(self, ctx):
+            return [Knob("precision", choices=("fp32",), default="fp32", checklist="fp32")]
+
+    pm = plugin_manager().pm
+    pm.register(Clash(), name="clash")
+    try:
+        with pytest.raises(UsageError, match="both declare knob 'precision'"):
+            applicable_knobs(pm, CTX)
+    finally:
+        pm.unregister(name="clash")
+
+
+def test_knob_declarations_are_checked():
+    with pytest.raises(ValueError, match="default value 3"):
+        Knob("k", choices=(1, 2), default=3, checklist=1)
+    with pytest.raises(ValueError, match="costly"):
+        Knob("k", choices=(1, 2), default=1, checklist=1, costly=(1,))

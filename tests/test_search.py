@@ -1,0 +1,87 @@
+"""The search: seeds first, infeasible failures, Pareto front, and costly choices held back."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import optuna
+
+from dstune.knobs import Knob
+from dstune.search import (CostAwareSchedule, SearchSpace, choose_max_throughput, create_study, enqueue_seeds,
+                           pareto_front, tell)
+
+KNOBS = (
+    Knob("batch", choices=(8, 16, 32), default=16, checklist=32),
+    Knob("mode", choices=("eager", "compiled"), default="eager", checklist="compiled", costly=("compiled",)),
+    Knob("fixed", choices=("only",), default="only", checklist="only"),
+)
+
+
+def _study(seed: int = 0) -> optuna.Study:
+    return create_study(optuna.storages.InMemoryStorage(), "s", seed=seed, startup_trials=3)
+
+
+def test_seeds_run_first_and_fixed_knobs_are_not_searched():
+    space = SearchSpace(KNOBS)
+    study = _study()
+    enqueue_seeds(study, space, [("default", {"batch": 16, "mode": "eager", "fixed": "only"}),
+                                 ("checklist", {"batch": 32, "mode": "compiled", "fixed": "only"})])
+    first, second = study.ask(), study.ask()
+    assert space.config_from_trial(first) == {"batch": 16, "mode": "eager", "fixed": "only"}
+    assert space.config_from_trial(second)["mode"] == "compiled"
+    assert "fixed" not in first.params and first.user_attrs["dstune_seed"] == "default"
+
+
+def test_failures_are_infeasible_and_crashes_failed():
+    study = _study()
+    space = SearchSpace(KNOBS)
+    for status in ("ok", "oom", "crash"):
+        trial = study.ask()
+        space.config_from_trial(trial)
+        tell(study, trial, status, {"samples_per_s": 5.0, "peak_memory_bytes": 10}, memory_budget=100)
+    ok, oom, crash = study.trials
+    assert ok.values == [5.0, 10.0] and max(ok.constraints.values()) <= 0
+    assert oom.values[0] == 0.0 and max(oom.constraints.values()) > 0
+    assert crash.state == optuna.trial.TrialState.FAIL
+
+
+def test_pareto_front_and_choice_under_budget():
+    rows = [SimpleNamespace(id=i, samples_per_s=s, peak_memory_bytes=m)
+            for i, (s, m) in enumerate([(100, 50), (80, 20), (90, 60), (120, 200), (70, 20)])]
+    front = pareto_front(rows)
+    assert [r.id for r in front] == [3, 0, 1]
+    assert choose_max_throughput(rows, memory_budget=100).id == 0
+    assert choose_max_throughput(rows, memory_budget=10) is None
+
+
+def test_costly_choices_wait_for_exploration_then_promote_the_best():
+    space = SearchSpace(KNOBS)
+    study = _study(seed=3)
+    schedule = CostAwareSchedule(space, trials=10, budget_s=1000)
+    successes = []
+    for done in range(5):
+        schedule.before_ask(study, done, elapsed_s=done * 10, successes=successes)
+        trial = study.ask()
+        config = space.config_from_trial(trial)
+        assert config["mode"] == "eager", "costly choices are held back while exploring"
+        tell(study, trial, "ok", {"samples_per_s": float(config["batch"]), "peak_memory_bytes": 1}, 100)
+        successes.append((config, float(config["batch"])))
+    schedule.before_ask(study, 5, elapsed_s=50, successes=successes)
+    promoted = study.ask()
+    config = space.config_from_trial(promoted)
+    best_batch = max(successes, key=lambda s: s[1])[0]["batch"]
+    assert config == {"batch": best_batch, "mode": "compiled", "fixed": "only"}
+    assert promoted.user_attrs["dstune_seed"] == "promoted"
+
+
+def test_costly_choices_are_held_back_when_the_budget_cannot_pay_for_them():
+    space = SearchSpace(KNOBS)
+    study = _study(seed=1)
+    schedule = CostAwareSchedule(space, trials=100, budget_s=100, explore_fraction=0.0)
+    schedule.promotions = schedule.promote_top
+    schedule.record({"batch": 8, "mode": "compiled", "fixed": "only"}, duration_s=60)
+    for _ in range(6):
+        schedule.before_ask(study, 50, elapsed_s=90, successes=[])
+        trial = study.ask()
+        assert space.config_from_trial(trial)["mode"] == "eager"
+        tell(study, trial, "ok", {"samples_per_s": 1.0, "peak_memory_bytes": 1}, 100)

@@ -1,0 +1,64 @@
+"""The store refuses what it cannot safely use, and leaves such files untouched."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from dstune.errors import UsageError
+from dstune.store import SCHEMA_VERSION, Store, resolve_url
+
+
+def test_new_database_is_wal_and_private(tmp_path):
+    db = tmp_path / "new.db"
+    store = Store(str(db))
+    assert store.url == f"sqlite:///{db}"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+    assert {"dstune_workloads", "dstune_iterations", "dstune_trials", "dstune_meta"} <= tables
+    assert (db.stat().st_mode & 0o777) == 0o600
+
+
+def test_trial_is_committed_when_recorded(tmp_path):
+    db = tmp_path / "t.db"
+    store = Store(str(db))
+    workload = store.workload_id("w", "/x.py")
+    iteration = store.start_iteration(workload_id=workload, study_name="s")
+    store.record_trial(iteration, config={"a": 1}, status="ok",
+                       metrics={"samples_per_s": 10.0, "peak_memory_bytes": 123})
+    # Another connection sees it at once: nothing waits for the end of the run.
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select status, samples_per_s, peak_memory_bytes from dstune_trials").fetchall() == [
+            ("ok", 10.0, 123)]
+
+
+def test_non_database_file_is_refused_and_untouched(tmp_path):
+    db = tmp_path / "notes.db"
+    db.write_bytes(b"these are my notes, not a database\n" * 100)
+    before = db.read_bytes()
+    with pytest.raises(UsageError, match="cannot be opened"):
+        Store(str(db))
+    assert db.read_bytes() == before
+
+
+def test_newer_schema_is_refused(tmp_path):
+    db = tmp_path / "future.db"
+    Store(str(db))
+    with sqlite3.connect(db) as conn:
+        conn.execute("update dstune_meta set value = ? where key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(UsageError, match="newer dstune"):
+        Store(str(db))
+
+
+def test_url_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("DSTUNE_DB", raising=False)
+    assert resolve_url(None) == "sqlite:///dstune.db"
+    monkeypatch.setenv("DSTUNE_DB", str(tmp_path / "env.db"))
+    assert resolve_url(None) == f"sqlite:///{tmp_path / 'env.db'}"
+    assert resolve_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    with pytest.raises(UsageError, match="does not know"):
+        resolve_url("bogus://host/db")
+    with pytest.raises(UsageError, match="does not exist"):
+        Store(str(tmp_path / "missing-dir" / "x.db"))
