@@ -70,8 +70,8 @@ class IterationRow(Base):
     chosen_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
 
-    workload: Mapped[WorkloadRow] = relationship()
-    environment: Mapped[EnvironmentRow | None] = relationship()
+    workload: Mapped[WorkloadRow] = relationship(lazy="joined")
+    environment: Mapped[EnvironmentRow | None] = relationship(lazy="joined")
 
 
 class TrialRow(Base):

@@ -85,10 +85,7 @@ class Store:
 
     def iteration(self, iteration_id: int) -> IterationRow | None:
         with self.sessions() as session:
-            row = session.get(IterationRow, iteration_id)
-            if row is not None:
-                _ = row.workload, row.environment
-            return row
+            return session.get(IterationRow, iteration_id)
 
     def trials(self, iteration_id: int, status: str | None = None) -> Sequence[TrialRow]:
         with self.sessions() as session:
