@@ -74,31 +74,25 @@ def _loss(model, batch):
     return F.cross_entropy(out.float(), batch[1])
 
 
-@dstune.workload(batch_size=8)
-def observe(ctx):
+def _workload(model, shape):
     return dstune.Workload(
-        model=Net(),
+        model=model,
         optimizer=lambda params, **kw: torch.optim.SGD(params, lr=0.01, **kw),
-        batch=lambda n, device: (torch.randn(n, 32, device=device), torch.randint(0, 4, (n,), device=device)),
+        batch=lambda n, device: (torch.randn(n, *shape, device=device), torch.randint(0, 4, (n,), device=device)),
         loss=_loss,
     )
+
+
+@dstune.workload(batch_size=8)
+def observe(ctx):
+    return _workload(Net(), (32,))
 
 
 @dstune.workload(batch_size=8)
 def observe_conv(ctx):
-    return dstune.Workload(
-        model=Net(conv=True),
-        optimizer=lambda params, **kw: torch.optim.SGD(params, lr=0.01, **kw),
-        batch=lambda n, device: (torch.randn(n, 3, 8, 8, device=device), torch.randint(0, 4, (n,), device=device)),
-        loss=_loss,
-    )
+    return _workload(Net(conv=True), (3, 8, 8))
 
 
 @dstune.workload(global_batch_size=16, batch_size=4)
 def observe_accum(ctx):
-    return dstune.Workload(
-        model=Net(),
-        optimizer=lambda params, **kw: torch.optim.SGD(params, lr=0.01, **kw),
-        batch=lambda n, device: (torch.randn(n, 32, device=device), torch.randint(0, 4, (n,), device=device)),
-        loss=_loss,
-    )
+    return _workload(Net(), (32,))
