@@ -62,3 +62,14 @@ def test_cuda_only_knobs_do_not_apply_on_cpu(trials):
     reasons = [r for r in pm.hook.dstune_validate(config={"cudnn_benchmark": True, "precision": "fp16"}, ctx=ctx) if r]
     assert any("cudnn_benchmark needs a CUDA device" in r for r in reasons)
     assert any("precision=fp16 is not supported" in r for r in reasons)
+
+
+def test_inference_mode_times_forward_passes_with_latency_percentiles(trials):
+    ctx = trials.context(OBSERVE, "observe_infer")
+    names = {k.name for k in applicable_knobs(plugin_manager().pm, ctx)}
+    assert ctx.mode == "inference" and "activation_checkpointing" not in names
+    outcome, _ = trials.run(OBSERVE, "observe_infer", precision="bf16")
+    assert outcome.status == "ok", (outcome.error, outcome.stderr_tail)
+    m = outcome.metrics
+    assert 0 < m["latency_p50_s"] <= m["latency_p99_s"] and m["samples_per_s"] > 0
+    assert m["accumulation"] == 1 and m["samples_per_step"] == 8
