@@ -94,10 +94,6 @@ class Store:
                 query = query.where(TrialRow.status == status)
             return session.scalars(query).all()
 
-    def trial(self, trial_id: int) -> TrialRow | None:
-        with self.sessions() as session:
-            return session.get(TrialRow, trial_id)
-
     def status_counts(self, iteration_id: int) -> dict[str, int]:
         with self.sessions() as session:
             rows = session.execute(

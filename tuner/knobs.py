@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from .context import TuneContext
-from .errors import UsageError
 
 Choice = Any  # None, bool, int, float or str: what Optuna's categorical takes
 Config = dict[str, Choice]
@@ -82,31 +81,6 @@ def default_config(knobs: Sequence[Knob]) -> Config:
 
 def checklist_config(knobs: Sequence[Knob]) -> Config:
     return {k.name: k.checklist for k in knobs}
-
-
-def validate_config_values(config: Mapping[str, Choice], knobs: Sequence[Knob], source: str) -> Config:
-    """Check that ``config`` names only known knobs and allowed values.
-
-    Returns the full configuration (knobs it leaves out keep their default).
-    Nothing is applied before this passes, so a bad file is never half-applied.
-    """
-    by_name = {k.name: k for k in knobs}
-    unknown = sorted(set(config) - set(by_name))
-    if unknown:
-        raise UsageError(
-            f"{source} names unknown knob(s) {', '.join(unknown)}. Known knobs here: "
-            f"{', '.join(sorted(by_name))}. Remove them or install the plugin that declares them."
-        )
-    for name, value in config.items():
-        knob = by_name[name]
-        if value not in knob.choices:
-            raise UsageError(
-                f"{source} sets {name}={value!r}, which is not one of its choices "
-                f"{list(knob.choices)}. Pick one of those values."
-            )
-    full = default_config(knobs)
-    full.update(config)
-    return full
 
 
 def describe_config(config: Mapping[str, Choice], base: Mapping[str, Choice] | None = None) -> str:
