@@ -9,6 +9,7 @@ trial in flight when the budget ends is allowed to finish).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -127,8 +128,7 @@ def applicable_knobs(pm: Any, ctx: TuneContext) -> list[Knob]:
 
 
 def _tagged(knob: Knob, plugin: str) -> Knob:
-    object.__setattr__(knob, "plugin", plugin)
-    return knob
+    return dataclasses.replace(knob, plugin=plugin)
 
 
 def _invalid_reason(pm: Any, config: Config, ctx: TuneContext) -> str | None:
