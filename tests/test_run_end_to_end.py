@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import optuna
+import pytest
 
 from .conftest import WORKLOADS, run_cli
 
@@ -46,14 +47,15 @@ def test_run_records_every_trial_and_prints_the_front(tmp_path):
     assert (os.stat(db).st_mode & 0o777) == 0o600
 
 
-def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
+@pytest.mark.parametrize("start_method", ["forkserver", "exec"])
+def test_failures_are_recorded_and_the_run_goes_on(tmp_path, start_method):
     db = tmp_path / "faults.db"
     pid_file = tmp_path / "child.pid"
     disabled = [arg for name in ("compile", "threads", "precision", "checkpointing", "cudnn")
                 for arg in ("--disable-plugin", name)]
     result = run_cli("run", str(WORKLOADS / "faults.py"), "--db", str(db), "--trials", "7", "--budget", "5m",
                      "--trial-timeout", "8s", "--window-time", "0.05", *disabled, cwd=tmp_path,
-                     env={"DSTUNE_CHILD_PID_FILE": str(pid_file)})
+                     env={"DSTUNE_CHILD_PID_FILE": str(pid_file), "DSTUNE_START_METHOD": start_method})
     assert result.returncode == 0, result.stderr + result.stdout
     rows = _rows(db, "select json_extract(config, '$.batch_size'), status, error, signal, stderr_tail "
                      "from dstune_trials")

@@ -3,11 +3,22 @@
 The child gets its own process group, so a timeout or an interrupt kills the
 workload and anything it started.  Its output goes to files, not pipes, so a
 workload that floods stdout cannot deadlock the parent; only the tail is kept.
+
+How children start: by default they are forked from a fork server, a clean
+interpreter started once per ``dstune`` process that has imported torch and
+nothing else (no CUDA, no thread pools, no workload).  Each trial is a new
+process forked from that same clean state, so nothing leaks from one trial to
+the next, yet it skips the seconds that importing torch costs.  That matters
+because the Check phase re-measures configurations in many fresh processes.
+``DSTUNE_START_METHOD=exec`` starts each child as a new interpreter instead
+(``python -m dstune.trial_worker``), for platforms where forking after
+importing torch is not safe.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -16,7 +27,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from .errors import UsageError
 
 STATUSES = ("ok", "pruned", "oom", "crash", "timeout", "numerics", "invalid", "interrupted")
 TAIL_BYTES = 4000
@@ -48,22 +61,97 @@ def _tail(path: Path, limit: int = TAIL_BYTES) -> str:
         return ""
 
 
-def _kill_group(pgid: int, proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the group, then SIGKILL whatever is left after a grace period."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 0.0)):
+START_METHODS = ("forkserver", "exec")
+
+
+def start_method() -> str:
+    method = os.environ.get("DSTUNE_START_METHOD", "forkserver")
+    if method not in START_METHODS:
+        raise UsageError(f"DSTUNE_START_METHOD={method!r} is not one of {', '.join(START_METHODS)}; "
+                         "unset it to use the default (forkserver).")
+    return method
+
+
+def _kill_group(pgid: int, wait: Callable[[float], bool]) -> None:
+    """SIGTERM the group, then SIGKILL whatever is left after a grace period.
+
+    ``wait(seconds)`` waits for the leader to exit and says whether it has.
+    """
+    for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 0.0)):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
             return
-        if wait:
+        except PermissionError:  # the leader has not yet made its group: signal it alone
             try:
-                proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                pass
+                os.kill(pgid, sig)
+            except ProcessLookupError:
+                return
+        if grace:
+            wait(grace)
+    wait(KILL_GRACE_S)
+
+
+def _forkserver() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["dstune.forkserver_preload"])
+    return context
+
+
+def _forked_child(spec_path: str, result_path: str, out_path: str, err_path: str, env: dict[str, str]) -> None:
+    """Runs in the forked child: become a process group, redirect output, apply env, run the worker."""
+    os.setsid()
+    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                            (2, err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        opened = os.open(path, flags, 0o600)
+        os.dup2(opened, fd)
+        os.close(opened)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.reconfigure(write_through=True)  # type: ignore[union-attr]
+    os.environ.clear()
+    os.environ.update(env)
+    from .trial_worker import main
+
+    sys.exit(main([spec_path, result_path]))
+
+
+def _run_forked(paths: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, bool]:
+    process = _forkserver().Process(target=_forked_child, args=(*paths, env), daemon=False)
+    process.start()
+
+    def wait(seconds: float) -> bool:
+        process.join(seconds)
+        return process.exitcode is not None
+
     try:
-        proc.wait(timeout=KILL_GRACE_S)
-    except subprocess.TimeoutExpired:  # pragma: no cover - unkillable
-        pass
+        timed_out = not wait(timeout_s)
+    finally:
+        # Also on success or interrupt: a child the workload left behind dies with the group.
+        _kill_group(process.pid, wait)
+    return process.exitcode, timed_out
+
+
+def _run_exec(paths: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, bool]:
+    spec_path, result_path, out_path, err_path = paths
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dstune.trial_worker", spec_path, result_path],
+            stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+
+        def wait(seconds: float) -> bool:
+            try:
+                proc.wait(timeout=seconds)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+
+        try:
+            timed_out = not wait(timeout_s)
+        finally:
+            _kill_group(proc.pid, wait)
+    return proc.returncode, timed_out
 
 
 def run_in_subprocess(spec: dict[str, Any], timeout_s: float, env: dict[str, str] | None = None,
@@ -77,29 +165,19 @@ def run_in_subprocess(spec: dict[str, Any], timeout_s: float, env: dict[str, str
         child_env = dict(os.environ)
         child_env.update(env or {})
         child_env["PYTHONUNBUFFERED"] = "1"
+        paths = [str(spec_path), str(result_path), str(out_path), str(err_path)]
+        runner = _run_forked if start_method() == "forkserver" else _run_exec
         started = time.perf_counter()
-        with out_path.open("wb") as out, err_path.open("wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "dstune.trial_worker", str(spec_path), str(result_path)],
-                stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=child_env, start_new_session=True,
-            )
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                # Also on success or interrupt: a child the workload left behind dies with the group.
-                _kill_group(proc.pid, proc)
+        returncode, timed_out = runner(paths, child_env, timeout_s)
         duration = time.perf_counter() - started
         stderr_tail = _tail(err_path)
         if timed_out:
             return TrialOutcome("timeout", error=f"no result after {timeout_s:.0f} s; process group killed",
-                                duration_s=duration, stderr_tail=stderr_tail, exit_code=proc.returncode)
-        return classify_exit(proc.returncode, result_path, duration, stderr_tail)
+                                duration_s=duration, stderr_tail=stderr_tail, exit_code=returncode)
+        return classify_exit(returncode, result_path, duration, stderr_tail)
 
 
-def classify_exit(returncode: int, result_path: Path, duration: float, stderr_tail: str) -> TrialOutcome:
+def classify_exit(returncode: int | None, result_path: Path, duration: float, stderr_tail: str) -> TrialOutcome:
     """Turn an exit status and an optional result file into a :class:`TrialOutcome`."""
     signame = None
     if returncode is not None and returncode < 0:
