@@ -1,7 +1,7 @@
 """dstune's store: SQLAlchemy models and queries; nothing outside this package builds SQL."""
 
 from .database import resolve_url
-from .models import SCHEMA_VERSION, EnvironmentRow, IterationRow, TrialRow, WorkloadRow
+from .models import SCHEMA_VERSION, AppliedRow, EnvironmentRow, IterationRow, MeasurementRow, TrialRow, WorkloadRow
 from .queries import Store
 
-__all__ = ["SCHEMA_VERSION", "EnvironmentRow", "IterationRow", "Store", "TrialRow", "WorkloadRow", "resolve_url"]
+__all__ = ["AppliedRow", "MeasurementRow", "SCHEMA_VERSION", "EnvironmentRow", "IterationRow", "Store", "TrialRow", "WorkloadRow", "resolve_url"]

@@ -80,10 +80,11 @@ def make_engine(url: str) -> Engine:
 
 
 def init_schema(engine: Engine, url: str) -> None:
-    """Create missing tables; refuse databases from a newer schema."""
+    """Create missing tables, migrate older schemas; refuse databases from a newer schema."""
     where = _sqlite_path(url) or url
     try:
         tables = set(inspect(engine).get_table_names())
+        found = SCHEMA_VERSION
         if "dstune_meta" in tables:
             with Session(engine) as session:
                 row = session.scalar(select(Meta).where(Meta.key == "schema_version"))
@@ -93,10 +94,18 @@ def init_schema(engine: Engine, url: str) -> None:
                     f"database {where} was written by a newer dstune (schema {found}; this dstune knows "
                     f"{SCHEMA_VERSION}). Upgrade dstune, or point --db at another database."
                 )
+            if found < SCHEMA_VERSION:
+                from .migrations import migrate  # Alembic loads only when a migration is due
+
+                with engine.begin() as connection:
+                    migrate(connection, found, SCHEMA_VERSION)
         Base.metadata.create_all(engine)
         with Session(engine) as session, session.begin():
-            if session.get(Meta, "schema_version") is None:
+            meta = session.get(Meta, "schema_version")
+            if meta is None:
                 session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(meta.value) < SCHEMA_VERSION:
+                meta.value = str(SCHEMA_VERSION)
     except (DatabaseError, OperationalError) as exc:
         reason = str(exc.orig) if getattr(exc, "orig", None) is not None else str(exc)
         raise UsageError(

@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # store/migrations.py brings older databases up to it
 
 
 def utcnow() -> datetime:
@@ -69,6 +69,20 @@ class IterationRow(Base):
     chosen_trial_id: Mapped[int | None] = mapped_column(Integer)
     chosen_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # Plan (schema 2): what changed since the previous iteration, and what this one started from.
+    previous_iteration_id: Mapped[int | None] = mapped_column(Integer)
+    fingerprint_diff: Mapped[list[Any] | None] = mapped_column(JSON)
+    incumbent_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    incumbent_source: Mapped[str | None] = mapped_column(String(100))
+    # Check and Act (schema 2).
+    select_policy: Mapped[str | None] = mapped_column(String(100))
+    decision: Mapped[str | None] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text)
+    speedup: Mapped[float | None] = mapped_column(Float)
+    speedup_low: Mapped[float | None] = mapped_column(Float)
+    speedup_high: Mapped[float | None] = mapped_column(Float)
+    regression: Mapped[bool | None] = mapped_column(Boolean)
+    check: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     workload: Mapped[WorkloadRow] = relationship(lazy="joined")
     environment: Mapped[EnvironmentRow | None] = relationship(lazy="joined")
@@ -114,3 +128,44 @@ class TrialRow(Base):
         "peak_reserved", "first_step_s", "micro_batch", "accumulation", "energy_per_sample_j",
         "gpu_util_mean", "latency_p99_s",
     )
+
+
+class MeasurementRow(Base):
+    """One Check-phase re-measurement: incumbent or challenger, in a fresh process, in A B A B order."""
+
+    __tablename__ = "dstune_measurements"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    iteration_id: Mapped[int] = mapped_column(ForeignKey("dstune_iterations.id"), index=True)
+    role: Mapped[str] = mapped_column(String(20))
+    round: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20))
+    samples_per_s: Mapped[float | None] = mapped_column(Float)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(Integer)
+    energy_per_sample_j: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AppliedRow(Base):
+    """A configuration put in production for a workload; the newest row is the one applied.
+
+    Rows are never updated or deleted: promotions and rollbacks add rows, so
+    the table is the history of what ran in production and why.
+    """
+
+    __tablename__ = "dstune_applied"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workload_id: Mapped[int] = mapped_column(ForeignKey("dstune_workloads.id"), index=True)
+    iteration_id: Mapped[int | None] = mapped_column(ForeignKey("dstune_iterations.id"))
+    source_iteration_id: Mapped[int | None] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(String(20))
+    note: Mapped[str | None] = mapped_column(Text)
+    samples_per_s: Mapped[float | None] = mapped_column(Float)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(Integer)
+    energy_per_sample_j: Mapped[float | None] = mapped_column(Float)
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    workload: Mapped[WorkloadRow] = relationship(lazy="joined")

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from .database import BUSY_TIMEOUT_S, open_engine
-from .models import EnvironmentRow, IterationRow, TrialRow, WorkloadRow, utcnow
+from .models import AppliedRow, EnvironmentRow, IterationRow, MeasurementRow, TrialRow, WorkloadRow, utcnow
 
 
 class Store:
@@ -81,7 +81,69 @@ class Store:
             session.flush()
             return row.id
 
+    def record_measurement(self, iteration_id: int, **fields: Any) -> int:
+        """Insert one Check-phase measurement and commit it at once."""
+        metrics = fields.get("metrics") or {}
+        for column in ("samples_per_s", "peak_memory_bytes", "energy_per_sample_j"):
+            if column not in fields and metrics.get(column) is not None:
+                fields[column] = int(metrics[column]) if column == "peak_memory_bytes" else metrics[column]
+        with self.sessions.begin() as session:
+            row = MeasurementRow(iteration_id=iteration_id, **fields)
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def conclude_iteration(self, iteration_id: int, applied: dict[str, Any] | None, **fields: Any) -> None:
+        """Act, atomically: the iteration's decision and (if any) the newly applied config commit together."""
+        with self.sessions.begin() as session:
+            row = session.get(IterationRow, iteration_id)
+            for key, value in dict(fields, status="completed", phase="done", ended_at=utcnow()).items():
+                setattr(row, key, value)
+            if applied is not None:
+                session.add(AppliedRow(workload_id=row.workload_id, iteration_id=iteration_id, **applied))
+
+    def apply_config(self, workload: str, **fields: Any) -> int:
+        """Add an applied-config row outside an iteration (a rollback)."""
+        with self.sessions.begin() as session:
+            workload_row = session.scalar(select(WorkloadRow).where(WorkloadRow.name == workload))
+            row = AppliedRow(workload_id=workload_row.id, **fields)
+            session.add(row)
+            session.flush()
+            return row.id
+
     # -- reads ----------------------------------------------------------------
+
+    def workload_names(self) -> list[str]:
+        with self.sessions() as session:
+            return list(session.scalars(select(WorkloadRow.name).order_by(WorkloadRow.name)))
+
+    def measurements(self, iteration_id: int) -> Sequence[MeasurementRow]:
+        with self.sessions() as session:
+            query = (select(MeasurementRow).where(MeasurementRow.iteration_id == iteration_id)
+                     .order_by(MeasurementRow.id))
+            return session.scalars(query).all()
+
+    def applied(self, workload: str) -> AppliedRow | None:
+        """The configuration in production for ``workload``: the newest applied row."""
+        history = self.applied_history(workload, newest_first=True, limit=1)
+        return history[0] if history else None
+
+    def applied_history(self, workload: str, newest_first: bool = False, limit: int | None = None
+                        ) -> Sequence[AppliedRow]:
+        with self.sessions() as session:
+            order = AppliedRow.id.desc() if newest_first else AppliedRow.id
+            query = select(AppliedRow).join(WorkloadRow).where(WorkloadRow.name == workload).order_by(order)
+            if limit is not None:
+                query = query.limit(limit)
+            return session.scalars(query).all()
+
+    def last_iteration(self, workload: str, before: int, status: str = "completed") -> IterationRow | None:
+        """The newest iteration of ``workload`` older than iteration ``before`` with that status."""
+        with self.sessions() as session:
+            query = (select(IterationRow).join(WorkloadRow)
+                     .where(WorkloadRow.name == workload, IterationRow.id < before, IterationRow.status == status)
+                     .order_by(IterationRow.id.desc()).limit(1))
+            return session.scalar(query)
 
     def iteration(self, iteration_id: int) -> IterationRow | None:
         with self.sessions() as session:

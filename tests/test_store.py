@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,22 @@ def test_url_resolution(tmp_path, monkeypatch):
         resolve_url("bogus://host/db")
     with pytest.raises(UsageError, match="does not exist"):
         Store(str(tmp_path / "missing-dir" / "x.db"))
+
+
+def test_schema_1_database_is_migrated_without_losing_rows(tmp_path):
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript((Path(__file__).parent / "data" / "schema_v1.sql").read_text())
+    store = Store(str(db))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select value from dstune_meta where key = 'schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),)
+        columns = {row[1] for row in conn.execute("pragma table_info(dstune_iterations)")}
+    assert {"decision", "speedup_low", "fingerprint_diff", "incumbent_config"} <= columns
+    (iteration,) = store.iterations_of("observe")
+    assert iteration.status == "completed" and iteration.chosen_config["precision"] == "bf16"
+    assert iteration.decision is None
+    assert len(store.trials(iteration.id)) == 2
+    # The migrated database takes schema-2 rows.
+    store.record_measurement(iteration.id, role="incumbent", round=0, config={}, status="ok", metrics={})
+    assert len(store.measurements(iteration.id)) == 1

@@ -1,0 +1,44 @@
+"""Schema migrations: bring a database written by an older dstune up to date.
+
+Each step is written against the schema as it was (not the current models),
+uses Alembic's operations, and is idempotent (it skips what is already
+there), so a migration cut off half-way simply completes on the next open.
+New tables need no step: ``create_all`` adds them.  Rows are never dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, String, Text, inspect
+from sqlalchemy.engine import Connection
+
+
+def _add_columns(op: Operations, connection: Connection, table: str, columns: list[Column]) -> None:
+    present = {c["name"] for c in inspect(connection).get_columns(table)}
+    for column in columns:
+        if column.name not in present:
+            op.add_column(table, column)
+
+
+def _to_2(op: Operations, connection: Connection) -> None:
+    """Schema 2 (PDCA): the iteration's plan, check and decision."""
+    _add_columns(op, connection, "dstune_iterations", [
+        Column("previous_iteration_id", Integer), Column("fingerprint_diff", JSON),
+        Column("incumbent_config", JSON), Column("incumbent_source", String(100)),
+        Column("select_policy", String(100)), Column("decision", String(20)), Column("reason", Text),
+        Column("speedup", Float), Column("speedup_low", Float), Column("speedup_high", Float),
+        Column("regression", Boolean), Column("check", JSON),
+    ])
+
+
+STEPS: dict[int, Callable[[Operations, Connection], None]] = {2: _to_2}
+
+
+def migrate(connection: Connection, found: int, target: int) -> None:
+    """Run every step after schema ``found`` up to ``target``."""
+    op = Operations(MigrationContext.configure(connection))
+    for version in range(found + 1, target + 1):
+        STEPS[version](op, connection)
