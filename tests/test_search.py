@@ -5,10 +5,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import optuna
+import pytest
 
+from dstune.errors import UsageError
 from dstune.knobs import Knob
-from dstune.search import (CostAwareSchedule, SearchSpace, choose_max_throughput, create_study, enqueue_seeds,
-                           pareto_front, tell)
+from dstune.search import CostAwareSchedule, SearchSpace, create_study, enqueue_seeds, pareto_front, tell
+from dstune.selection import parse_policy
 
 KNOBS = (
     Knob("batch", choices=(8, 16, 32), default=16, checklist=32),
@@ -50,8 +52,26 @@ def test_pareto_front_and_choice_under_budget():
             for i, (s, m) in enumerate([(100, 50), (80, 20), (90, 60), (120, 200), (70, 20)])]
     front = pareto_front(rows)
     assert [r.id for r in front] == [3, 0, 1]
-    assert choose_max_throughput(rows, memory_budget=100).id == 0
-    assert choose_max_throughput(rows, memory_budget=10) is None
+    fastest = parse_policy("max-throughput")
+    assert fastest.choose(rows, memory_budget=100).id == 0
+    assert fastest.choose(rows, memory_budget=10) is None
+
+
+def test_knee_and_weighted_policies():
+    # Front: 10/s at 10 B, 60/s at 20 B (the knee), 65/s at 100 B.
+    rows = [SimpleNamespace(id=i, samples_per_s=s, peak_memory_bytes=m, energy_per_sample_j=e)
+            for i, (s, m, e) in enumerate([(10, 10, 1.0), (60, 20, 3.0), (65, 100, 2.0), (30, 50, 9.0)])]
+    assert parse_policy("knee").choose(rows, memory_budget=1000).id == 1
+    assert parse_policy("max-throughput").choose(rows, memory_budget=1000).id == 2
+    assert parse_policy("weighted:memory=1").choose(rows, memory_budget=1000).id == 0
+    assert parse_policy("weighted:throughput=1,energy=1").choose(rows, memory_budget=1000).id == 2
+    assert str(parse_policy("weighted:throughput=1, memory=0.5")) == "weighted:memory=0.5,throughput=1"
+
+
+@pytest.mark.parametrize("text", ["fastest", "weighted:speed=1", "weighted:memory=-1", "weighted:memory=0"])
+def test_bad_selection_policy_is_a_usage_error(text):
+    with pytest.raises(UsageError, match="--select"):
+        parse_policy(text)
 
 
 def test_costly_choices_wait_for_exploration_then_promote_the_best():

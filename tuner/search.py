@@ -93,12 +93,6 @@ def pareto_front(rows: Sequence[Any]) -> list[Any]:
     return sorted(front, key=lambda r: -r.samples_per_s)
 
 
-def choose_max_throughput(rows: Sequence[Any], memory_budget: int) -> Any | None:
-    """The fastest successful trial whose peak memory fits the budget."""
-    fitting = [r for r in rows if r.peak_memory_bytes is not None and r.peak_memory_bytes <= memory_budget]
-    return max(fitting, key=lambda r: r.samples_per_s, default=None)
-
-
 @dataclass
 class CostAwareSchedule:
     """Spend the budget knowingly when some choices (compilation) cost far more than others.

@@ -1,0 +1,72 @@
+"""Act: promote the challenger only on a significant win; flag a regression of the incumbent.
+
+- Promote when the lower bound of the 95% interval of the speed-up exceeds
+  ``1 + min_gain``.  Anything less keeps the incumbent: a noisy 3% "win"
+  is not worth a production change.
+- Regression: the incumbent re-measured now against the same configuration's
+  measurements in its last iteration (Welch's interval); flagged when the
+  interval's upper bound lies below ``1 - min_gain``.  A driver or library
+  upgrade that slows the job shows up here, next to the environment diff.
+- An incumbent that no longer runs (crash, OOM) is a regression too, and a
+  challenger that ran in every round replaces it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .check import CheckResult
+from .speedup import RatioEstimate, unpaired_ratio
+
+PROMOTED, KEPT = "promoted", "kept"
+
+
+@dataclass
+class Decision:
+    decision: str
+    reason: str
+    regression: bool | None = None
+    regression_estimate: RatioEstimate | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == PROMOTED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decision": self.decision, "reason": self.reason, "regression": self.regression,
+                "regression_estimate": self.regression_estimate.to_dict() if self.regression_estimate else None}
+
+
+def regression_of(reference: Sequence[float] | None, now: Sequence[float], min_loss: float
+                  ) -> tuple[bool | None, RatioEstimate | None]:
+    """Is ``now`` slower than ``reference`` beyond the noise?  None when there is nothing to compare."""
+    if not reference or len(reference) < 2 or len(now) < 2:
+        return None, None
+    estimate = unpaired_ratio(reference, now)
+    return estimate.falls_below(min_loss), estimate
+
+
+def decide(check: CheckResult, has_challenger: bool, min_gain: float, reference: Sequence[float] | None,
+           no_challenger_reason: str = "no challenger") -> Decision:
+    """The Act phase's decision from a finished check."""
+    regression, regression_estimate = regression_of(reference, check.incumbent, min_gain)
+    if "incumbent" in check.failures:
+        if has_challenger and "challenger" not in check.failures:
+            return Decision(PROMOTED, f"the incumbent failed ({check.failures['incumbent']}); the challenger ran "
+                            f"in every round (median {statistics.median(check.challenger):.1f} samples/s)", True)
+        return Decision(KEPT, f"the incumbent failed ({check.failures['incumbent']}) and no challenger ran in "
+                        "every round: nothing better to apply", True)
+    if not has_challenger:
+        return Decision(KEPT, no_challenger_reason, regression, regression_estimate)
+    if "challenger" in check.failures:
+        return Decision(KEPT, f"the challenger failed in the check ({check.failures['challenger']})",
+                        regression, regression_estimate)
+    estimate = check.estimate
+    assert estimate is not None
+    if estimate.exceeds(min_gain):
+        reason = f"speed-up {estimate} (95% CI) exceeds the minimum gain of {min_gain:.0%}"
+        return Decision(PROMOTED, reason, regression, regression_estimate)
+    reason = f"speed-up {estimate} (95% CI): lower bound not above 1 + {min_gain:.0%}"
+    return Decision(KEPT, reason, regression, regression_estimate)
