@@ -1,6 +1,7 @@
 """Imported once by the fork server that trial processes are forked from.
 
-It imports torch (the slow part of starting a trial) and nothing that
+It imports torch and torch._dynamo (which every optimizer imports on
+construction: together the slow seconds of starting a trial) and nothing that
 initialises CUDA, thread pools or a workload, so every forked trial starts
 from the same clean state.  Python 3.12+ warns about forking a process with
 more than one thread; importing torch starts one idle helper thread, which is
@@ -14,6 +15,7 @@ import warnings
 warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks.*", category=DeprecationWarning)
 
 import torch  # noqa: E402,F401 - the point of this module
+import torch._dynamo  # noqa: E402,F401
 
 import dstune.measure  # noqa: E402,F401
 import dstune.plugin_manager  # noqa: E402,F401

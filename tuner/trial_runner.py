@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -98,6 +100,13 @@ def _forkserver() -> multiprocessing.context.BaseContext:
     return context
 
 
+def start_early() -> None:
+    """Start the fork server now, so that it imports torch while the caller does its own imports."""
+    if start_method() == "forkserver":
+        _forkserver()
+        multiprocessing.forkserver.ensure_running()
+
+
 def _forked_child(spec_path: str, result_path: str, out_path: str, err_path: str, env: dict[str, str]) -> None:
     """Runs in the forked child: become a process group, redirect output, apply env, run the worker."""
     os.setsid()
@@ -116,9 +125,24 @@ def _forked_child(spec_path: str, result_path: str, out_path: str, err_path: str
     sys.exit(main([spec_path, result_path]))
 
 
+def _start_without_main(process: multiprocessing.process.BaseProcess) -> None:
+    """Start ``process`` so that it does not re-import the caller's ``__main__`` script.
+
+    multiprocessing re-runs the parent's main module in every child so that
+    pickled functions defined there resolve; a trial needs none of that, and a
+    caller's script (or ``python -`` reading stdin) must not run again.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        process.start()
+    finally:
+        sys.modules["__main__"] = main
+
+
 def _run_forked(paths: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, bool]:
     process = _forkserver().Process(target=_forked_child, args=(*paths, env), daemon=False)
-    process.start()
+    _start_without_main(process)
 
     def wait(seconds: float) -> bool:
         process.join(seconds)
