@@ -13,4 +13,14 @@ from .hookspecs import hookimpl
 from .knobs import BatchPlan, Knob
 from .workload_api import Workload, workload
 
-__all__ = ["BatchPlan", "Knob", "TuneContext", "UsageError", "Workload", "__version__", "hookimpl", "workload"]
+__all__ = ["BatchPlan", "BestConfig", "Knob", "TuneContext", "UsageError", "Workload", "__version__", "apply", "best",
+           "hookimpl", "workload"]
+
+
+def __getattr__(name: str) -> object:
+    """``best``, ``apply`` and ``BestConfig`` load on first use: they import torch, the CLI need not."""
+    if name in ("BestConfig", "apply", "best"):
+        from . import production
+
+        return getattr(production, name)
+    raise AttributeError(f"module 'dstune' has no attribute {name!r}")

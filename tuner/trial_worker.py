@@ -60,6 +60,22 @@ def _device_context(definition: Any) -> Any:
     )
 
 
+def probe_context(definition: Any, pm: Any) -> Any:
+    """Build the workload once and describe it: device, model class and size, plugin facts."""
+    ctx = _device_context(definition)
+    built = definition.build(ctx)
+    model = built.model
+    facts: dict[str, Any] = {}
+    for part in pm.hook.dstune_model_facts(model=model, workload=built, ctx=ctx):
+        facts.update(part or {})
+    return ctx.with_updates(
+        has_dataset=built.dataset is not None,
+        model_class=f"{type(model).__module__}.{type(model).__qualname__}",
+        param_count=sum(p.numel() for p in model.parameters()),
+        facts=facts,
+    )
+
+
 def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
     """Import and build the workload once; report the context and environment."""
     from .fingerprint import environment_facts
@@ -68,18 +84,7 @@ def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
 
     plugins = plugin_manager(spec.get("disabled_plugins", ()))
     definition = select_workload(spec["workload_file"], spec.get("workload_name"))
-    ctx = _device_context(definition)
-    built = definition.build(ctx)
-    model = built.model
-    facts: dict[str, Any] = {}
-    for part in plugins.pm.hook.dstune_model_facts(model=model, workload=built, ctx=ctx):
-        facts.update(part or {})
-    ctx = ctx.with_updates(
-        has_dataset=built.dataset is not None,
-        model_class=f"{type(model).__module__}.{type(model).__qualname__}",
-        param_count=sum(p.numel() for p in model.parameters()),
-        facts=facts,
-    )
+    ctx = probe_context(definition, plugins.pm)
     return {
         "status": "ok",
         "ctx": json.loads(ctx.to_json()),

@@ -1,0 +1,135 @@
+"""Production side: ``dstune.best`` reads the applied configuration, ``dstune.apply`` runs it.
+
+``apply`` calls the very functions a trial process calls, in the same order
+(``configure_process``, then ``compose``), with the context recorded when
+the configuration was tuned, so what runs in production is what was
+measured.  ``DSTUNE_CONFIG=path.json`` (written by ``dstune export --format
+json``) replaces the store, for machines that have no access to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .context import TuneContext
+from .errors import UsageError
+from .workload_api import WORKLOAD_ATTR, WorkloadDef
+
+if TYPE_CHECKING:
+    from .composition import Composed
+
+
+@dataclass
+class BestConfig:
+    """The applied configuration of a workload and where it came from."""
+
+    workload: str
+    config: dict[str, Any]
+    context: dict[str, Any] | None = None
+    source: str = ""
+    applied_id: int | None = None
+    iteration_id: int | None = None
+    reason: str | None = None
+    note: str | None = None
+    applied_at: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def best_from_row(row: Any, context: dict[str, Any] | None) -> BestConfig:
+    return BestConfig(
+        workload=row.workload.name, config=dict(row.config), context=context, source="store",
+        applied_id=row.id, iteration_id=row.iteration_id or row.source_iteration_id, reason=row.reason,
+        note=row.note, applied_at=row.applied_at.isoformat(),
+        metrics={"samples_per_s": row.samples_per_s, "peak_memory_bytes": row.peak_memory_bytes,
+                 "energy_per_sample_j": row.energy_per_sample_j},
+    )
+
+
+def applied_best(store: Any, workload: str) -> BestConfig | None:
+    """The applied configuration in ``store``, with the context of the iteration that measured it."""
+    row = store.applied(workload)
+    if row is None:
+        return None
+    source_id = row.iteration_id or row.source_iteration_id
+    iteration = store.iteration(source_id) if source_id else None
+    return best_from_row(row, dict(iteration.context) if iteration is not None else None)
+
+
+def _from_file(path: str, workload: str) -> BestConfig:
+    where = f"DSTUNE_CONFIG={path}"
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{where}: no such file. Write it with `dstune export {workload} --format json -o {path}`, "
+                         "or unset DSTUNE_CONFIG to read the store.") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{where}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). "
+                         f"Write it with `dstune export {workload} --format json`.") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: expected a JSON object, found {type(data).__name__}.")
+    if isinstance(data.get("config"), dict):
+        if data.get("workload") not in (None, workload):
+            raise UsageError(f"{where} holds the configuration of workload {data['workload']!r}, not {workload!r}. "
+                             "Export the right workload, or ask for that one.")
+        known = {k: v for k, v in data.items() if k in BestConfig.__dataclass_fields__}
+        return BestConfig(**{**known, "workload": workload, "source": where})
+    return BestConfig(workload=workload, config=data, source=where)
+
+
+def best(workload: str, db: str | None = None) -> BestConfig:
+    """The configuration applied to ``workload``: from ``DSTUNE_CONFIG`` if set, else from the store."""
+    path = os.environ.get("DSTUNE_CONFIG")
+    if path:
+        return _from_file(path, workload)
+    from dstune.store import Store
+
+    store = Store(db)
+    found = applied_best(store, workload)
+    if found is None:
+        known = ", ".join(store.workload_names()) or "none"
+        raise UsageError(f"no configuration has been applied to workload {workload!r} in {store.url} "
+                         f"(workloads there: {known}). Run `dstune run` on it first, or set DSTUNE_CONFIG.")
+    return found
+
+
+def _definition(workload_fn: Any) -> WorkloadDef:
+    definition = workload_fn if isinstance(workload_fn, WorkloadDef) else getattr(workload_fn, WORKLOAD_ATTR, None)
+    if definition is None:
+        raise UsageError(f"dstune.apply: {workload_fn!r} is not a @dstune.workload function. "
+                         "Pass the decorated function itself.")
+    return definition
+
+
+def apply(workload_fn: Callable[..., Any], cfg: BestConfig | dict[str, Any],
+          disabled_plugins: tuple[str, ...] = ()) -> "Composed":
+    """Configure this process and build the workload under ``cfg``; return model, optimizer and ``step``.
+
+    Call it before anything initialises CUDA, as a trial does: process-wide
+    settings (threads, allocator, backend flags) are made first.
+    """
+    import torch
+
+    from .composition import compose, configure_process
+    from .plugin_manager import plugin_manager
+    from .trial_worker import probe_context
+
+    definition = _definition(workload_fn)
+    chosen = cfg if isinstance(cfg, BestConfig) else BestConfig(definition.name, dict(cfg))
+    plugins = plugin_manager(disabled_plugins)
+    if chosen.context:
+        ctx = TuneContext.from_dict(chosen.context)
+        if ctx.is_cuda and not torch.cuda.is_available():
+            raise UsageError(f"the configuration of {chosen.workload!r} was tuned on {ctx.device_name}, but this "
+                             "process sees no CUDA device. Run on a GPU, or tune a configuration for the CPU.")
+    else:
+        ctx = probe_context(definition, plugins.pm)
+    config = dict(chosen.config)
+    configure_process(plugins.pm, config, ctx)
+    return compose(plugins.pm, definition, config, ctx)
