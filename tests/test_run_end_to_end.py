@@ -25,13 +25,23 @@ def test_run_records_every_trial_and_prints_the_front(tmp_path):
                      "--trials", "5", "--budget", "3m", "--window-time", "0.1", *NO_COMPILE, cwd=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
     out = result.stdout
-    assert "Pareto front" in out and "Chosen" in out and "vs default" in out
+    assert "Pareto front" in out and "Challenger" in out and "Decision:" in out
     assert "trial 1/5" in out and "trial 5/5" in out
+    assert "Plan: first iteration" in out
 
-    iterations = _rows(db, "select id, status, study_name, chosen_config, memory_budget_bytes from dstune_iterations")
+    iterations = _rows(db, "select id, status, study_name, chosen_config, memory_budget_bytes, decision, "
+                           "incumbent_config from dstune_iterations")
     assert len(iterations) == 1
-    iteration_id, status, study_name, chosen, budget = iterations[0]
-    assert status == "completed" and chosen is not None and budget > 0
+    iteration_id, status, study_name, chosen, budget, decision, incumbent = iterations[0]
+    assert status == "completed" and chosen is not None and budget > 0 and decision in ("promoted", "kept")
+    # The check re-measured incumbent (the default config, before anything was applied) and challenger.
+    roles = [r[0] for r in _rows(db, "select role from dstune_measurements order by id")]
+    if chosen == incumbent:
+        assert roles == ["incumbent"] * 5
+    else:
+        assert roles == ["incumbent", "challenger"] * 5
+    applied = _rows(db, "select reason, config from dstune_applied")
+    assert len(applied) == 1 and applied[0][0] == ("promoted" if decision == "promoted" else "baseline")
 
     trials = _rows(db, "select seed_kind, status, samples_per_s, peak_memory_bytes, step_time_cv, config "
                        "from dstune_trials order by id")
@@ -54,7 +64,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, start_method):
     disabled = [arg for name in ("compile", "threads", "precision", "checkpointing", "cudnn")
                 for arg in ("--disable-plugin", name)]
     result = run_cli("run", str(WORKLOADS / "faults.py"), "--db", str(db), "--trials", "7", "--budget", "5m",
-                     "--trial-timeout", "8s", "--window-time", "0.05", *disabled, cwd=tmp_path,
+                     "--trial-timeout", "8s", "--window-time", "0.05", "--check-repeats", "2", *disabled, cwd=tmp_path,
                      env={"DSTUNE_CHILD_PID_FILE": str(pid_file), "DSTUNE_START_METHOD": start_method})
     assert result.returncode == 0, result.stderr + result.stdout
     rows = _rows(db, "select json_extract(config, '$.batch_size'), status, error, signal, stderr_tail "

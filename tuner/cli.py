@@ -17,7 +17,6 @@ from rich.table import Table
 
 from . import __version__
 from .errors import UsageError
-from .measure import MeasureSettings
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Automated tuning for PyTorch workloads.")
@@ -53,10 +52,16 @@ def run(
     windows: int = typer.Option(5, "--windows", min=2, help="Timed windows per trial."),
     window_time: float = typer.Option(0.5, "--window-time", min=0.01, help="Seconds per timed window (at least)."),
     max_warmup: float = typer.Option(60.0, "--max-warmup", min=0.1, help="Most seconds of warm-up per trial."),
+    select: str = typer.Option("max-throughput", "--select", help="Challenger policy: max-throughput, knee, or weighted:throughput=1,memory=0.5,energy=0."),
+    check_repeats: int = typer.Option(5, "--check-repeats", min=2, help="Interleaved rounds of incumbent and challenger in the check."),
+    min_gain: float = typer.Option(0.02, "--min-gain", min=0.0, max=1.0, help="Promote only when the 95% CI's lower bound exceeds 1 + this."),
+    fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 3 when the incumbent regressed (for CI and cron)."),
 ) -> None:
-    """Tune WORKLOAD_FILE: run trials, record them, and show the Pareto front and the chosen config."""
+    """One Plan-Do-Check-Act iteration of WORKLOAD_FILE: trials, check against the incumbent, promote or keep."""
     from .display import ConsoleReporter, render_summary
-    from .summary import conclude
+    from .measure import MeasureSettings
+    from .selection import parse_policy
+    from .summary import summarize
     from .tuning_run import RunOptions, run_iteration
     from .units import parse_duration
 
@@ -66,9 +71,13 @@ def run(
         memory_budget=memory_budget, seed=seed, disabled_plugins=tuple(disable_plugin),
         strict_plugins=strict_plugins, study_name=study,
         measure=MeasureSettings(windows=windows, window_s=window_time, max_warmup_s=max_warmup),
+        select=parse_policy(select), check_repeats=check_repeats, min_gain=min_gain,
     )
     if not workload_file.is_file():
         raise UsageError(f"workload file {workload_file} does not exist. Give the path of a Python file that defines a @dstune.workload function.")
+    from .trial_runner import start_early
+
+    start_early()
     reporter = ConsoleReporter()
     try:
         result = run_iteration(options, reporter)
@@ -80,7 +89,71 @@ def run(
         reporter.close()
     from dstune.store import Store
 
-    render_summary(reporter.console, conclude(Store(db), result.iteration_id), result.stop_reason)
+    render_summary(reporter.console, summarize(Store(db), result.iteration_id), result.stop_reason)
+    if fail_on_regression and result.decision is not None and result.decision.regression:
+        err_console.print("regression detected and --fail-on-regression given: exit 3")
+        raise typer.Exit(3)
+
+
+DB_OPTION = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path (default $DSTUNE_DB or ./dstune.db).")
+
+
+@app.command()
+def show(
+    workload: str = typer.Argument(..., help="Workload name (as in `dstune history`)."),
+    db: Optional[str] = DB_OPTION,
+) -> None:
+    """The incumbent: its configuration, numbers, since when and why; and the latest Pareto front."""
+    from .history_view import render_show
+
+    render_show(Console(), _store(db), workload)
+
+
+@app.command()
+def history(
+    workload: str = typer.Argument(..., help="Workload name."),
+    db: Optional[str] = DB_OPTION,
+) -> None:
+    """One row per iteration: environment changes, trials, challenger, decision, speed-up with its 95% CI."""
+    from .history_view import render_history
+
+    render_history(Console(), _store(db), workload)
+
+
+@app.command()
+def export(
+    workload: str = typer.Argument(..., help="Workload name."),
+    format: str = typer.Option("json", "--format", "-f", help="json (for DSTUNE_CONFIG) or env (KEY=VALUE lines)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    db: Optional[str] = DB_OPTION,
+) -> None:
+    """Print the applied configuration as JSON or as shell KEY=VALUE lines."""
+    from .history_view import export_text
+
+    text = export_text(_store(db), workload, format)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        err_console.print(f"wrote {output}")
+
+
+@app.command()
+def rollback(
+    workload: str = typer.Argument(..., help="Workload name."),
+    to: int = typer.Option(..., "--to", help="Iteration whose applied configuration to re-apply."),
+    db: Optional[str] = DB_OPTION,
+) -> None:
+    """Re-apply the configuration that was in production after iteration N."""
+    from .history_view import rollback_to
+
+    Console().print(rollback_to(_store(db), workload, to), highlight=False)
+
+
+def _store(db: str | None):  # type: ignore[no-untyped-def]
+    from dstune.store import Store
+
+    return Store(db)
 
 
 @app.command()

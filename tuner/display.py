@@ -15,6 +15,7 @@ from rich.table import Table
 
 from .context import TuneContext
 from .knobs import Config, Knob, describe_config
+from .plan import Incumbent, format_change
 from .summary import IterationSummary
 from .trial_runner import TrialOutcome
 from .units import format_bytes, format_duration
@@ -78,14 +79,51 @@ class ConsoleReporter:
     def message(self, text: str) -> None:
         self.console.print(text)
 
+    def planned(self, previous_id: int | None, diff: list[dict[str, Any]], incumbent: Incumbent, copied: int) -> None:
+        if previous_id is None:
+            self.console.print("Plan: first iteration of this workload.")
+        elif diff:
+            self.console.print(f"Plan: environment changed since iteration {previous_id}:")
+            for change in diff:
+                self.console.print(f"  {format_change(change)}", highlight=False)
+        else:
+            self.console.print(f"Plan: environment unchanged since iteration {previous_id}; "
+                               f"{copied} of its trials warm-start the search.")
+        self.console.print(f"Incumbent: {incumbent.source}", highlight=False)
+        for note in incumbent.notes:
+            self.console.print(f"  [yellow]{note}[/]", highlight=False)
+
+    def check_started(self, incumbent: Config, challenger: Config | None, repeats: int, why: str) -> None:
+        self.close()
+        if challenger is None:
+            self.console.print(f"Check: {why}; re-measuring the incumbent {repeats} times.")
+        else:
+            self.console.print(f"Check: challenger {describe_config(challenger, incumbent)} vs incumbent, "
+                               f"{repeats} interleaved rounds (fresh process each).", highlight=False)
+
+    def check_measured(self, role: str, round_: int, outcome: TrialOutcome) -> None:
+        if outcome.status == "ok":
+            text = f"{outcome.metrics['samples_per_s']:.1f} samples/s"
+        else:
+            text = f"{outcome.status}: {(outcome.error or '').strip()[-100:]}"
+        self.console.print(f"  round {round_ + 1} {role:<10} {text}", highlight=False)
+
     def close(self) -> None:
         if self.progress:
             self.progress.stop()
             self.progress = None
 
 
+def format_speedup(row: Any) -> str:
+    """``1.234x [1.201, 1.268]`` from an iteration row, or ``-``."""
+    if row.speedup is None:
+        return "-"
+    return f"{row.speedup:.3f}x [{row.speedup_low:.3f}, {row.speedup_high:.3f}]"
+
+
 def render_summary(console: Console, summary: IterationSummary, stop_reason: str) -> None:
-    """The final tables: trials by status, Pareto front, the chosen config and its speed-up."""
+    """The final tables: trials by status, Pareto front, challenger, the check and the decision."""
+    iteration = summary.iteration
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.status_counts.items()))
     console.print(f"\n[bold]Iteration {summary.iteration_id}[/] of {summary.workload}: {counts} "
                   f"(stopped: {stop_reason})")
@@ -94,19 +132,27 @@ def render_summary(console: Console, summary: IterationSummary, stop_reason: str
                          ("cv", "right"), ("first step", "right"), ("config (vs default)", "left")):
         table.add_column(col, justify=justify)
     for row in summary.front:
-        marker = " *" if summary.chosen is not None and row.id == summary.chosen.id else ""
+        marker = " *" if summary.challenger is not None and row.id == summary.challenger.id else ""
         table.add_row(f"{row.number}{marker}", f"{row.samples_per_s:.1f}", format_bytes(row.peak_memory_bytes),
                       f"{(row.step_time_cv or 0):.1%}", f"{(row.first_step_s or 0):.1f} s",
                       describe_config(row.config, summary.default_config))
     console.print(table)
-    if summary.chosen is None:
+    if summary.challenger is None:
         console.print(f"[red]No trial succeeded within the memory budget ({format_bytes(summary.memory_budget)}).[/] "
-                      "See the trial errors with the store, or widen --memory-budget.")
-        return
-    console.print(f"[bold]Chosen[/] (max throughput within {format_bytes(summary.memory_budget)}): "
-                  f"trial {summary.chosen.number}: {describe_config(summary.chosen.config, summary.default_config)}")
-    if summary.speedup is not None:
-        console.print(f"[bold]{summary.chosen.samples_per_s:.1f} samples/s[/] vs default "
-                      f"{summary.default.samples_per_s:.1f}: [bold green]{summary.speedup:.2f}x[/]")
-    elif summary.default is not None:
-        console.print(f"The default configuration did not run ({summary.default.status}); no speed-up to state.")
+                      "See the trial errors in `dstune history`, or widen --memory-budget.")
+    else:
+        console.print(f"Challenger ({iteration.select_policy} within {format_bytes(summary.memory_budget)}): "
+                      f"trial {summary.challenger.number}: "
+                      f"{describe_config(summary.challenger.config, summary.default_config)}", highlight=False)
+    incumbent, challenger = summary.median("incumbent"), summary.median("challenger")
+    if incumbent is not None or challenger is not None:
+        parts = [f"{role} median {value:.1f} samples/s" for role, value in
+                 (("incumbent", incumbent), ("challenger", challenger)) if value is not None]
+        console.print("Check: " + ", ".join(parts) + (f"; speed-up {format_speedup(iteration)} (95% CI)"
+                                                       if iteration.speedup is not None else ""))
+    colour = "green" if iteration.decision == "promoted" else "yellow"
+    console.print(f"[bold {colour}]Decision: {iteration.decision}[/] ({iteration.reason})", highlight=False)
+    if iteration.regression:
+        estimate = (iteration.check or {}).get("regression_estimate")
+        detail = f" (now/then {estimate['ratio']:.3f}x [{estimate['low']:.3f}, {estimate['high']:.3f}])" if estimate else ""
+        console.print(f"[bold red]Regression:[/] the incumbent is slower than in its last iteration{detail}.")

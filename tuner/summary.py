@@ -1,50 +1,54 @@
-"""What a run found, read back from the store: Pareto front, chosen config, speed-up.
+"""What an iteration found and decided, read back from the store.
 
 Everything here comes from the database, not from memory, so what the user
-sees at the end is what was recorded.
+sees at the end of a run, in ``dstune show`` and in ``dstune history`` is
+what was recorded.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from .search import choose_max_throughput, pareto_front
+from .search import pareto_front
 
 
 @dataclass
 class IterationSummary:
-    iteration_id: int
-    workload: str
+    iteration: Any
     status_counts: dict[str, int]
     front: list[Any]
-    chosen: Any | None
-    default: Any | None
-    default_config: dict[str, Any]
-    memory_budget: int
+    challenger: Any | None
+    measurements: list[Any]
 
     @property
-    def speedup(self) -> float | None:
-        if self.chosen is None or self.default is None or self.default.status != "ok":
-            return None
-        return self.chosen.samples_per_s / self.default.samples_per_s
+    def iteration_id(self) -> int:
+        return int(self.iteration.id)
+
+    @property
+    def workload(self) -> str:
+        return str(self.iteration.workload.name)
+
+    @property
+    def memory_budget(self) -> int:
+        return int(self.iteration.memory_budget_bytes or 0)
+
+    @property
+    def default_config(self) -> dict[str, Any]:
+        return dict(self.iteration.default_config or {})
+
+    def median(self, role: str) -> float | None:
+        values = [m.samples_per_s for m in self.measurements if m.role == role and m.samples_per_s]
+        return statistics.median(values) if values else None
 
 
-def conclude(store: Any, iteration_id: int) -> IterationSummary:
-    """Pick the fastest config that fits the memory budget; record it on the iteration."""
+def summarize(store: Any, iteration_id: int) -> IterationSummary:
     iteration = store.iteration(iteration_id)
     ok = [t for t in store.trials(iteration_id, status="ok") if t.samples_per_s]
-    budget = iteration.memory_budget_bytes or 0
-    chosen = choose_max_throughput(ok, budget)
-    default = next((t for t in store.trials(iteration_id) if t.seed_kind == "default"), None)
-    store.finish_iteration(
-        iteration_id, "completed", phase="done",
-        chosen_trial_id=chosen.id if chosen else None,
-        chosen_config=chosen.config if chosen else None,
-    )
+    challenger = next((t for t in ok if t.id == iteration.chosen_trial_id), None)
     return IterationSummary(
-        iteration_id=iteration_id, workload=iteration.workload.name,
-        status_counts=store.status_counts(iteration_id),
+        iteration=iteration, status_counts=store.status_counts(iteration_id),
         front=pareto_front([t for t in ok if t.peak_memory_bytes is not None]),
-        chosen=chosen, default=default, default_config=iteration.default_config, memory_budget=budget,
+        challenger=challenger, measurements=list(store.measurements(iteration_id)),
     )

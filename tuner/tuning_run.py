@@ -1,10 +1,16 @@
-"""One ``dstune run``: probe the workload, search with Optuna, record every trial.
+"""One ``dstune run``: a whole Plan-Do-Check-Act iteration of one workload.
 
-The parent process never imports the user's workload: a probe process builds
-it once to learn the device and the model, then each trial runs in a fresh
-process.  Every trial is committed to the store when it ends.  The run stops
-at ``trials`` trials or when the budget is spent, whichever comes first (a
-trial in flight when the budget ends is allowed to finish).
+- Plan: probe the workload, fingerprint the environment and diff it against
+  the previous iteration, load the incumbent, seed the search.
+- Do: Optuna trials, each in a fresh process, each committed when it ends.
+- Check: pick the challenger from the Pareto front, re-measure it against the
+  incumbent interleaved, estimate the speed-up with a 95% interval.
+- Act: promote or keep, flag a regression, in one transaction.
+
+The parent process never imports the user's workload.  ``budget_s`` bounds
+the whole iteration: trials stop early enough to leave time for the check
+(estimated from the trials' own durations).  An iteration interrupted in
+any phase is recorded as interrupted in that phase and decides nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import dataclasses
 import logging
 import os
 import socket
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +27,25 @@ from typing import Any, Protocol, Sequence
 
 import optuna
 
+from .act import Decision, decide
+from .check import CheckResult, interleaved_check
 from .context import TuneContext
 from .errors import UsageError
 from .fingerprint import fingerprint_hash
 from .knobs import Config, Knob, checklist_config, default_config
 from .measure import MeasureSettings
+from .plan import Incumbent, adapt_config, copy_trials, diff_facts
 from .plugin_manager import plugin_manager
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, config_key, create_study, enqueue_seeds, tell
+from .selection import SelectionPolicy
 from .trial_runner import TrialOutcome, run_in_subprocess
 from .units import parse_memory_budget
 
 log = logging.getLogger("dstune.run")
 
 PROBE_TIMEOUT_S = 600.0
-MAX_REPEATS = 40
-PRUNE_RATIO = 0.25  # a trial whose warm-up shows under this fraction of the best is stopped early  # consecutive already-seen suggestions before the space counts as exhausted
+MAX_REPEATS = 40  # consecutive already-seen suggestions before the space counts as exhausted
+PRUNE_RATIO = 0.25  # a trial whose warm-up shows under this fraction of the best is stopped early
 
 
 @dataclass
@@ -51,6 +62,9 @@ class RunOptions:
     strict_plugins: bool = False
     study_name: str | None = None
     measure: MeasureSettings = field(default_factory=MeasureSettings)
+    select: SelectionPolicy = field(default_factory=lambda: SelectionPolicy("max-throughput"))
+    check_repeats: int = 5
+    min_gain: float = 0.02
 
 
 class Reporter(Protocol):
@@ -60,6 +74,10 @@ class Reporter(Protocol):
     def trial_started(self, index: int, config: Config, seed_kind: str) -> None: ...
     def trial_finished(self, index: int, outcome: TrialOutcome, best_samples_per_s: float | None) -> None: ...
     def message(self, text: str) -> None: ...
+    def check_started(self, incumbent: Config, challenger: Config | None, repeats: int, why: str) -> None: ...
+    def check_measured(self, role: str, round_: int, outcome: TrialOutcome) -> None: ...
+    def planned(self, previous_id: int | None, diff: list[dict[str, Any]], incumbent: Incumbent, copied: int
+                ) -> None: ...
 
 
 @dataclass
@@ -67,6 +85,7 @@ class RunResult:
     iteration_id: int
     workload: str
     stop_reason: str
+    decision: Decision | None = None
 
 
 def compile_cache_env(workload: str) -> dict[str, str]:
@@ -136,107 +155,257 @@ def _invalid_reason(pm: Any, config: Config, ctx: TuneContext) -> str | None:
     return "; ".join(reasons) if reasons else None
 
 
-def run_iteration(options: RunOptions, reporter: Reporter) -> RunResult:
-    """Plan and Do: probe, build the space, run trials until the budget or trial count is spent."""
-    from dstune.store import Store
+class Iteration:
+    """One iteration while it runs: the phases are methods, the state they share is attributes."""
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = Store(options.db)
-    plugins = plugin_manager(options.disabled_plugins, strict=options.strict_plugins)
-    for problem in plugins.problems:
-        reporter.message(f"[warning] {problem}")
-    started = time.monotonic()
-    probed = probe(options)
-    ctx = TuneContext.from_dict(probed["ctx"])
-    environment = probed["environment"]
-    knobs = applicable_knobs(plugins.pm, ctx)
-    space = SearchSpace(tuple(knobs))
-    memory_budget = parse_memory_budget(options.memory_budget, ctx.device_memory)
-    defaults, checklist = default_config(knobs), checklist_config(knobs)
+    def __init__(self, options: RunOptions, reporter: Reporter) -> None:
+        from dstune.store import Store
 
-    workload_id = store.workload_id(ctx.workload, str(options.workload_file.resolve()))
-    environment_id = store.environment_id(fingerprint_hash(environment), environment)
-    iteration_id = store.start_iteration(
-        workload_id=workload_id, environment_id=environment_id, study_name="", phase="do",
-        host=socket.gethostname(), context=probed["ctx"], memory_budget_bytes=memory_budget,
-        knobs=[{"name": k.name, "plugin": k.plugin, "choices": list(k.choices), "default": k.default,
-                "checklist": k.checklist} for k in knobs],
-        default_config=defaults, checklist_config=checklist,
-        options={"trials": options.trials, "budget_s": options.budget_s, "seed": options.seed,
-                 "trial_timeout_s": options.trial_timeout_s, "disabled_plugins": list(options.disabled_plugins)},
-    )
-    study_name = options.study_name or f"{ctx.workload}-it{iteration_id}"
-    store.update_iteration(iteration_id, study_name=study_name)
-    study = create_study(store.optuna_storage(), study_name, options.seed,
-                         startup_trials=min(10, max(3, options.trials // 3)))
-    enqueue_seeds(study, space, [("default", defaults), ("checklist", checklist)])
-    reporter.started(ctx.workload, ctx, knobs, options.trials, options.budget_s)
+        self.options, self.reporter = options, reporter
+        self.store = Store(options.db)
+        self.plugins = plugin_manager(options.disabled_plugins, strict=options.strict_plugins)
+        self.host = socket.gethostname()
+        self.started = time.monotonic()
+        self.phase = "plan"
+        self.env: dict[str, str] = {}
 
-    env = {**compile_cache_env(ctx.workload), "DSTUNE_ITERATION": str(iteration_id)}
-    seen: dict[str, tuple[str, dict[str, Any]]] = {}
-    schedule = CostAwareSchedule(space, options.trials, options.budget_s)
-    successes: list[tuple[Config, float]] = []
-    done, repeats, best = 0, 0, None
-    stop_reason = "trials"
-    in_flight: tuple[int, Config, str] | None = None
-    try:
+    # -- Plan -------------------------------------------------------------------
+
+    def plan(self) -> None:
+        options, store = self.options, self.store
+        for problem in self.plugins.problems:
+            self.reporter.message(f"[warning] {problem}")
+        probed = probe(options)
+        self.ctx_dict = probed["ctx"]
+        self.ctx = ctx = TuneContext.from_dict(self.ctx_dict)
+        environment = probed["environment"]
+        self.knobs = knobs = applicable_knobs(self.plugins.pm, ctx)
+        self.space = SearchSpace(tuple(knobs))
+        self.memory_budget = parse_memory_budget(options.memory_budget, ctx.device_memory)
+        self.defaults, checklist = default_config(knobs), checklist_config(knobs)
+
+        workload_id = store.workload_id(ctx.workload, str(options.workload_file.resolve()))
+        environment_id = store.environment_id(fingerprint_hash(environment), environment)
+        previous = store.last_iteration(ctx.workload, before=2**62)
+        diff = diff_facts(previous.environment.facts if previous and previous.environment else None, environment)
+        self.incumbent = incumbent = self._incumbent()
+        self.iteration_id = store.start_iteration(
+            workload_id=workload_id, environment_id=environment_id, study_name="", phase="plan",
+            host=self.host, context=self.ctx_dict, memory_budget_bytes=self.memory_budget,
+            knobs=[{"name": k.name, "plugin": k.plugin, "choices": list(k.choices), "default": k.default,
+                    "checklist": k.checklist} for k in knobs],
+            default_config=self.defaults, checklist_config=checklist,
+            options={"trials": options.trials, "budget_s": options.budget_s, "seed": options.seed,
+                     "trial_timeout_s": options.trial_timeout_s, "disabled_plugins": list(options.disabled_plugins),
+                     "check_repeats": options.check_repeats, "min_gain": options.min_gain},
+            previous_iteration_id=previous.id if previous else None, fingerprint_diff=diff,
+            incumbent_config=incumbent.config, incumbent_source=incumbent.source, select_policy=str(options.select),
+        )
+        study_name = options.study_name or f"{ctx.workload}-it{self.iteration_id}"
+        store.update_iteration(self.iteration_id, study_name=study_name, phase="do")
+        self.study = create_study(store.optuna_storage(), study_name, options.seed,
+                                  startup_trials=min(10, max(3, options.trials // 3)))
+        seeds: list[tuple[str, Config]] = []
+        if incumbent.applied_id is not None:
+            seeds.append(("incumbent", incumbent.config))
+        if previous is not None and previous.chosen_config:
+            seeds.append(("previous", adapt_config(previous.chosen_config, knobs)[0]))
+        seeds += [("default", self.defaults), ("checklist", checklist)]
+        enqueue_seeds(self.study, self.space, seeds)
+        copied = 0
+        if previous is not None and not diff and previous.study_name:
+            copied = self._copy_previous_trials(previous.study_name)
+        self.env = {**compile_cache_env(ctx.workload), "DSTUNE_ITERATION": str(self.iteration_id)}
+        self.reporter.planned(previous.id if previous else None, diff, incumbent, copied)
+        self.reporter.started(ctx.workload, ctx, knobs, options.trials, options.budget_s)
+
+    def _incumbent(self) -> Incumbent:
+        applied = self.store.applied(self.ctx.workload)
+        if applied is None:
+            return Incumbent(dict(self.defaults), "default configuration (nothing applied yet)")
+        config, notes = adapt_config(applied.config, self.knobs)
+        from_iteration = applied.iteration_id or applied.source_iteration_id
+        where = f" of iteration {from_iteration}" if from_iteration else ""
+        source = f"applied #{applied.id} ({applied.reason}{where}, {applied.applied_at:%Y-%m-%d %H:%M})"
+        return Incumbent(config, source, applied.id, notes)
+
+    def _copy_previous_trials(self, study_name: str) -> int:
+        try:
+            source = optuna.load_study(study_name=study_name, storage=self.store.optuna_storage())
+        except KeyError:
+            return 0
+        distributions = {k.name: optuna.distributions.CategoricalDistribution(list(k.choices))
+                         for k in self.space.knobs if k.tunable}
+        return copy_trials(source, self.study, distributions)
+
+    # -- Do ---------------------------------------------------------------------
+
+    def _check_reserve(self, durations: list[float]) -> float:
+        """Time to keep for the check: two measurements per round, each as long as a typical trial."""
+        return 2 * self.options.check_repeats * statistics.median(durations) if durations else 0.0
+
+    def do(self) -> str:
+        options, store, study, space = self.options, self.store, self.study, self.space
+        seen: dict[str, tuple[str, dict[str, Any]]] = {}
+        schedule = CostAwareSchedule(space, options.trials, options.budget_s)
+        successes: list[tuple[Config, float]] = []
+        ok_durations: list[float] = []
+        done, repeats, best = 0, 0, None
+        self.in_flight: tuple[int, Config, str] | None = None
         while True:
             if done >= options.trials:
-                break
-            if time.monotonic() - started >= options.budget_s:
-                stop_reason = "budget"
-                break
-            schedule.before_ask(study, done, time.monotonic() - started, successes)
+                return "trials"
+            elapsed = time.monotonic() - self.started
+            if elapsed + self._check_reserve(ok_durations) >= options.budget_s:
+                return "budget"
+            schedule.before_ask(study, done, elapsed, successes)
             trial = study.ask()
             config = space.config_from_trial(trial)
             seed_kind = trial.user_attrs.get(SEED_ATTR, "search")
             key = config_key(config)
             if key in seen:
                 status, metrics = seen[key]
-                tell(study, trial, status, metrics, memory_budget)
+                tell(study, trial, status, metrics, self.memory_budget)
                 repeats += 1
                 if repeats >= MAX_REPEATS:
-                    stop_reason = "exhausted"
-                    reporter.message("every configuration the search proposes has been measured already: stopping")
-                    break
+                    self.reporter.message("every configuration the search proposes has been measured already: stopping")
+                    return "exhausted"
                 continue
             repeats = 0
-            reason = _invalid_reason(plugins.pm, config, ctx)
+            reason = _invalid_reason(self.plugins.pm, config, self.ctx)
             if reason:
-                store.record_trial(iteration_id, number=trial.number, seed_kind=seed_kind, config=config,
-                                   status="invalid", error=reason, host=socket.gethostname())
-                tell(study, trial, "invalid", {}, memory_budget)
+                store.record_trial(self.iteration_id, number=trial.number, seed_kind=seed_kind, config=config,
+                                   status="invalid", error=reason, host=self.host)
+                tell(study, trial, "invalid", {}, self.memory_budget)
                 seen[key] = ("invalid", {})
                 continue
-            reporter.trial_started(done + 1, config, seed_kind)
-            in_flight = (trial.number, config, seed_kind)
-            spec = trial_spec(options, probed["ctx"], config)
+            self.reporter.trial_started(done + 1, config, seed_kind)
+            self.in_flight = (trial.number, config, seed_kind)
+            spec = trial_spec(options, self.ctx_dict, config)
             if best and seed_kind == "search":
                 spec["prune_below"] = best * PRUNE_RATIO
-            outcome = run_in_subprocess(spec, timeout_s=options.trial_timeout_s, env=env)
-            in_flight = None
+            outcome = run_in_subprocess(spec, timeout_s=options.trial_timeout_s, env=self.env)
+            self.in_flight = None
             store.record_trial(
-                iteration_id, number=trial.number, seed_kind=seed_kind, config=config, status=outcome.status,
+                self.iteration_id, number=trial.number, seed_kind=seed_kind, config=config, status=outcome.status,
                 duration_s=outcome.duration_s, metrics=outcome.metrics, error=outcome.error,
                 exit_code=outcome.exit_code, signal=outcome.signal,
                 stderr_tail=outcome.stderr_tail if outcome.status != "ok" else None,
-                host=socket.gethostname(), gpu=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                host=self.host, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"),
             )
-            tell(study, trial, outcome.status, outcome.metrics, memory_budget)
+            tell(study, trial, outcome.status, outcome.metrics, self.memory_budget)
             seen[key] = (outcome.status, outcome.metrics)
             schedule.record(config, outcome.duration_s)
             done += 1
-            if outcome.status == "ok" and outcome.metrics.get("peak_memory_bytes", 0) <= memory_budget:
-                best = max(best or 0.0, outcome.metrics["samples_per_s"])
-                successes.append((config, outcome.metrics["samples_per_s"]))
-            reporter.trial_finished(done, outcome, best)
-    except BaseException:
+            if outcome.status == "ok":
+                ok_durations.append(outcome.duration_s)
+                if outcome.metrics.get("peak_memory_bytes", 0) <= self.memory_budget:
+                    best = max(best or 0.0, outcome.metrics["samples_per_s"])
+                    successes.append((config, outcome.metrics["samples_per_s"]))
+            self.reporter.trial_finished(done, outcome, best)
+
+    # -- Check ------------------------------------------------------------------
+
+    def check(self) -> tuple[CheckResult, Config | None, str]:
+        options, store = self.options, self.store
+        chosen = options.select.choose(store.trials(self.iteration_id, status="ok"), self.memory_budget)
+        store.update_iteration(self.iteration_id, phase="check", chosen_trial_id=chosen.id if chosen else None,
+                               chosen_config=chosen.config if chosen else None)
+        challenger: Config | None = None
+        why = ""
+        if chosen is None:
+            why = f"no trial succeeded within the memory budget ({self.memory_budget} bytes)"
+        elif config_key(chosen.config) == config_key(self.incumbent.config):
+            why = f"the best trial by {options.select} is the incumbent itself"
+        else:
+            challenger = chosen.config
+        self.reporter.check_started(self.incumbent.config, challenger, options.check_repeats, why)
+
+        def measure(role: str, round_: int, config: Config) -> TrialOutcome:
+            outcome = run_in_subprocess(trial_spec(options, self.ctx_dict, config),
+                                        timeout_s=options.trial_timeout_s, env=self.env)
+            store.record_measurement(self.iteration_id, role=role, round=round_, config=config,
+                                     status=outcome.status, metrics=outcome.metrics, error=outcome.error)
+            self.reporter.check_measured(role, round_, outcome)
+            return outcome
+
+        return interleaved_check(measure, self.incumbent.config, challenger, options.check_repeats), challenger, why
+
+    # -- Act --------------------------------------------------------------------
+
+    def reference_throughputs(self, config: Config) -> list[float] | None:
+        """The incumbent's throughputs in the newest earlier iteration that re-measured this very config."""
+        key = config_key(config)
+        for iteration in reversed(self.store.iterations_of(self.ctx.workload)):
+            if iteration.id >= self.iteration_id or iteration.status != "completed":
+                continue
+            values = [m.samples_per_s for m in self.store.measurements(iteration.id)
+                      if m.status == "ok" and m.samples_per_s and config_key(m.config) == key]
+            if len(values) >= 2:
+                return values
+        return None
+
+    def act(self, result: CheckResult, challenger: Config | None, why: str) -> Decision:
+        decision = decide(result, challenger is not None, self.options.min_gain,
+                          self.reference_throughputs(self.incumbent.config), why)
+        applied: dict[str, Any] | None = None
+        if decision.promoted:
+            applied = {"config": challenger, "reason": "promoted", "note": decision.reason,
+                       **self._medians("challenger")}
+        elif self.incumbent.applied_id is None and "incumbent" not in result.failures:
+            applied = {"config": self.incumbent.config, "reason": "baseline", "note": decision.reason,
+                       **self._medians("incumbent")}
+        estimate = result.estimate
+        self.store.conclude_iteration(
+            self.iteration_id, applied, decision=decision.decision, reason=decision.reason,
+            speedup=estimate.ratio if estimate else None, speedup_low=estimate.low if estimate else None,
+            speedup_high=estimate.high if estimate else None, regression=decision.regression,
+            check={**result.to_dict(), **decision.to_dict(), "repeats": self.options.check_repeats,
+                   "min_gain": self.options.min_gain, "incumbent_notes": self.incumbent.notes},
+        )
+        return decision
+
+    def _medians(self, role: str) -> dict[str, Any]:
+        rows = [m for m in self.store.measurements(self.iteration_id) if m.role == role and m.status == "ok"]
+        out: dict[str, Any] = {}
+        for column in ("samples_per_s", "peak_memory_bytes", "energy_per_sample_j"):
+            values = [getattr(m, column) for m in rows if getattr(m, column) is not None]
+            out[column] = statistics.median(values) if values else None
+        if out["peak_memory_bytes"] is not None:
+            out["peak_memory_bytes"] = int(out["peak_memory_bytes"])
+        return out
+
+    # -- the whole iteration ------------------------------------------------------
+
+    def run(self) -> RunResult:
+        self.plan()
+        try:
+            stop_reason = self.do()
+            self.phase = "check"
+            result, challenger, why = self.check()
+            self.phase = "act"
+            decision = self.act(result, challenger, why)
+        except BaseException as exc:
+            self._record_interruption(exc)
+            raise
+        return RunResult(self.iteration_id, self.ctx.workload, stop_reason, decision)
+
+    def _record_interruption(self, exc: BaseException) -> None:
+        in_flight = getattr(self, "in_flight", None)
         if in_flight is not None:
             number, config, seed_kind = in_flight
-            store.record_trial(iteration_id, number=number, seed_kind=seed_kind, config=config,
-                               status="interrupted", error="dstune run was interrupted during this trial",
-                               host=socket.gethostname())
-        store.finish_iteration(iteration_id, "interrupted", error="interrupted during the Do phase")
-        raise
-    store.update_iteration(iteration_id, phase="done")
-    return RunResult(iteration_id, ctx.workload, stop_reason)
+            self.store.record_trial(self.iteration_id, number=number, seed_kind=seed_kind, config=config,
+                                    status="interrupted", error="dstune run was interrupted during this trial",
+                                    host=self.host)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            self.store.finish_iteration(self.iteration_id, "interrupted", phase=self.phase,
+                                        error=f"interrupted during the {self.phase} phase; nothing was promoted")
+        else:
+            self.store.finish_iteration(self.iteration_id, "failed", phase=self.phase,
+                                        error=f"{type(exc).__name__} during the {self.phase} phase: {exc}")
+
+
+def run_iteration(options: RunOptions, reporter: Reporter) -> RunResult:
+    """Run one full Plan-Do-Check-Act iteration and return what it decided."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return Iteration(options, reporter).run()

@@ -1,0 +1,37 @@
+"""A host-paced training step (a small MLP plus a fixed 4 ms wait, as a data pipeline would impose).
+
+``DSTUNE_TEST_SLOWDOWN=0.15`` makes every step about 15% longer (the wait and the forward
+pass grow by 15%; they are nearly all of the step): the injected
+slow-down that the regression check must catch.
+"""
+
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dstune
+
+PACE_S = 0.004
+SLOWDOWN = float(os.environ.get("DSTUNE_TEST_SLOWDOWN", "0"))
+
+
+def _loss(model, batch):
+    started = time.perf_counter()
+    loss = F.cross_entropy(model(batch[0]), batch[1])
+    # Hold every step to (pace + compute) * (1 + slow-down).
+    compute = time.perf_counter() - started
+    time.sleep(PACE_S + (PACE_S + compute) * SLOWDOWN)
+    return loss
+
+
+@dstune.workload(batch_size=8)
+def paced(ctx):
+    return dstune.Workload(
+        model=nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4)),
+        optimizer=lambda params, **kw: torch.optim.SGD(params, lr=0.01, **kw),
+        batch=lambda n, device: (torch.randn(n, 32, device=device), torch.randint(0, 4, (n,), device=device)),
+        loss=_loss,
+    )
