@@ -47,6 +47,7 @@ PROBE_TIMEOUT_S = 600.0
 MAX_REPEATS = 40  # consecutive already-seen suggestions before the space counts as exhausted
 PRUNE_RATIO = 0.25  # a trial whose warm-up shows under this fraction of the best is stopped early
 CHECK_RESERVE_FACTOR = 1.25
+MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tenth of the budget)
 
 
 @dataclass
@@ -264,7 +265,8 @@ class Iteration:
             if done >= options.trials:
                 return "trials"
             elapsed = time.monotonic() - self.started
-            if elapsed + self._check_reserve(eager_durations, costly_durations) >= options.budget_s:
+            available = options.budget_s - elapsed - self._check_reserve(eager_durations, costly_durations)
+            if available < min(MIN_TRIAL_S, options.budget_s / 10):
                 return "budget"
             schedule.before_ask(study, done, elapsed, successes)
             trial = study.ask()
@@ -292,8 +294,14 @@ class Iteration:
             spec = trial_spec(options, self.ctx_dict, config)
             if best and seed_kind == "search":
                 spec["prune_below"] = best * PRUNE_RATIO
-            outcome = run_in_subprocess(spec, timeout_s=options.trial_timeout_s, env=self.env)
+            # A trial may not outlive the budget: the check still has to run after it.
+            budget_bound = available < options.trial_timeout_s
+            outcome = run_in_subprocess(spec, timeout_s=min(options.trial_timeout_s, available), env=self.env)
             self.in_flight = None
+            if outcome.status == "timeout" and budget_bound:
+                outcome.status = "interrupted"
+                outcome.error = (f"stopped after {outcome.duration_s:.0f} s because the budget ran out; "
+                                 "it says nothing about the configuration")
             store.record_trial(
                 self.iteration_id, number=trial.number, seed_kind=seed_kind, config=config, status=outcome.status,
                 duration_s=outcome.duration_s, metrics=outcome.metrics, error=outcome.error,
