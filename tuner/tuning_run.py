@@ -191,6 +191,9 @@ class Iteration:
         previous = store.last_iteration(ctx.workload, before=2**62)
         diff = diff_facts(previous.environment.facts if previous and previous.environment else None, environment)
         self.incumbent = incumbent = self._incumbent()
+        past = [m.metrics.get("duration_s") for m in store.measurements(previous.id)] if previous else []
+        past = [d for d in past if d]
+        self.past_measure_s = statistics.median(past) if past else None
         self.iteration_id = store.start_iteration(
             workload_id=workload_id, environment_id=environment_id, study_name="", phase="plan",
             host=self.host, context=self.ctx_dict, memory_budget_bytes=self.memory_budget,
@@ -242,15 +245,24 @@ class Iteration:
 
     # -- Do ---------------------------------------------------------------------
 
-    def _check_reserve(self, eager_durations: list[float], costly_durations: list[float]) -> float:
-        """Time to keep for the check: ``2 * repeats`` measurements, each about as long as an eager trial.
+    def _check_reserve(self, eager_durations: list[float], costly_steady: list[float]) -> float:
+        """Time to keep for the check: ``2 * repeats`` measurements, plus a quarter for slack.
 
-        Compiled trials are not the yardstick: most of their time is the first
-        compilation, which the check's measurements find in the shared cache.
-        A quarter is added for the challenger's warm compile and start-up.
+        A measurement is estimated, best first, from the previous iteration's
+        check measurements; from this run's eager trials; or from compiled
+        trials without their first step, since the check finds their
+        compilation in the shared cache (and a cold compile would overstate
+        the cost many times).
         """
-        durations = eager_durations or ([min(costly_durations)] if costly_durations else [])
-        return CHECK_RESERVE_FACTOR * 2 * self.options.check_repeats * statistics.median(durations) if durations else 0.0
+        if self.past_measure_s:
+            per = self.past_measure_s
+        elif eager_durations:
+            per = statistics.median(eager_durations)
+        elif costly_steady:
+            per = 1.5 * min(costly_steady)
+        else:
+            return 0.0
+        return CHECK_RESERVE_FACTOR * 2 * self.options.check_repeats * per
 
     def do(self) -> str:
         options, store, study, space = self.options, self.store, self.study, self.space
@@ -258,14 +270,14 @@ class Iteration:
         schedule = CostAwareSchedule(space, options.trials, options.budget_s)
         successes: list[tuple[Config, float]] = []
         eager_durations: list[float] = []
-        costly_durations: list[float] = []
+        costly_steady: list[float] = []
         done, repeats, best = 0, 0, None
         self.in_flight: tuple[int, Config, str] | None = None
         while True:
             if done >= options.trials:
                 return "trials"
             elapsed = time.monotonic() - self.started
-            available = options.budget_s - elapsed - self._check_reserve(eager_durations, costly_durations)
+            available = options.budget_s - elapsed - self._check_reserve(eager_durations, costly_steady)
             if available < min(MIN_TRIAL_S, options.budget_s / 10):
                 return "budget"
             schedule.before_ask(study, done, elapsed, successes)
@@ -314,7 +326,10 @@ class Iteration:
             schedule.record(config, outcome.duration_s)
             done += 1
             if outcome.status == "ok":
-                (costly_durations if schedule.is_costly(config) else eager_durations).append(outcome.duration_s)
+                if schedule.is_costly(config):
+                    costly_steady.append(outcome.duration_s - float(outcome.metrics.get("first_step_s") or 0.0))
+                else:
+                    eager_durations.append(outcome.duration_s)
                 if outcome.metrics.get("peak_memory_bytes", 0) <= self.memory_budget:
                     best = max(best or 0.0, outcome.metrics["samples_per_s"])
                     successes.append((config, outcome.metrics["samples_per_s"]))
@@ -341,7 +356,8 @@ class Iteration:
             outcome = run_in_subprocess(trial_spec(options, self.ctx_dict, config),
                                         timeout_s=options.trial_timeout_s, env=self.env)
             store.record_measurement(self.iteration_id, role=role, round=round_, config=config,
-                                     status=outcome.status, metrics=outcome.metrics, error=outcome.error)
+                                     status=outcome.status, metrics={**outcome.metrics, "duration_s": outcome.duration_s},
+                                     error=outcome.error)
             self.reporter.check_measured(role, round_, outcome)
             return outcome
 
