@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import optuna
@@ -81,3 +82,44 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, start_method):
     assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
     status, chosen = _rows(db, "select status, json_extract(chosen_config, '$.batch_size') from dstune_iterations")[0]
     assert status == "completed" and chosen in (32, 256, 512)
+
+
+HANGS_UNDER_AUTOCAST = '''
+import time
+import torch
+import torch.nn.functional as F
+import dstune
+
+
+def loss(model, batch):
+    if torch.is_autocast_enabled("cpu"):
+        time.sleep(600)  # the checklist config (bf16 autocast) hangs
+    return F.cross_entropy(model(batch[0]), batch[1])
+
+
+@dstune.workload(batch_size=8)
+def slow_checklist(ctx):
+    return dstune.Workload(
+        model=torch.nn.Linear(16, 4),
+        optimizer=lambda params, **kw: torch.optim.SGD(params, lr=0.01, **kw),
+        batch=lambda n, device: (torch.randn(n, 16, device=device), torch.randint(0, 4, (n,), device=device)),
+        loss=loss,
+    )
+'''
+
+
+def test_no_trial_outlives_the_budget(tmp_path):
+    """A trial still running when the budget ends is stopped and recorded as interrupted, not timeout."""
+    workload = tmp_path / "slow_checklist.py"
+    workload.write_text(HANGS_UNDER_AUTOCAST)
+    db = tmp_path / "budget.db"
+    started = time.monotonic()
+    result = run_cli("run", str(workload), "--db", str(db), "--trials", "2", "--budget", "20s",
+                     "--trial-timeout", "10m", "--window-time", "0.05", *NO_COMPILE, cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _rows(db, "select seed_kind, status, error, duration_s from dstune_trials order by id")
+    assert [r[:2] for r in rows] == [("default", "ok"), ("checklist", "interrupted")]
+    assert "budget ran out" in rows[1][2] and rows[1][3] < 20
+    assert _rows(db, "select status, decision from dstune_iterations") == [("completed", "kept")]
+    assert elapsed < 60, elapsed  # the 10-minute trial timeout did not apply
