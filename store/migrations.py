@@ -34,7 +34,12 @@ def _to_2(op: Operations, connection: Connection) -> None:
     ])
 
 
-STEPS: dict[int, Callable[[Operations, Connection], None]] = {2: _to_2}
+def _to_3(op: Operations, connection: Connection) -> None:
+    """Schema 3: the pid of the process running an iteration, to recover from one that was killed."""
+    _add_columns(op, connection, "dstune_iterations", [Column("pid", Integer)])
+
+
+STEPS: dict[int, Callable[[Operations, Connection], None]] = {2: _to_2, 3: _to_3}
 
 
 def migrate(connection: Connection, found: int, target: int) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 2  # store/migrations.py brings older databases up to it
+SCHEMA_VERSION = 3  # store/migrations.py brings older databases up to it
 
 
 def utcnow() -> datetime:
@@ -60,6 +60,7 @@ class IterationRow(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     host: Mapped[str | None] = mapped_column(String(200))
+    pid: Mapped[int | None] = mapped_column(Integer)  # schema 3: finds iterations whose process died
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     knobs: Mapped[list[Any]] = mapped_column(JSON, default=list)

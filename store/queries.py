@@ -6,7 +6,7 @@ killed run loses at most the trial in flight.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import optuna
 from sqlalchemy import func, select
@@ -67,19 +67,60 @@ class Store:
     def finish_iteration(self, iteration_id: int, status: str, **fields: Any) -> None:
         self.update_iteration(iteration_id, status=status, ended_at=utcnow(), **fields)
 
-    def record_trial(self, iteration_id: int, **fields: Any) -> int:
-        """Insert one finished trial and commit it at once."""
+    @staticmethod
+    def _with_metric_columns(fields: dict[str, Any]) -> dict[str, Any]:
         metrics = fields.get("metrics") or {}
         for column in TrialRow.METRIC_COLUMNS:
             if column not in fields and metrics.get(column) is not None:
                 value = metrics[column]
                 fields[column] = int(value) if column in ("peak_memory_bytes", "peak_allocated", "peak_reserved",
                                                           "micro_batch", "accumulation") else value
+        return fields
+
+    def record_trial(self, iteration_id: int, **fields: Any) -> int:
+        """Insert one finished trial and commit it at once."""
         with self.sessions.begin() as session:
-            row = TrialRow(iteration_id=iteration_id, ended_at=utcnow(), **fields)
+            row = TrialRow(iteration_id=iteration_id, ended_at=utcnow(), **self._with_metric_columns(fields))
             session.add(row)
             session.flush()
             return row.id
+
+    def begin_trial(self, iteration_id: int, **fields: Any) -> int:
+        """Insert a trial as ``running`` before it starts, so a killed run leaves a trace of it."""
+        with self.sessions.begin() as session:
+            row = TrialRow(iteration_id=iteration_id, status="running", **fields)
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def end_trial(self, trial_id: int, **fields: Any) -> None:
+        """Record how a trial begun with :meth:`begin_trial` ended, and commit at once."""
+        with self.sessions.begin() as session:
+            row = session.get(TrialRow, trial_id)
+            for key, value in dict(self._with_metric_columns(fields), ended_at=utcnow()).items():
+                setattr(row, key, value)
+
+    def recover_stale(self, host: str, alive: Callable[[int], bool]) -> list[int]:
+        """Mark iterations of ``host`` whose process is gone as interrupted, with their running trials.
+
+        Returns the ids of the iterations recovered.
+        """
+        recovered = []
+        with self.sessions.begin() as session:
+            stale = session.scalars(select(IterationRow).where(
+                IterationRow.status == "running", IterationRow.host == host)).all()
+            for iteration in stale:
+                if iteration.pid is not None and alive(iteration.pid):
+                    continue
+                iteration.status, iteration.ended_at = "interrupted", utcnow()
+                iteration.error = (f"the dstune process (pid {iteration.pid} on {host}) ended without finishing "
+                                   f"the {iteration.phase} phase; recovered by a later run; nothing was promoted")
+                for trial in session.scalars(select(TrialRow).where(
+                        TrialRow.iteration_id == iteration.id, TrialRow.status == "running")):
+                    trial.status, trial.ended_at = "interrupted", utcnow()
+                    trial.error = "the dstune process died while this trial ran"
+                recovered.append(iteration.id)
+        return recovered
 
     def record_measurement(self, iteration_id: int, **fields: Any) -> int:
         """Insert one Check-phase measurement and commit it at once."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -123,3 +125,56 @@ def test_no_trial_outlives_the_budget(tmp_path):
     assert "budget ran out" in rows[1][2] and rows[1][3] < 20
     assert _rows(db, "select status, decision from dstune_iterations") == [("completed", "kept")]
     assert elapsed < 60, elapsed  # the 10-minute trial timeout did not apply
+
+
+def _pids_of_trials(marker: str) -> list[int]:
+    """Processes whose environment names this test's database (trial processes inherit DSTUNE_ITERATION)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_sigkill_mid_run_loses_nothing_committed_and_the_next_run_recovers(tmp_path):
+    db = tmp_path / "killed.db"
+    marker = f"DSTUNE_TEST_MARKER={tmp_path.name}"
+    args = [sys.executable, "-m", "dstune", "run", str(WORKLOADS / "observe.py"), "--workload", "observe",
+            "--db", str(db), "--trials", "30", "--budget", "5m", "--window-time", "0.2", *NO_COMPILE]
+    env = {**os.environ, "DSTUNE_TEST_MARKER": tmp_path.name}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if db.exists() and "dstune_trials" in {r[0] for r in _rows(db, "select name from sqlite_master")}:
+            statuses = [r[0] for r in _rows(db, "select status from dstune_trials")]
+            if len(statuses) >= 3 and statuses[-1] == "running":
+                break
+        time.sleep(0.05)
+    before = _rows(db, "select id, status, samples_per_s, config from dstune_trials where status != 'running'")
+    proc.kill()  # SIGKILL: no handler runs
+    proc.wait(timeout=30)
+    # The fork server sees its parent gone and exits; the trial dies with it (PR_SET_PDEATHSIG).
+    for _ in range(100):
+        left = _pids_of_trials(marker)
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, f"processes outlived the killed dstune: {left}"
+    assert _rows(db, "pragma integrity_check") == [("ok",)]
+    assert _rows(db, "select status from dstune_iterations") == [("running",)]
+
+    rerun = run_cli("run", str(WORKLOADS / "observe.py"), "--workload", "observe", "--db", str(db), "--trials", "1",
+                    "--check-repeats", "2", "--window-time", "0.05", *NO_COMPILE, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "iteration 1 was left running" in rerun.stdout
+    (status, error), _ = _rows(db, "select status, error from dstune_iterations order by id")
+    assert status == "interrupted" and "nothing was promoted" in error
+    after = _rows(db, "select id, status, samples_per_s, config from dstune_trials where iteration_id = 1 "
+                      "and status != 'interrupted'")
+    assert after == before, "every trial committed before the kill is intact"
+    assert _rows(db, "select count(*) from dstune_trials where iteration_id = 1 and status = 'interrupted'") == [(1,)]
+    assert _rows(db, "select count(*) from dstune_applied where iteration_id = 1") == [(0,)]

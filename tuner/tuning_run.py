@@ -152,6 +152,16 @@ def _tagged(knob: Knob, plugin: str) -> Knob:
     return dataclasses.replace(knob, plugin=plugin)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _invalid_reason(pm: Any, config: Config, ctx: TuneContext) -> str | None:
     reasons = [r for r in pm.hook.dstune_validate(config=config, ctx=ctx) if r]
     return "; ".join(reasons) if reasons else None
@@ -186,6 +196,9 @@ class Iteration:
         self.memory_budget = parse_memory_budget(options.memory_budget, ctx.device_memory)
         self.defaults, checklist = default_config(knobs), checklist_config(knobs)
 
+        for stale in store.recover_stale(self.host, _process_alive):
+            self.reporter.message(f"[warning] iteration {stale} was left running by a dstune process that died; "
+                                  "it is now marked interrupted (its finished trials are kept)")
         workload_id = store.workload_id(ctx.workload, str(options.workload_file.resolve()))
         environment_id = store.environment_id(fingerprint_hash(environment), environment)
         previous = store.last_iteration(ctx.workload, before=2**62)
@@ -196,7 +209,7 @@ class Iteration:
         self.past_measure_s = statistics.median(past) if past else None
         self.iteration_id = store.start_iteration(
             workload_id=workload_id, environment_id=environment_id, study_name="", phase="plan",
-            host=self.host, context=self.ctx_dict, memory_budget_bytes=self.memory_budget,
+            host=self.host, pid=os.getpid(), context=self.ctx_dict, memory_budget_bytes=self.memory_budget,
             knobs=[{"name": k.name, "plugin": k.plugin, "choices": list(k.choices), "default": k.default,
                     "checklist": k.checklist} for k in knobs],
             default_config=self.defaults, checklist_config=checklist,
@@ -272,7 +285,7 @@ class Iteration:
         eager_durations: list[float] = []
         costly_steady: list[float] = []
         done, repeats, best = 0, 0, None
-        self.in_flight: tuple[int, Config, str] | None = None
+        self.in_flight: int | None = None  # the row of the trial running now
         while True:
             if done >= options.trials:
                 return "trials"
@@ -302,25 +315,25 @@ class Iteration:
                 seen[key] = ("invalid", {})
                 continue
             self.reporter.trial_started(done + 1, config, seed_kind)
-            self.in_flight = (trial.number, config, seed_kind)
+            self.in_flight = store.begin_trial(self.iteration_id, number=trial.number, seed_kind=seed_kind,
+                                               config=config, host=self.host,
+                                               gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
             spec = trial_spec(options, self.ctx_dict, config)
             if best and seed_kind == "search":
                 spec["prune_below"] = best * PRUNE_RATIO
             # A trial may not outlive the budget: the check still has to run after it.
             budget_bound = available < options.trial_timeout_s
             outcome = run_in_subprocess(spec, timeout_s=min(options.trial_timeout_s, available), env=self.env)
-            self.in_flight = None
             if outcome.status == "timeout" and budget_bound:
                 outcome.status = "interrupted"
                 outcome.error = (f"stopped after {outcome.duration_s:.0f} s because the budget ran out; "
                                  "it says nothing about the configuration")
-            store.record_trial(
-                self.iteration_id, number=trial.number, seed_kind=seed_kind, config=config, status=outcome.status,
-                duration_s=outcome.duration_s, metrics=outcome.metrics, error=outcome.error,
-                exit_code=outcome.exit_code, signal=outcome.signal,
+            store.end_trial(
+                self.in_flight, status=outcome.status, duration_s=outcome.duration_s, metrics=outcome.metrics,
+                error=outcome.error, exit_code=outcome.exit_code, signal=outcome.signal,
                 stderr_tail=outcome.stderr_tail if outcome.status != "ok" else None,
-                host=self.host, gpu=os.environ.get("CUDA_VISIBLE_DEVICES"),
             )
+            self.in_flight = None
             tell(study, trial, outcome.status, outcome.metrics, self.memory_budget)
             seen[key] = (outcome.status, outcome.metrics)
             schedule.record(config, outcome.duration_s)
@@ -425,10 +438,7 @@ class Iteration:
     def _record_interruption(self, exc: BaseException) -> None:
         in_flight = getattr(self, "in_flight", None)
         if in_flight is not None:
-            number, config, seed_kind = in_flight
-            self.store.record_trial(self.iteration_id, number=number, seed_kind=seed_kind, config=config,
-                                    status="interrupted", error="dstune run was interrupted during this trial",
-                                    host=self.host)
+            self.store.end_trial(in_flight, status="interrupted", error="dstune run was interrupted during this trial")
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             self.store.finish_iteration(self.iteration_id, "interrupted", phase=self.phase,
                                         error=f"interrupted during the {self.phase} phase; nothing was promoted")
