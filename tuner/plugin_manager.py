@@ -115,3 +115,8 @@ def chain_hook(pm: pluggy.PluginManager, hook_name: str, value: Any, **kwargs: A
         if result is not None:
             value = result
     return value
+
+
+def call_impl(impl: Any, **kwargs: Any) -> Any:
+    """Call one plugin's implementation of a hook, passing only the arguments it declares (as pluggy does)."""
+    return impl.function(*[kwargs[name] for name in impl.argnames])

@@ -65,9 +65,18 @@ def probe_context(definition: Any, pm: Any) -> Any:
     ctx = _device_context(definition)
     built = definition.build(ctx)
     model = built.model
+    from .errors import UsageError
+    from .plugin_manager import call_impl
+
     facts: dict[str, Any] = {}
-    for part in pm.hook.dstune_model_facts(model=model, workload=built, ctx=ctx):
-        facts.update(part or {})
+    for impl in pm.hook.dstune_model_facts.get_hookimpls():
+        try:
+            facts.update(call_impl(impl, model=model, workload=built, ctx=ctx) or {})
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is named, not a traceback
+            raise UsageError(
+                f"plugin {impl.plugin_name!r} failed in dstune_model_facts: {type(exc).__name__}: {exc}. "
+                f"Fix the plugin, or leave it out with --disable-plugin {impl.plugin_name}."
+            ) from None
     return ctx.with_updates(
         has_dataset=built.dataset is not None,
         model_class=f"{type(model).__module__}.{type(model).__qualname__}",

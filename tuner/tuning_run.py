@@ -35,7 +35,7 @@ from .fingerprint import fingerprint_hash
 from .knobs import Config, Knob, checklist_config, default_config
 from .measure import MeasureSettings
 from .plan import Incumbent, adapt_config, copy_trials, diff_facts
-from .plugin_manager import plugin_manager
+from .plugin_manager import call_impl, plugin_manager
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, config_key, create_study, enqueue_seeds, tell
 from .selection import SelectionPolicy
 from .trial_runner import TrialOutcome, run_in_subprocess
@@ -47,6 +47,7 @@ PROBE_TIMEOUT_S = 600.0
 MAX_REPEATS = 40  # consecutive already-seen suggestions before the space counts as exhausted
 PRUNE_RATIO = 0.25  # a trial whose warm-up shows under this fraction of the best is stopped early
 CHECK_RESERVE_FACTOR = 1.25
+MAX_INVALID_STREAK = 20  # configurations refused in a row before the trials stop (a plugin refusing everything)
 MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tenth of the budget)
 
 
@@ -136,7 +137,14 @@ def applicable_knobs(pm: Any, ctx: TuneContext) -> list[Knob]:
     knobs: list[Knob] = []
     seen: dict[str, str] = {}
     for impl in reversed(pm.hook.dstune_knobs.get_hookimpls()):
-        for knob in impl.function(ctx=ctx) or []:
+        try:
+            declared = call_impl(impl, ctx=ctx) or []
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is named, not a traceback
+            raise UsageError(
+                f"plugin {impl.plugin_name!r} failed in dstune_knobs: {type(exc).__name__}: {exc}. Fix the plugin, "
+                f"or leave it out with --disable-plugin {impl.plugin_name}."
+            ) from None
+        for knob in declared:
             if knob.name in seen:
                 raise UsageError(
                     f"plugins {seen[knob.name]!r} and {impl.plugin_name!r} both declare knob {knob.name!r}. "
@@ -163,7 +171,15 @@ def _process_alive(pid: int) -> bool:
 
 
 def _invalid_reason(pm: Any, config: Config, ctx: TuneContext) -> str | None:
-    reasons = [r for r in pm.hook.dstune_validate(config=config, ctx=ctx) if r]
+    """Why plugins refuse ``config``; a plugin that raises refuses it too, and is named."""
+    reasons = []
+    for impl in pm.hook.dstune_validate.get_hookimpls():
+        try:
+            reason = call_impl(impl, config=config, ctx=ctx)
+        except Exception as exc:  # noqa: BLE001 - recorded with the trial, the run goes on
+            reason = f"plugin {impl.plugin_name!r} raised in dstune_validate: {type(exc).__name__}: {exc}"
+        if reason:
+            reasons.append(reason)
     return "; ".join(reasons) if reasons else None
 
 
@@ -284,7 +300,7 @@ class Iteration:
         successes: list[tuple[Config, float]] = []
         eager_durations: list[float] = []
         costly_steady: list[float] = []
-        done, repeats, best = 0, 0, None
+        done, repeats, best, invalid_streak = 0, 0, None, 0
         self.in_flight: int | None = None  # the row of the trial running now
         while True:
             if done >= options.trials:
@@ -313,7 +329,13 @@ class Iteration:
                                    status="invalid", error=reason, host=self.host)
                 tell(study, trial, "invalid", {}, self.memory_budget)
                 seen[key] = ("invalid", {})
+                invalid_streak += 1
+                if invalid_streak >= MAX_INVALID_STREAK:
+                    self.reporter.message(f"[warning] {invalid_streak} configurations in a row were refused "
+                                          f"(last: {reason}); stopping the trials")
+                    return "invalid"
                 continue
+            invalid_streak = 0
             self.reporter.trial_started(done + 1, config, seed_kind)
             self.in_flight = store.begin_trial(self.iteration_id, number=trial.number, seed_kind=seed_kind,
                                                config=config, host=self.host,

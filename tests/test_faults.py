@@ -1,0 +1,138 @@
+"""Faults outside a trial: broken third-party plugins (loaded through a real entry point) and two runs sharing
+one SQLite file and one study."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import WORKLOADS
+
+QUICK = ("--trials", "1", "--check-repeats", "2", "--window-time", "0.05", "--windows", "2",
+         "--disable-plugin", "compile")
+
+BROKEN_PLUGIN = '''
+import os
+from dstune import Knob, hookimpl
+
+WHERE = os.environ.get("BROKEN_IN", "")
+if WHERE == "import":
+    raise ImportError("brokenplug needs a library that is not installed")
+
+
+def _maybe_raise(hook):
+    if WHERE == hook:
+        raise RuntimeError(f"brokenplug fails in {hook}")
+
+
+@hookimpl
+def dstune_knobs(ctx):
+    _maybe_raise("dstune_knobs")
+    if WHERE == "invalid_knob":
+        return [Knob("broken_knob", choices=(1, 2), default=3, checklist=1)]
+    return []
+
+
+@hookimpl
+def dstune_validate(config, ctx):
+    _maybe_raise("dstune_validate")
+
+
+@hookimpl
+def dstune_model_facts(model, workload, ctx):
+    _maybe_raise("dstune_model_facts")
+
+
+@hookimpl
+def dstune_prepare_model(model, config, ctx):
+    _maybe_raise("dstune_prepare_model")
+'''
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory) -> Path:
+    """A real installed-looking distribution on a path: module, METADATA and an entry point in group dstune."""
+    root = tmp_path_factory.mktemp("plugins")
+    (root / "brokenplug.py").write_text(BROKEN_PLUGIN)
+    dist = root / "brokenplug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[dstune]\nbroken = brokenplug\n")
+    return root
+
+
+def _run(tmp_path: Path, plugin_path: Path, where: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": f"{plugin_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "BROKEN_IN": where, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "dstune", "run", str(WORKLOADS / "observe.py"), "--workload", "observe",
+                           "--db", str(tmp_path / "p.db"), *QUICK, *extra], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _rows(db: Path, query: str) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_plugin_that_fails_to_import_is_disabled_with_a_warning(tmp_path, plugin_path):
+    result = _run(tmp_path, plugin_path, "import")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "plugin 'broken'" in result.stdout and "brokenplug" in result.stdout and "disabled" in result.stdout
+    strict = _run(tmp_path, plugin_path, "import", "--strict-plugins")
+    assert strict.returncode == 2 and "failed to load" in strict.stderr and "Traceback" not in strict.stderr
+
+
+@pytest.mark.parametrize("where, message", [
+    ("dstune_knobs", "plugin 'broken' failed in dstune_knobs: RuntimeError: brokenplug fails in dstune_knobs"),
+    ("invalid_knob", "plugin 'broken' failed in dstune_knobs: ValueError: knob 'broken_knob': default value 3"),
+    ("dstune_model_facts", "plugin 'broken' failed in dstune_model_facts: RuntimeError"),
+])
+def test_plugin_failing_before_trials_is_named_with_the_fix(tmp_path, plugin_path, where, message):
+    result = _run(tmp_path, plugin_path, where)
+    assert result.returncode == 2, result.stdout + result.stderr
+    text = " ".join(result.stderr.split())
+    assert message in text and "--disable-plugin broken" in text and "Traceback" not in text
+
+
+def test_plugin_failing_in_a_trial_hook_is_data(tmp_path, plugin_path):
+    validate = _run(tmp_path, plugin_path, "dstune_validate")
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    rows = _rows(tmp_path / "p.db", "select status, error from dstune_trials")
+    assert len(rows) == 20 and all(s == "invalid" and "plugin 'broken' raised in dstune_validate" in e
+                                   for s, e in rows)
+    assert "20 configurations in a row were refused" in " ".join(validate.stdout.split())
+
+    (tmp_path / "p.db").unlink()
+    prepare = _run(tmp_path, plugin_path, "dstune_prepare_model")
+    assert prepare.returncode == 0, prepare.stdout + prepare.stderr
+    (status, error), = _rows(tmp_path / "p.db", "select status, error from dstune_trials")
+    assert status == "crash" and "brokenplug fails in dstune_prepare_model" in error
+    (decision,), = _rows(tmp_path / "p.db", "select decision from dstune_iterations")
+    assert decision == "kept"
+
+
+def test_two_runs_share_one_sqlite_file_and_one_study(tmp_path):
+    db = tmp_path / "shared.db"
+    args = [sys.executable, "-m", "dstune", "run", str(WORKLOADS / "observe.py"), "--workload", "observe", "--db",
+            str(db), "--study", "shared", "--trials", "5", "--check-repeats", "2", "--window-time", "0.05",
+            "--windows", "2", "--disable-plugin", "compile"]
+    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, out + err
+        assert "locked" not in err
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{db}")
+    finished = [t.number for t in study.trials if t.state.is_finished()]
+    rows = [r[0] for r in _rows(db, "select number from dstune_trials where status != 'invalid'")]
+    assert len(rows) == 10 and len(set(rows)) == 10, rows  # five each, none lost, none twice
+    assert set(rows) <= set(finished)
+    assert _rows(db, "select status from dstune_iterations") == [("completed",), ("completed",)]
+    assert _rows(db, "pragma integrity_check") == [("ok",)]
