@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -205,3 +206,21 @@ def test_interrupted_check_promotes_nothing(tmp_path):
     assert (status, phase, decision) == ("interrupted", "check", None) and "nothing was promoted" in error
     assert _rows(db, "select count(*) from dstune_applied") == [(0,)]
     assert _rows(db, "select count(*) from dstune_measurements")[0][0] >= 2
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"batch_size": 7}, r"batch_size=7 is not one of its choices \[2, 4, 8, 16, 32, 64, 128\]"),
+    ({"precision": "bf16", "warp_speed": True}, r"knob 'warp_speed' is not declared by any plugin here"),
+])
+def test_apply_refuses_an_invalid_config_before_applying_anything(tmp_path, config, message):
+    """Run in a fresh process: nothing (threads, flags) may have been changed when the error comes."""
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(config))
+    script = (f"import sys, torch; sys.path.insert(0, {str(WORKLOADS)!r}); import dstune; from observe import observe\n"
+              "threads = torch.get_num_threads()\n"
+              "try:\n    dstune.apply(observe, dstune.best('observe'))\n"
+              "except dstune.UsageError as exc:\n    print(exc); assert torch.get_num_threads() == threads\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**__import__("os").environ, "DSTUNE_CONFIG": str(path)})
+    assert result.returncode == 0, result.stderr
+    assert re.search(message, result.stdout) and f"DSTUNE_CONFIG={path}" in result.stdout

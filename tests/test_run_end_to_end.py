@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 
 from .conftest import WORKLOADS, run_cli
 
@@ -60,15 +59,14 @@ def test_run_records_every_trial_and_prints_the_front(tmp_path):
     assert (os.stat(db).st_mode & 0o777) == 0o600
 
 
-@pytest.mark.parametrize("start_method", ["forkserver", "exec"])
-def test_failures_are_recorded_and_the_run_goes_on(tmp_path, start_method):
+def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
     db = tmp_path / "faults.db"
     pid_file = tmp_path / "child.pid"
     disabled = [arg for name in ("compile", "threads", "precision", "checkpointing", "cudnn")
                 for arg in ("--disable-plugin", name)]
     result = run_cli("run", str(WORKLOADS / "faults.py"), "--db", str(db), "--trials", "7", "--budget", "5m",
                      "--trial-timeout", "8s", "--window-time", "0.05", "--check-repeats", "2", *disabled, cwd=tmp_path,
-                     env={"DSTUNE_CHILD_PID_FILE": str(pid_file), "DSTUNE_START_METHOD": start_method})
+                     env={"DSTUNE_CHILD_PID_FILE": str(pid_file)})
     assert result.returncode == 0, result.stderr + result.stdout
     rows = _rows(db, "select json_extract(config, '$.batch_size'), status, error, signal, stderr_tail "
                      "from dstune_trials")
@@ -178,3 +176,36 @@ def test_sigkill_mid_run_loses_nothing_committed_and_the_next_run_recovers(tmp_p
     assert after == before, "every trial committed before the kill is intact"
     assert _rows(db, "select count(*) from dstune_trials where iteration_id = 1 and status = 'interrupted'") == [(1,)]
     assert _rows(db, "select count(*) from dstune_applied where iteration_id = 1") == [(0,)]
+
+
+def test_segfault_exit_and_output_flood_are_recorded(tmp_path):
+    db = tmp_path / "process.db"
+    disabled = [arg for name in ("compile", "threads", "precision", "checkpointing", "cudnn")
+                for arg in ("--disable-plugin", name)]
+    result = run_cli("run", str(WORKLOADS / "process_faults.py"), "--db", str(db), "--trials", "7", "--budget", "5m",
+                     "--window-time", "0.05", "--check-repeats", "2", *disabled, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    rows = _rows(db, "select json_extract(config, '$.batch_size'), status, signal, exit_code, error, stderr_tail "
+                     "from dstune_trials")
+    by_batch = {row[0]: row[1:] for row in rows}
+    assert by_batch[8][:2] == ("crash", "SIGSEGV")
+    assert by_batch[16][0] == "crash" and by_batch[16][2] == 3 and "code 3" in by_batch[16][3]
+    status, _, _, error, tail = by_batch[64]
+    assert status == "crash" and "failed after flooding its output" in error
+    assert len(tail) <= 4000 and "flood" in tail  # 8 MB written; only the tail is kept
+    assert all(by_batch[b][0] in ("ok", "pruned") for b in (32, 128, 256, 512)), rows
+
+
+def test_exec_start_method_classifies_and_kills_the_same_way(tmp_path, trials, monkeypatch):
+    """DSTUNE_START_METHOD=exec: each trial a new interpreter; same statuses, same group kill."""
+    monkeypatch.setenv("DSTUNE_START_METHOD", "exec")
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("DSTUNE_CHILD_PID_FILE", str(pid_file))
+    ok, _ = trials.run(WORKLOADS / "faults.py", None, batch_size=32)
+    assert ok.status == "ok" and ok.metrics["samples_per_s"] > 0
+    crashed, _ = trials.run(WORKLOADS / "faults.py", None, batch_size=16)
+    assert crashed.status == "crash" and crashed.signal == "SIGABRT"
+    hung, _ = trials.run(WORKLOADS / "faults.py", None, timeout_s=6, batch_size=128)
+    assert hung.status == "timeout"
+    child = int(pid_file.read_text())
+    assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()

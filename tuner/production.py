@@ -119,6 +119,7 @@ def apply(workload_fn: Callable[..., Any], cfg: BestConfig | dict[str, Any],
     from .composition import compose, configure_process
     from .plugin_manager import plugin_manager
     from .trial_worker import probe_context
+    from .tuning_run import applicable_knobs
 
     definition = _definition(workload_fn)
     chosen = cfg if isinstance(cfg, BestConfig) else BestConfig(definition.name, dict(cfg))
@@ -130,6 +131,25 @@ def apply(workload_fn: Callable[..., Any], cfg: BestConfig | dict[str, Any],
                              "process sees no CUDA device. Run on a GPU, or tune a configuration for the CPU.")
     else:
         ctx = probe_context(definition, plugins.pm)
-    config = dict(chosen.config)
+    config = checked_config(chosen, applicable_knobs(plugins.pm, ctx))
     configure_process(plugins.pm, config, ctx)
     return compose(plugins.pm, definition, config, ctx)
+
+
+def checked_config(chosen: BestConfig, knobs: Any) -> dict[str, Any]:
+    """Refuse a config naming a knob no plugin declares here, or a value the knob does not offer.
+
+    Nothing is applied before this check passes, so a bad config is never half-applied.
+    Knobs the config does not name take their default, as in a trial.
+    """
+    by_name = {k.name: k for k in knobs}
+    where = chosen.source or "the configuration"
+    for name, value in chosen.config.items():
+        knob = by_name.get(name)
+        if knob is None:
+            raise UsageError(f"{where}: knob {name!r} is not declared by any plugin here (known: "
+                             f"{', '.join(sorted(by_name))}). Remove it, or install the plugin that declares it.")
+        if value not in knob.choices:
+            raise UsageError(f"{where}: {name}={value!r} is not one of its choices {list(knob.choices)}. "
+                             f"Use one of those, or re-export the configuration with `dstune export`.")
+    return {k.name: chosen.config.get(k.name, k.default) for k in knobs}
