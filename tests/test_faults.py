@@ -51,6 +51,38 @@ def dstune_model_facts(model, workload, ctx):
 @hookimpl
 def dstune_prepare_model(model, config, ctx):
     _maybe_raise("dstune_prepare_model")
+    _by_batch(config, 4, "dstune_prepare_model")
+
+
+# BROKEN_IN=by_batch: each trial hook raises for one micro-batch size (8, the default, runs clean).
+def _by_batch(config, size, hook):
+    if WHERE == "by_batch" and config.get("batch_size") == size:
+        raise RuntimeError(f"brokenplug fails in {hook}")
+
+
+@hookimpl
+def dstune_configure_process(config, ctx):
+    _by_batch(config, 2, "dstune_configure_process")
+
+
+@hookimpl
+def dstune_optimizer_kwargs(config, ctx):
+    _by_batch(config, 16, "dstune_optimizer_kwargs")
+
+
+@hookimpl
+def dstune_grad_scaler(config, ctx):
+    _by_batch(config, 32, "dstune_grad_scaler")
+
+
+@hookimpl
+def dstune_step_context(config, ctx):
+    _by_batch(config, 64, "dstune_step_context")
+
+
+@hookimpl
+def dstune_loader_kwargs(config, ctx):
+    _by_batch(config, 128, "dstune_loader_kwargs")
 '''
 
 
@@ -136,3 +168,17 @@ def test_two_runs_share_one_sqlite_file_and_one_study(tmp_path):
     assert set(rows) <= set(finished)
     assert _rows(db, "select status from dstune_iterations") == [("completed",), ("completed",)]
     assert _rows(db, "pragma integrity_check") == [("ok",)]
+
+
+def test_plugin_raising_in_each_trial_hook_is_a_recorded_crash(tmp_path, plugin_path):
+    only_batch = [arg for name in ("threads", "precision", "checkpointing", "cudnn")
+                  for arg in ("--disable-plugin", name)]
+    result = _run(tmp_path, plugin_path, "by_batch", "--trials", "7", *only_batch)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _rows(tmp_path / "p.db", "select json_extract(config, '$.batch_size'), status, error from dstune_trials")
+    by_batch = {batch: (status, error) for batch, status, error in rows}
+    hooks = {2: "dstune_configure_process", 4: "dstune_prepare_model", 16: "dstune_optimizer_kwargs",
+             32: "dstune_grad_scaler", 64: "dstune_step_context", 128: "dstune_loader_kwargs"}
+    for batch, hook in hooks.items():
+        assert by_batch[batch][0] == "crash" and f"brokenplug fails in {hook}" in by_batch[batch][1], by_batch
+    assert by_batch[8][0] == "ok"

@@ -65,7 +65,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
     disabled = [arg for name in ("compile", "threads", "precision", "checkpointing", "cudnn")
                 for arg in ("--disable-plugin", name)]
     result = run_cli("run", str(WORKLOADS / "faults.py"), "--db", str(db), "--trials", "7", "--budget", "5m",
-                     "--trial-timeout", "8s", "--window-time", "0.05", "--check-repeats", "2", *disabled, cwd=tmp_path,
+                     "--trial-timeout", "5s", "--window-time", "0.05", "--check-repeats", "2", *disabled, cwd=tmp_path,
                      env={"DSTUNE_CHILD_PID_FILE": str(pid_file)})
     assert result.returncode == 0, result.stderr + result.stdout
     rows = _rows(db, "select json_extract(config, '$.batch_size'), status, error, signal, stderr_tail "
@@ -76,7 +76,8 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
     assert by_batch[16][0] == "crash" and by_batch[16][2] == "SIGABRT"
     assert by_batch[64][0] == "numerics"
     assert by_batch[128][0] == "timeout"
-    assert all(by_batch[b][0] == "ok" for b in (32, 256, 512))
+    assert by_batch[32][0] == "ok"  # the default
+    assert all(by_batch[b][0] in ("ok", "pruned") for b in (256, 512)), by_batch  # healthy; pruned if slow
     # The hung trial's own child process died with its process group.
     child = int(pid_file.read_text())
     assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
@@ -114,13 +115,13 @@ def test_no_trial_outlives_the_budget(tmp_path):
     workload.write_text(HANGS_UNDER_AUTOCAST)
     db = tmp_path / "budget.db"
     started = time.monotonic()
-    result = run_cli("run", str(workload), "--db", str(db), "--trials", "2", "--budget", "20s",
+    result = run_cli("run", str(workload), "--db", str(db), "--trials", "2", "--budget", "12s",
                      "--trial-timeout", "10m", "--window-time", "0.05", *NO_COMPILE, cwd=tmp_path)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     rows = _rows(db, "select seed_kind, status, error, duration_s from dstune_trials order by id")
     assert [r[:2] for r in rows] == [("default", "ok"), ("checklist", "interrupted")]
-    assert "budget ran out" in rows[1][2] and rows[1][3] < 20
+    assert "budget ran out" in rows[1][2] and rows[1][3] < 12
     assert _rows(db, "select status, decision from dstune_iterations") == [("completed", "kept")]
     assert elapsed < 60, elapsed  # the 10-minute trial timeout did not apply
 

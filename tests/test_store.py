@@ -82,3 +82,9 @@ def test_schema_1_database_is_migrated_without_losing_rows(tmp_path):
     # The migrated database takes schema-2 rows.
     store.record_measurement(iteration.id, role="incumbent", round=0, config={}, status="ok", metrics={})
     assert len(store.measurements(iteration.id)) == 1
+
+
+def test_database_in_a_read_only_place_is_a_clear_error(tmp_path):
+    # /proc refuses new files even to root, unlike a chmod-ed directory.
+    with pytest.raises(UsageError, match=r"database /proc/dstune\.db cannot be created.*--db"):
+        Store("/proc/dstune.db")
