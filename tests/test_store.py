@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +92,34 @@ def test_database_in_a_read_only_place_is_a_clear_error(tmp_path):
     # /proc refuses new files even to root, unlike a chmod-ed directory.
     with pytest.raises(UsageError, match=r"database /proc/dstune\.db cannot be created.*--db"):
         Store("/proc/dstune.db")
+
+
+WRITER = """
+import sys
+from dstune.store import Store
+store = Store(sys.argv[1])
+iteration = store.start_iteration(workload_id=store.workload_id("w", "w.py"), study_name="s")
+for number in range(100000):
+    trial_id = store.record_trial(iteration, number=number, config={"n": number}, status="ok",
+                                  metrics={"samples_per_s": float(number)})
+    print(trial_id, flush=True)  # printed only after the commit returned
+"""
+
+
+@pytest.mark.parametrize("after_s", [0.5, 0.8, 1.3])
+def test_sigkill_while_committing_loses_no_committed_trial(tmp_path, after_s):
+    """A writer committing trials in a tight loop is SIGKILLed: every commit it reported is there, intact."""
+    db = tmp_path / "kill.db"
+    Store(str(db))  # schema created before the writer starts
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True)
+    time.sleep(after_s + 1.5)  # the writer's imports take about a second
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=30)
+    reported = [int(line) for line in out.split()]
+    assert len(reported) > 10, "the writer was killed before it committed anything"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
+        rows = dict(conn.execute("select id, samples_per_s from dstune_trials").fetchall())
+    assert set(reported) <= set(rows)
+    assert len(rows) - len(reported) <= 1  # at most the commit in flight, whole or absent
+    assert all(rows[i] == float(n) for n, i in enumerate(sorted(rows)))
