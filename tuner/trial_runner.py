@@ -82,9 +82,7 @@ def _kill_group(pgid: int, wait: Callable[[float], bool]) -> None:
     for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 0.0)):
         try:
             os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        except PermissionError:  # the leader has not yet made its group: signal it alone
+        except (ProcessLookupError, PermissionError):  # no such group yet (setsid not reached): the leader alone
             try:
                 os.kill(pgid, sig)
             except ProcessLookupError:
