@@ -1,4 +1,4 @@
-"""A host-paced training step (a small MLP plus a fixed 4 ms wait, as a data pipeline would impose).
+"""A host-paced training step (a small MLP plus a fixed 10 ms wait, as a data pipeline would impose).
 
 ``DSTUNE_TEST_SLOWDOWN=0.15`` makes every step about 15% longer (the wait and the forward
 pass grow by 15%; they are nearly all of the step): the injected
@@ -14,7 +14,7 @@ from torch import nn
 
 import dstune
 
-PACE_S = 0.004
+PACE_S = 0.010
 SLOWDOWN = float(os.environ.get("DSTUNE_TEST_SLOWDOWN", "0"))
 
 
