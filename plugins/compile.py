@@ -1,8 +1,14 @@
-"""torch.compile: off, or one of its modes.
+"""torch.compile: off, or one of its modes, with or without automatic dynamic shapes.
 
-Compilation wraps the finished model, so this hook runs last.  Compile time
-shows up in the trial's first-step time, kept apart from the steady-state
-step time.  Trials of one run share the inductor and Triton caches on disk.
+Modes: ``default``; ``reduce-overhead`` (CUDA graphs, for launch-bound
+steps); ``max-autotune`` (Triton GEMM and convolution autotuning, plus CUDA
+graphs) and ``max-autotune-no-cudagraphs``.  ``compile_dynamic=static``
+passes ``dynamic=False``: every new input shape is compiled afresh instead of
+once as a shape-generic graph, which keeps the fastest kernels when shapes
+are fixed.  Compilation wraps the finished model, so this hook runs last.
+Compile time shows up in the trial's first-step time, kept apart from the
+steady-state step time, and trials of one run share the inductor and Triton
+caches on disk.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import torch
 from dstune import Knob, TuneContext, hookimpl
 
 KNOB = "compile"
+DYNAMIC = "compile_dynamic"
 CUDA_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 CPU_MODES = ("off", "default")
 
@@ -21,8 +28,13 @@ CPU_MODES = ("off", "default")
 @hookimpl
 def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     choices = CUDA_MODES if ctx.is_cuda else CPU_MODES
-    return [Knob(KNOB, choices=choices, default="off", checklist="default",
-                 help="torch.compile mode ('off': eager)", costly=choices[1:])]
+    return [
+        Knob(KNOB, choices=choices, default="off", checklist="default",
+             help="torch.compile mode ('off': eager)", costly=choices[1:]),
+        Knob(DYNAMIC, choices=("auto", "static"), default="auto", checklist="auto",
+             active=lambda config: config.get(KNOB, "off") != "off",
+             help="torch.compile dynamic: auto (shape-generic after a shape changes) or static (dynamic=False)"),
+    ]
 
 
 @hookimpl
@@ -31,6 +43,8 @@ def dstune_validate(config: dict[str, Any], ctx: TuneContext) -> str | None:
     allowed = CUDA_MODES if ctx.is_cuda else CPU_MODES
     if mode not in allowed:
         return f"compile={mode} is not offered on {ctx.device}"
+    if mode == "off" and config.get(DYNAMIC, "auto") != "auto":
+        return f"compile_dynamic={config[DYNAMIC]} needs compile on"
     return None
 
 
@@ -39,4 +53,5 @@ def dstune_prepare_model(model: Any, config: dict[str, Any], ctx: TuneContext) -
     mode = config.get(KNOB, "off")
     if mode == "off":
         return None
-    return torch.compile(model, mode=None if mode == "default" else mode)
+    dynamic = False if config.get(DYNAMIC) == "static" else None
+    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=dynamic)

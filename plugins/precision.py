@@ -1,9 +1,9 @@
-"""Numeric precision: fp32, TF32 matmuls, bf16 autocast, fp16 autocast with a GradScaler.
+"""Numeric precision of the forward pass: fp32, bf16 autocast, fp16 autocast with a GradScaler.
 
-fp32 leaves PyTorch's defaults alone.  tf32 lets float32 matmuls and
-convolutions use TensorFloat-32 (Ampere and newer).  bf16 and fp16 run the
-forward pass and loss under ``torch.autocast``; fp16 training also scales the
-loss so small gradients do not flush to zero.
+fp32 leaves PyTorch's defaults alone.  bf16 and fp16 run the forward pass and
+loss under ``torch.autocast``; fp16 training also scales the loss so small
+gradients do not flush to zero.  TensorFloat-32 for float32 matmuls is the
+``matmul_precision`` knob.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import torch
 from dstune import Knob, TuneContext, hookimpl
 
 KNOB = "precision"
+TOLERANCE = {"bf16": 5e-2, "fp16": 2e-2}
 
 
 def _choices(ctx: TuneContext) -> tuple[str, ...]:
     if ctx.is_cuda:
         choices = ["fp32"]
-        if ctx.capability and ctx.capability >= (8, 0):
-            choices.append("tf32")
         if ctx.bf16_supported:
             choices.append("bf16")
         choices.append("fp16")
@@ -34,8 +33,8 @@ def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     choices = _choices(ctx)
     checklist = "bf16" if "bf16" in choices else ("fp16" if "fp16" in choices else "fp32")
     return [
-        Knob(KNOB, choices=choices, default="fp32", checklist=checklist,
-             help="fp32, tf32 matmuls, bf16 autocast, fp16 autocast + GradScaler")
+        Knob(KNOB, choices=choices, default="fp32", checklist=checklist, tolerance=TOLERANCE,
+             help="fp32, bf16 autocast, fp16 autocast + GradScaler")
     ]
 
 
@@ -45,13 +44,6 @@ def dstune_validate(config: dict[str, Any], ctx: TuneContext) -> str | None:
     if value not in _choices(ctx):
         return f"precision={value} is not supported on {ctx.device_name}"
     return None
-
-
-@hookimpl
-def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
-    if config.get(KNOB) == "tf32":
-        torch.set_float32_matmul_precision("high")
-        torch.backends.cudnn.allow_tf32 = True
 
 
 def _dtype(config: dict[str, Any]) -> torch.dtype | None:

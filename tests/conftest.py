@@ -15,6 +15,7 @@ import torch
 from dstune.context import TuneContext
 from dstune.knobs import default_config
 from dstune.measure import MeasureSettings
+from dstune.numerics import GuardSettings
 from dstune.plugin_manager import plugin_manager
 from dstune.trial_runner import TrialOutcome, run_in_subprocess
 from dstune.tuning_run import RunOptions, applicable_knobs, compile_cache_env, probe, trial_spec
@@ -53,7 +54,8 @@ class TrialHarness:
         return TuneContext.from_dict(probed(file, workload)["ctx"])
 
     def run(self, file: Path, workload: str | None, timeout_s: float = 120.0,
-            measure: MeasureSettings = FAST, **overrides: Any) -> tuple[TrialOutcome, dict[str, Any] | None]:
+            measure: MeasureSettings = FAST, numerics: GuardSettings | None = None,
+            **overrides: Any) -> tuple[TrialOutcome, dict[str, Any] | None]:
         info = probed(file, workload)
         ctx = TuneContext.from_dict(info["ctx"])
         knobs = applicable_knobs(plugin_manager().pm, ctx)
@@ -63,7 +65,7 @@ class TrialHarness:
         observe = self.tmp_path / f"observe-{self.count}.json"
         options = RunOptions(workload_file=file, workload_name=workload, measure=measure)
         env = {"DSTUNE_OBSERVE": str(observe), **compile_cache_env(ctx.workload)}
-        outcome = run_in_subprocess(trial_spec(options, info["ctx"], config), timeout_s=timeout_s, env=env)
+        outcome = run_in_subprocess(trial_spec(options, info["ctx"], config, numerics), timeout_s=timeout_s, env=env)
         facts = json.loads(observe.read_text()) if observe.exists() else None
         return outcome, facts
 

@@ -5,6 +5,8 @@ Run on the GPU machine with ``pytest -m gpu -s`` (``-s`` shows the printed readi
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,12 +15,15 @@ import torch
 from dstune.composition import compose, configure_process
 from dstune.context import TuneContext
 from dstune.gpu_monitor import GpuMonitor
+from dstune.numerics import GuardSettings
 from dstune.plugin_manager import plugin_manager
+from dstune.tuning_run import applicable_knobs
 from dstune.workload_loader import select_workload
 
 from .conftest import WORKLOADS, probed
 
 OBSERVE = WORKLOADS / "observe.py"
+GUARD = GuardSettings(tolerance=0.05)
 pytestmark = pytest.mark.gpu
 
 
@@ -55,10 +60,12 @@ def test_autocast_precisions_on_cuda(trials, precision, dtype):
     assert facts["output_dtype"] == dtype and facts["autocast_cuda"] is True
 
 
-def test_tf32_sets_matmul_precision(trials):
-    outcome, facts = trials.run(OBSERVE, "observe", precision="tf32")
+def test_tf32_matmul_precision_on_cuda(trials):
+    outcome, facts = trials.run(OBSERVE, "observe", numerics=GUARD, matmul_precision="high")
+    print("\nmatmul_precision=high numerics error:", outcome.metrics.get("numerics_error"))
     assert outcome.status == "ok", outcome.error
     assert facts["matmul_precision"] == "high" and facts["output_dtype"] == "torch.float32"
+    assert outcome.metrics["numerics_error"] <= 1e-2
 
 
 def test_fp16_training_uses_a_grad_scaler():
@@ -95,3 +102,67 @@ def test_real_cuda_oom_is_classified(trials):
     outcome, _ = trials.run(WORKLOADS / "gpu_oom.py", "gpu_oom")
     print("\noom trial:", outcome.status, (outcome.error or "")[:200])
     assert outcome.status == "oom"
+
+
+def test_numerics_guard_on_cuda(trials):
+    for config in ({"precision": "bf16"}, {"precision": "fp16"}, {"compile": "default"}):
+        outcome, _ = trials.run(OBSERVE, "observe", timeout_s=400, numerics=GUARD, **config)
+        print(f"\n{config}: numerics error {outcome.metrics.get('numerics_error')}")
+        assert outcome.status == "ok", (outcome.error, outcome.stderr_tail)
+        assert outcome.metrics["numerics_error"] <= 0.05
+    broken, _ = trials.run(WORKLOADS / "fragile.py", "fragile", numerics=GUARD, precision="bf16")
+    print("fragile bf16:", broken.status, broken.error)
+    assert broken.status == "numerics"
+
+
+def test_channels_last_and_pinned_loader_on_cuda(trials):
+    outcome, facts = trials.run(OBSERVE, "observe_conv", memory_format="channels_last", cudnn_benchmark=True)
+    assert outcome.status == "ok", outcome.error
+    assert facts["conv_channels_last"] is True and facts["device"].startswith("cuda")
+    ctx = TuneContext.from_dict(probed(OBSERVE, "observe_data")["ctx"])
+    pm = plugin_manager().pm
+    assert "pin_memory" in {k.name for k in applicable_knobs(pm, ctx)}
+    config = {"loader_workers": 2, "pin_memory": True, "batch_size": 8}
+    composed = compose(pm, select_workload(OBSERVE, "observe_data"), config, ctx)
+    assert composed.loader.pin_memory is True
+    loss = composed.step()
+    assert loss.device.type == "cuda"
+
+
+def test_expandable_segments_reach_the_allocator(trials):
+    outcome, facts = trials.run(OBSERVE, "observe", expandable_segments=True, gc_threshold=0.8)
+    assert outcome.status == "ok", outcome.error
+    assert facts["alloc_conf"] == "expandable_segments:True,garbage_collection_threshold:0.8"
+    # The allocator honours it: three large tensors grow one expandable segment instead of taking three.
+    counts = {}
+    for value in (False, True):
+        probe = (f"import sys, torch, dstune; sys.path.insert(0, sys.argv[1]); import observe; "
+                 f"dstune.apply(observe.observe, {{'expandable_segments': {value}}}); "
+                 f"x = [torch.empty(256 << 20, dtype=torch.uint8, device='cuda') for _ in range(3)]; "
+                 f"print(sum(1 for s in torch.cuda.memory_snapshot() if s['segment_type'] == 'large'))")
+        done = subprocess.run([sys.executable, "-c", probe, str(WORKLOADS)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        counts[value] = int(done.stdout.split()[-1])
+    print("\nlarge segments for three 256 MiB tensors (expandable off, on):", counts)
+    assert counts[True] < counts[False]
+
+
+def test_sdpa_backend_is_forced(trials):
+    attention = WORKLOADS / "attention.py"
+    ctx = TuneContext.from_dict(probed(attention, "attention")["ctx"])
+    assert ctx.facts["sdpa.used"] is True
+    assert "sdpa_backend" in {k.name for k in applicable_knobs(plugin_manager().pm, ctx)}
+    for backend in ("flash", "efficient", "math", "cudnn"):
+        outcome, _ = trials.run(attention, "attention", precision="bf16", sdpa_backend=backend)
+        print(f"\nsdpa_backend={backend}: {outcome.status} {outcome.metrics.get('samples_per_s')}")
+        assert outcome.status == "ok", outcome.error
+    # Checkpointed blocks recompute attention in backward, where the same kernel must be chosen again.
+    for backend in ("math", "efficient"):
+        both, _ = trials.run(attention, "attention", precision="bf16", sdpa_backend=backend,
+                             activation_checkpointing=True)
+        assert both.status == "ok", both.error
+    # Flash alone in fp32 leaves no usable backend: proof that the choice reaches the attention call.
+    forced, _ = trials.run(attention, "attention", precision="fp32", sdpa_backend="flash")
+    print("sdpa_backend=flash in fp32:", forced.status, (forced.error or "").strip().splitlines()[-1])
+    assert forced.status == "crash" and "RuntimeError: Invalid backend" in (forced.error or ""), forced.error

@@ -10,6 +10,8 @@ from dstune.errors import UsageError
 from dstune.plugin_manager import DEFAULT_PLUGINS, chain_hook, plugin_manager
 from dstune.tuning_run import applicable_knobs
 
+from .conftest import ROOT
+
 CTX = TuneContext(workload="w", device="cpu", cpu_count=2, bf16_supported=True)
 
 
@@ -62,3 +64,13 @@ def test_knob_declarations_are_checked():
         Knob("k", choices=(1, 2), default=3, checklist=1)
     with pytest.raises(ValueError, match="costly"):
         Knob("k", choices=(1, 2), default=1, checklist=1, costly=(1,))
+
+
+def test_readme_hook_reference_is_generated_from_the_hookspecs():
+    from dstune import hookspecs
+    from dstune.hook_reference import render, replace_section
+
+    readme = (ROOT / "README.md").read_text()
+    assert replace_section(readme) == readme, "README is stale: run `python -m dstune.hook_reference README.md`"
+    hooks = [name for name in dir(hookspecs) if name.startswith("dstune_")]
+    assert len(hooks) == 10 and all(f"#### `{name}(" in render() for name in hooks)

@@ -47,7 +47,10 @@ def run(
     memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Peak memory allowed: a size (20GiB) or a fraction of device memory (0.8). Default 0.9."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler and of the workload's RNG."),
     disable_plugin: List[str] = typer.Option([], "--disable-plugin", help="Leave a plugin out (repeatable)."),
-    strict_plugins: bool = typer.Option(False, "--strict-plugins", help="Fail when a plugin fails to load."),
+    strict_plugins: bool = typer.Option(False, "--strict-plugins", help="Fail when a plugin fails to load or raises while declaring its knobs or model facts (default: leave it out with a warning)."),
+    only: List[str] = typer.Option([], "--only", help="Tune only these knobs (repeatable or comma-separated); the others keep the incumbent's values."),
+    numerics_guard: bool = typer.Option(True, "--numerics-guard/--no-numerics-guard", help="Compare each trial's first loss or output with an fp32 eager reference."),
+    tolerance: List[str] = typer.Option([], "--tolerance", help="Numerics tolerance: KNOB:VALUE=REL (e.g. precision:bf16=0.1) or base=REL (repeatable)."),
     study: Optional[str] = typer.Option(None, "--study", help="Optuna study name (default WORKLOAD-itN)."),
     windows: int = typer.Option(5, "--windows", min=2, help="Timed windows per trial."),
     window_time: float = typer.Option(0.5, "--window-time", min=0.01, help="Seconds per timed window (at least)."),
@@ -58,8 +61,14 @@ def run(
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 3 when the incumbent regressed (for CI and cron)."),
 ) -> None:
     """One Plan-Do-Check-Act iteration of WORKLOAD_FILE: trials, check against the incumbent, promote or keep."""
+    if not workload_file.is_file():
+        raise UsageError(f"workload file {workload_file} does not exist. Give the path of a Python file that defines a @dstune.workload function.")
+    from .trial_runner import start_early
+
+    start_early()  # the fork server imports torch while this process imports the rest
     from .display import ConsoleReporter, render_summary
     from .measure import MeasureSettings
+    from .numerics import parse_tolerances
     from .selection import parse_policy
     from .summary import summarize
     from .tuning_run import RunOptions, run_iteration
@@ -72,12 +81,9 @@ def run(
         strict_plugins=strict_plugins, study_name=study,
         measure=MeasureSettings(windows=windows, window_s=window_time, max_warmup_s=max_warmup),
         select=parse_policy(select), check_repeats=check_repeats, min_gain=min_gain,
+        numerics_guard=numerics_guard, tolerances=parse_tolerances(tolerance),
+        only=tuple(name.strip() for value in only for name in value.split(",") if name.strip()),
     )
-    if not workload_file.is_file():
-        raise UsageError(f"workload file {workload_file} does not exist. Give the path of a Python file that defines a @dstune.workload function.")
-    from .trial_runner import start_early
-
-    start_early()
     reporter = ConsoleReporter()
     try:
         result = run_iteration(options, reporter)

@@ -18,6 +18,7 @@ import torch
 from .context import TuneContext
 from .errors import UsageError
 from .knobs import BatchPlan
+from .numerics import Guard
 from .plugin_manager import chain_hook
 from .workload_api import Workload, WorkloadDef
 
@@ -34,6 +35,8 @@ class Composed:
     device: torch.device
     step: Callable[[], torch.Tensor]
     mode: str
+    loader: Any = None  # the DataLoader of a dataset= workload, as the plugins configured it
+    guard: Guard | None = None
 
 
 def configure_process(pm: pluggy.PluginManager, config: dict[str, Any], ctx: TuneContext) -> None:
@@ -83,11 +86,11 @@ def default_forward(model: Any, batch: Any) -> Any:
 
 
 def _batches(workload: Workload, plan: BatchPlan, device: torch.device, loader_kwargs: dict[str, Any],
-             name: str) -> Iterator[Any]:
+             name: str) -> tuple[Iterator[Any], Any]:
     if workload.batch is not None:
         # Two distinct batches, made once: data generation stays out of the timing.
         fixed = [workload.batch(plan.micro_batch, device) for _ in range(2)]
-        return itertools.cycle(fixed)
+        return itertools.cycle(fixed), None
     loader = torch.utils.data.DataLoader(
         workload.dataset, batch_size=plan.micro_batch, shuffle=True, drop_last=True,
         collate_fn=workload.collate_fn, **loader_kwargs,
@@ -104,20 +107,36 @@ def _batches(workload: Workload, plan: BatchPlan, device: torch.device, loader_k
             for batch in loader:
                 yield to_device(batch, device, non_blocking=pinned)
 
-    return forever()
+    return forever(), loader
 
 
 def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str, Any],
-            ctx: TuneContext) -> Composed:
-    """Build the workload and wire every plugin hook into its step."""
+            ctx: TuneContext, guard: Guard | None = None) -> Composed:
+    """Build the workload and wire every plugin hook into its step.
+
+    With a ``guard``, the fp32 eager reference is computed on the first
+    micro-batch before the plugins change the model, and the first step's
+    loss or output on that batch is checked against it.
+    """
     workload = definition.build(ctx)
     device = torch.device("cuda", torch.cuda.current_device()) if ctx.is_cuda else torch.device("cpu")
     model = workload.model.to(device)
     model.train(ctx.mode == "train")
-    model = chain_hook(pm, "dstune_prepare_model", model, config=config, ctx=ctx)
     plan = pm.hook.dstune_batch_plan(config=config, ctx=ctx) or BatchPlan(ctx.default_batch_size)
     loader_kwargs = _merged(pm.hook.dstune_loader_kwargs(config=config, ctx=ctx))
-    batches = _batches(workload, plan, device, loader_kwargs, definition.name)
+    batches, loader = _batches(workload, plan, device, loader_kwargs, definition.name)
+    forward = workload.forward or default_forward
+    if guard is not None:
+        first = next(batches)
+        batches = itertools.chain([first], batches)
+        if workload.batch is not None:
+            guard.cache_key = f"{ctx.mode}-{plan.micro_batch}"
+        plain = model
+        if ctx.mode == "train":
+            guard.compute_reference(plain, lambda: workload.loss(plain, first), device)
+        else:
+            guard.compute_reference(plain, lambda: first_tensor(forward(plain, first)), device)
+    model = chain_hook(pm, "dstune_prepare_model", model, config=config, ctx=ctx)
     mark_step = torch.compiler.cudagraph_mark_step_begin if ctx.is_cuda else (lambda: None)
 
     def contexts() -> contextlib.ExitStack:
@@ -127,7 +146,6 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
         return stack
 
     if ctx.mode == "inference":
-        forward = workload.forward or default_forward
 
         def infer_step() -> torch.Tensor:
             batch = next(batches)
@@ -137,9 +155,11 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
             tensor = first_tensor(out)
             if tensor is None:
                 raise UsageError(f"workload {definition.name!r}: forward returned no tensor; return the model output.")
+            if guard is not None:
+                guard.check(tensor)
             return tensor
 
-        return Composed(workload, model, None, None, plan, device, infer_step, ctx.mode)
+        return Composed(workload, model, None, None, plan, device, infer_step, ctx.mode, loader, guard)
 
     optimizer_kwargs = _merged(pm.hook.dstune_optimizer_kwargs(config=config, ctx=ctx))
     optimizer = workload.optimizer(model.parameters(), **optimizer_kwargs)
@@ -154,6 +174,8 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
             batch = next(batches)
             with contexts():
                 loss = loss_fn(model, batch)
+            if guard is not None:
+                guard.check(loss)
             scaled = loss / accumulation if accumulation > 1 else loss
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if scaler is not None:
@@ -164,4 +186,4 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    return Composed(workload, model, optimizer, scaler, plan, device, train_step, ctx.mode)
+    return Composed(workload, model, optimizer, scaler, plan, device, train_step, ctx.mode, loader, guard)

@@ -4,9 +4,10 @@ Every knob dstune turns lives in a plugin, built-in ones included.  A plugin
 is a module or object with ``@hookimpl`` functions; it implements only the
 hooks it needs.  Hooks run in the trial process (fresh per trial) unless said
 otherwise, in this order: ``dstune_configure_process``, the workload is
-imported and built, ``dstune_prepare_model``, ``dstune_optimizer_kwargs``,
-``dstune_grad_scaler``, ``dstune_batch_plan`` and ``dstune_loader_kwargs``,
-then ``dstune_step_context`` around every forward pass.
+imported and built, ``dstune_batch_plan`` and ``dstune_loader_kwargs``,
+``dstune_prepare_model``, ``dstune_optimizer_kwargs``, ``dstune_grad_scaler``,
+then ``dstune_step_context`` around every forward pass.  The docstrings
+below are the README's hook reference (``dstune.hook_reference``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ hookimpl = pluggy.HookimplMarker("dstune")
 def dstune_knobs(ctx: Any) -> list[Any] | None:
     """Return the plugin's knobs (a list of :class:`dstune.Knob`) for context ``ctx``.
 
-    Called in the parent process to build the search space, and by
-    ``dstune plugins``.  Choices may depend on ``ctx`` (bf16 only where the
-    device supports it, say); a knob that does not apply sets ``applies``.
+    Runs in the parent, once per run, to build the search space, and in
+    ``dstune plugins``.  A knob has a name, its choices, a ``default``
+    (PyTorch's own behaviour) and a ``checklist`` value (the tuning guide's
+    advice).  Choices may depend on ``ctx`` (bf16 only where the device
+    supports it); ``applies`` leaves the knob out where it means nothing;
+    ``active`` makes it conditional on other knobs' values; ``costly`` marks
+    choices that make a trial far dearer; ``tolerance`` maps choices that
+    change results to the relative error the numerics guard allows them.
     """
 
 
@@ -33,8 +39,10 @@ def dstune_knobs(ctx: Any) -> list[Any] | None:
 def dstune_model_facts(model: Any, workload: Any, ctx: Any) -> dict[str, Any] | None:
     """Report facts about the freshly built model, once per run, in the probe process.
 
-    Returned dicts are merged into ``ctx.facts``; ``dstune_knobs`` reads them
-    to decide applicability (e.g. whether the model has blocks to checkpoint).
+    The model is on the CPU, as the workload built it.  Returned dicts are
+    merged into ``ctx.facts``; ``dstune_knobs`` reads them to decide
+    applicability (whether the model has blocks to checkpoint, convolutions,
+    attention).  Prefix keys with the plugin's name.
     """
 
 
@@ -42,8 +50,9 @@ def dstune_model_facts(model: Any, workload: Any, ctx: Any) -> dict[str, Any] | 
 def dstune_validate(config: dict[str, Any], ctx: Any) -> str | None:
     """Return a reason why ``config`` cannot run in ``ctx``, or None.
 
-    Called in the parent before a trial is spent: a non-None answer records the
-    trial as ``invalid`` and tells the search it is infeasible.
+    Runs in the parent before each trial is spent: a non-None answer records
+    the trial as ``invalid`` and tells the search it is infeasible.  Use it for
+    impossible combinations across knobs (flash attention in fp32).
     """
 
 
@@ -51,8 +60,10 @@ def dstune_validate(config: dict[str, Any], ctx: Any) -> str | None:
 def dstune_configure_process(config: dict[str, Any], ctx: Any) -> None:
     """Set process-wide state before CUDA initialises and before the workload is imported.
 
-    Environment variables (allocator settings), thread counts, global backend
-    flags.  The trial process is fresh, so nothing leaks into other trials.
+    Runs in the trial process (and in ``dstune.apply``): environment
+    variables read when CUDA starts (allocator settings), thread counts,
+    global backend flags.  The trial process is fresh, so nothing leaks into
+    other trials.
     """
 
 
@@ -60,38 +71,51 @@ def dstune_configure_process(config: dict[str, Any], ctx: Any) -> None:
 def dstune_prepare_model(model: Any, config: dict[str, Any], ctx: Any) -> Any:
     """Return the model to use, possibly wrapped or changed; None keeps it as is.
 
-    Implementations are chained in call order, each receiving the previous
-    result.  The model is already on the device.  Wrappers that must see the
-    final module (``torch.compile``) use ``trylast=True``.
+    Runs in the trial process.  Implementations are chained in call order,
+    each receiving the previous result.  The model is already on the device,
+    and the numerics guard has taken its fp32 reference from it.  Changes of
+    the module itself (memory format) use ``tryfirst=True``; wrappers that must
+    see the final module (``torch.compile``) use ``trylast=True``.
     """
 
 
 @hookspec
 def dstune_optimizer_kwargs(config: dict[str, Any], ctx: Any) -> dict[str, Any] | None:
-    """Keyword arguments for the workload's optimizer factory (``fused=True``, say); merged."""
+    """Keyword arguments for the workload's optimizer factory (``fused=True``, say).
+
+    Runs in the trial process, training only; the dicts of all plugins are merged.
+    """
 
 
 @hookspec(firstresult=True)
 def dstune_grad_scaler(config: dict[str, Any], ctx: Any) -> Any:
-    """A gradient scaler (``torch.amp.GradScaler``) for the training step, or None."""
+    """A gradient scaler (``torch.amp.GradScaler``) for the training step, or None.
+
+    Runs in the trial process, training only.
+    """
 
 
 @hookspec(firstresult=True)
 def dstune_batch_plan(config: dict[str, Any], ctx: Any) -> Any:
     """The micro-batch size and accumulation steps (:class:`dstune.BatchPlan`), or None.
 
-    With no answer the workload runs its default batch with no accumulation.
+    Runs in the trial process.  With no answer the workload runs its default
+    batch with no accumulation.
     """
 
 
 @hookspec
 def dstune_loader_kwargs(config: dict[str, Any], ctx: Any) -> dict[str, Any] | None:
-    """DataLoader keyword arguments for ``dataset=`` workloads (workers, pinning); merged."""
+    """DataLoader keyword arguments for ``dataset=`` workloads (workers, pinning, prefetching).
+
+    Runs in the trial process; the dicts of all plugins are merged.
+    """
 
 
 @hookspec
 def dstune_step_context(config: dict[str, Any], ctx: Any) -> Any:
-    """A context manager to enter around each forward pass and loss (autocast), or None.
+    """A context manager to enter around each forward pass and loss (autocast, an attention backend), or None.
 
-    Called anew for every micro-step, so a fresh context manager is returned each time.
+    Runs in the trial process, anew for every micro-step, so return a fresh
+    context manager each time.
     """

@@ -27,7 +27,13 @@ class Knob:
     the search and out of the configuration.  ``costly`` lists choices that
     make a trial far dearer (compilation): the search explores without them
     first, then tries them on the most promising configurations while the
-    budget allows.
+    budget allows.  ``tolerance`` maps choices that may change results
+    (reduced precision) to the relative error they are allowed against the
+    fp32 eager reference; the numerics guard uses the largest that applies.
+    ``active`` says, from the values of other knobs, whether this one means
+    anything (prefetching only with loader workers, a compile option only
+    with compile on); an inactive knob keeps its default and is not searched,
+    which is how Optuna's define-by-run spaces express conditions.
     """
 
     name: str
@@ -37,6 +43,8 @@ class Knob:
     help: str = ""
     applies: Callable[[TuneContext], bool] | None = None
     costly: tuple[Choice, ...] = ()
+    tolerance: Mapping[Choice, float] = field(default_factory=dict, compare=False, hash=False)
+    active: Callable[[Mapping[str, Choice]], bool] | None = field(default=None, compare=False)
     plugin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -51,9 +59,15 @@ class Knob:
                 )
         if any(c not in self.choices for c in self.costly) or self.default in self.costly:
             raise ValueError(f"knob {self.name!r}: costly choices must be non-default choices")
+        for choice, rel in self.tolerance.items():  # choices offered elsewhere only are ignored
+            if isinstance(rel, bool) or not isinstance(rel, (int, float)) or not rel >= 0:
+                raise ValueError(f"knob {self.name!r}: tolerance for {choice!r} is {rel!r}; give a relative error >= 0")
 
     def applicable(self, ctx: TuneContext) -> bool:
         return self.applies is None or bool(self.applies(ctx))
+
+    def active_in(self, config: Mapping[str, Choice]) -> bool:
+        return self.active is None or bool(self.active(config))
 
     @property
     def tunable(self) -> bool:

@@ -20,10 +20,7 @@ import torch
 
 from .composition import Composed
 from .gpu_monitor import GpuMonitor
-
-
-class NumericsError(Exception):
-    """The loss or output went NaN or infinite."""
+from .numerics import NumericsError
 
 
 class HopelessTrial(Exception):
@@ -177,6 +174,7 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
         "samples_per_step": samples_per_step,
         **peak_memory(composed.device),
         **readings,
+        **(composed.guard.result if composed.guard else {}),
     }
     if readings.get("energy_j") is not None:
         metrics["energy_per_sample_j"] = readings["energy_j"] / timed_samples

@@ -76,11 +76,15 @@ def adapt_config(config: Config, knobs: Sequence[Knob]) -> tuple[Config, list[st
 
 def copy_trials(source: optuna.Study, target: optuna.Study, params_of: dict[str, optuna.distributions.BaseDistribution]
                 ) -> int:
-    """Copy finished trials whose parameters fit today's space into ``target``; return how many."""
+    """Copy finished trials whose parameters fit today's space into ``target``; return how many.
+
+    A trial may lack parameters that were inactive in it (conditional knobs);
+    one with a parameter today's space lacks, or with other choices, is left out.
+    """
     copied = []
     for trial in source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if set(trial.distributions) != set(params_of) or any(
-                trial.distributions[name] != params_of[name] for name in params_of):
+        if not set(trial.distributions) <= set(params_of) or any(
+                trial.distributions[name] != params_of[name] for name in trial.distributions):
             continue
         copied.append(optuna.trial.create_trial(
             params=trial.params, distributions=trial.distributions, values=trial.values,

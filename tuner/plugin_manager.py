@@ -25,13 +25,27 @@ log = logging.getLogger("dstune.plugins")
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "dstune.plugins.batch_size",
     "dstune.plugins.precision",
+    "dstune.plugins.matmul_precision",
+    "dstune.plugins.memory_format",
     "dstune.plugins.checkpointing",
+    "dstune.plugins.optimizer_impl",
     "dstune.plugins.threads",
+    "dstune.plugins.data_loader",
     "dstune.plugins.cudnn",
+    "dstune.plugins.cuda_allocator",
+    "dstune.plugins.sdpa",
     "dstune.plugins.compile",
 )
 
 ENTRY_POINT_GROUP = "dstune"
+
+
+class DstunePluginManager(pluggy.PluginManager):
+    """pluggy's manager, remembering which distribution (and version) provided each entry-point plugin."""
+
+    def __init__(self) -> None:
+        super().__init__("dstune")
+        self.distributions: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
 
 
 @dataclass
@@ -40,6 +54,7 @@ class PluginSet:
 
     pm: pluggy.PluginManager
     problems: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # names of plugins that failed to load
 
     def names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin() if name is not None]
@@ -53,7 +68,7 @@ def plugin_manager(disabled: Iterable[str] = (), strict: bool = False) -> Plugin
     entry points loaded; set to an empty string it loads none.
     """
     disabled = set(disabled)
-    pm = pluggy.PluginManager("dstune")
+    pm = DstunePluginManager()
     pm.add_hookspecs(hookspecs)
     plugins = PluginSet(pm)
     for module_name in DEFAULT_PLUGINS:
@@ -68,6 +83,8 @@ def plugin_manager(disabled: Iterable[str] = (), strict: bool = False) -> Plugin
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
+            if ep.dist is not None:
+                pm.distributions[ep.name] = (ep.dist.name, ep.dist.version)
         except Exception as exc:  # noqa: BLE001 - any failure disables that plugin only
             message = (
                 f"plugin {ep.name!r} (entry point {ep.value} of package "
@@ -76,6 +93,7 @@ def plugin_manager(disabled: Iterable[str] = (), strict: bool = False) -> Plugin
             if strict:
                 raise UsageError(message + ". Fix or uninstall it, or run without --strict-plugins.") from None
             plugins.problems.append(message + "; it is disabled for this run.")
+            plugins.failed.append(ep.name)
             log.warning("%s; it is disabled for this run", message)
     return plugins
 
@@ -90,11 +108,9 @@ def _entry_points() -> Sequence[importlib.metadata.EntryPoint]:
 
 
 def plugin_version(pm: pluggy.PluginManager, name: str) -> str:
-    """Version of the distribution that provides plugin ``name``."""
-    plugin = pm.get_plugin(name)
-    for dist_plugin, dist in pm.list_plugin_distinfo():
-        if dist_plugin is plugin:
-            return dist.version
+    """Version of the distribution that provides plugin ``name`` (dstune's own for built-in ones)."""
+    if name in getattr(pm, "distributions", {}):
+        return pm.distributions[name][1]
     from . import __version__
 
     return __version__

@@ -130,7 +130,7 @@ def apply(workload_fn: Callable[..., Any], cfg: BestConfig | dict[str, Any],
             raise UsageError(f"the configuration of {chosen.workload!r} was tuned on {ctx.device_name}, but this "
                              "process sees no CUDA device. Run on a GPU, or tune a configuration for the CPU.")
     else:
-        ctx = probe_context(definition, plugins.pm)
+        ctx = probe_context(definition, plugins.pm, strict=True)[0]
     config = checked_config(chosen, applicable_knobs(plugins.pm, ctx))
     configure_process(plugins.pm, config, ctx)
     return compose(plugins.pm, definition, config, ctx)

@@ -36,17 +36,20 @@ class SearchSpace:
     knobs: tuple[Knob, ...]
 
     def config_from_trial(self, trial: optuna.Trial) -> Config:
+        """Suggest every knob; conditional knobs last, and only where the others make them active."""
         config: Config = {}
-        for knob in self.knobs:
-            if knob.tunable:
+        ordered = [k for k in self.knobs if k.active is None] + [k for k in self.knobs if k.active is not None]
+        for knob in ordered:
+            if knob.tunable and knob.active_in(config):
                 config[knob.name] = trial.suggest_categorical(knob.name, list(knob.choices))
             else:
-                config[knob.name] = knob.choices[0]
-        return config
+                config[knob.name] = knob.default if knob.tunable else knob.choices[0]
+        return {k.name: config[k.name] for k in self.knobs}
 
     def params(self, config: Config) -> dict[str, Any]:
-        """The Optuna parameters of ``config`` (tunable knobs only)."""
-        return {k.name: config[k.name] for k in self.knobs if k.tunable and k.name in config}
+        """The Optuna parameters of ``config`` (tunable, active knobs only)."""
+        return {k.name: config[k.name] for k in self.knobs
+                if k.tunable and k.name in config and k.active_in(config)}
 
 
 def create_study(storage: optuna.storages.BaseStorage, study_name: str, seed: int,

@@ -131,6 +131,9 @@ def _forked_child(spec_path: str, result_path: str, out_path: str, err_path: str
             stream.reconfigure(write_through=True)  # type: ignore[union-attr]
     os.environ.clear()
     os.environ.update(env)
+    # A forkserver child inherits "forkserver" as its default start method; a
+    # workload (DataLoader workers) must see the platform's default, as in a plain script.
+    multiprocessing.set_start_method(None, force=True)
     from .trial_worker import main
 
     sys.exit(main([spec_path, result_path]))

@@ -60,8 +60,12 @@ def _device_context(definition: Any) -> Any:
     )
 
 
-def probe_context(definition: Any, pm: Any) -> Any:
-    """Build the workload once and describe it: device, model class and size, plugin facts."""
+def probe_context(definition: Any, pm: Any, strict: bool = True) -> tuple[Any, list[str], list[str]]:
+    """Build the workload once and describe it: device, model class and size, plugin facts.
+
+    Returns the context, the plugins whose ``dstune_model_facts`` raised, and
+    a message for each; with ``strict`` the first such failure is an error.
+    """
     ctx = _device_context(definition)
     built = definition.build(ctx)
     model = built.model
@@ -69,20 +73,25 @@ def probe_context(definition: Any, pm: Any) -> Any:
     from .plugin_manager import call_impl
 
     facts: dict[str, Any] = {}
+    failed: list[str] = []
+    problems: list[str] = []
     for impl in pm.hook.dstune_model_facts.get_hookimpls():
         try:
             facts.update(call_impl(impl, model=model, workload=built, ctx=ctx) or {})
         except Exception as exc:  # noqa: BLE001 - a broken plugin is named, not a traceback
-            raise UsageError(
-                f"plugin {impl.plugin_name!r} failed in dstune_model_facts: {type(exc).__name__}: {exc}. "
-                f"Fix the plugin, or leave it out with --disable-plugin {impl.plugin_name}."
-            ) from None
-    return ctx.with_updates(
+            message = f"plugin {impl.plugin_name!r} failed in dstune_model_facts: {type(exc).__name__}: {exc}"
+            if strict:
+                raise UsageError(f"{message}. Fix the plugin, or leave it out with --disable-plugin "
+                                 f"{impl.plugin_name} (without --strict-plugins it is left out with a warning).") from None
+            failed.append(impl.plugin_name)
+            problems.append(f"{message}; it is disabled for this run.")
+    ctx = ctx.with_updates(
         has_dataset=built.dataset is not None,
         model_class=f"{type(model).__module__}.{type(model).__qualname__}",
         param_count=sum(p.numel() for p in model.parameters()),
         facts=facts,
     )
+    return ctx, failed, problems
 
 
 def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
@@ -93,12 +102,15 @@ def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
 
     plugins = plugin_manager(spec.get("disabled_plugins", ()))
     definition = select_workload(spec["workload_file"], spec.get("workload_name"))
-    ctx = probe_context(definition, plugins.pm)
+    ctx, failed, problems = probe_context(definition, plugins.pm, strict=bool(spec.get("strict_plugins")))
+    for name in failed:
+        plugins.pm.unregister(name=name)
     return {
         "status": "ok",
         "ctx": json.loads(ctx.to_json()),
         "environment": environment_facts(plugins.pm, spec["workload_file"]),
-        "plugin_problems": plugins.problems,
+        "plugin_problems": problems,
+        "failed_plugins": failed,
     }
 
 
@@ -109,6 +121,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     from .composition import compose, configure_process
     from .context import TuneContext
     from .measure import MeasureSettings, measure
+    from .numerics import Guard, GuardSettings
     from .plugin_manager import plugin_manager
     from .workload_loader import select_workload
 
@@ -120,7 +133,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     random.seed(seed)
     torch.manual_seed(seed)
     definition = select_workload(spec["workload_file"], spec.get("workload_name"))
-    composed = compose(plugins.pm, definition, config, ctx)
+    guard = Guard(GuardSettings(**spec["numerics"])) if spec.get("numerics") else None
+    composed = compose(plugins.pm, definition, config, ctx, guard)
     metrics = measure(composed, MeasureSettings(**spec.get("measure", {})), prune_below=spec.get("prune_below"))
     return {"status": "ok", "metrics": metrics}
 
@@ -142,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     spec_path, result_path = argv
     spec = json.loads(Path(spec_path).read_text())
     from .errors import UsageError
-    from .measure import HopelessTrial, NumericsError
+    from .measure import HopelessTrial
+    from .numerics import NumericsError
 
     try:
         result = run_probe(spec) if spec.get("kind") == "probe" else run_trial(spec)

@@ -18,8 +18,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import socket
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from .errors import UsageError
 from .fingerprint import fingerprint_hash
 from .knobs import Config, Knob, checklist_config, default_config
 from .measure import MeasureSettings
+from .numerics import GuardSettings, check_overrides, trial_tolerance
 from .plan import Incumbent, adapt_config, copy_trials, diff_facts
 from .plugin_manager import call_impl, plugin_manager
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, config_key, create_study, enqueue_seeds, tell
@@ -68,6 +71,9 @@ class RunOptions:
     select: SelectionPolicy = field(default_factory=lambda: SelectionPolicy("max-throughput"))
     check_repeats: int = 5
     min_gain: float = 0.02
+    numerics_guard: bool = True
+    tolerances: dict[str, float] = field(default_factory=dict)
+    only: tuple[str, ...] = ()
 
 
 class Reporter(Protocol):
@@ -109,6 +115,7 @@ def probe(options: RunOptions) -> dict[str, Any]:
         "workload_file": str(options.workload_file),
         "workload_name": options.workload_name,
         "disabled_plugins": list(options.disabled_plugins),
+        "strict_plugins": options.strict_plugins,
     }
     outcome = run_in_subprocess(spec, timeout_s=PROBE_TIMEOUT_S)
     if outcome.status == "usage_error":
@@ -122,28 +129,37 @@ def probe(options: RunOptions) -> dict[str, Any]:
     return outcome.payload
 
 
-def trial_spec(options: RunOptions, ctx: dict[str, Any], config: Config) -> dict[str, Any]:
-    """What a trial process needs: the workload, the config, the context, how to measure."""
+def trial_spec(options: RunOptions, ctx: dict[str, Any], config: Config,
+               numerics: GuardSettings | None = None) -> dict[str, Any]:
+    """What a trial process needs: the workload, the config, the context, how to measure and guard."""
     return {
         "kind": "trial", "workload_file": str(options.workload_file),
         "workload_name": options.workload_name or ctx["workload"], "config": config, "ctx": ctx,
         "disabled_plugins": list(options.disabled_plugins), "measure": options.measure.to_dict(),
-        "seed": options.seed,
+        "seed": options.seed, "numerics": numerics.to_dict() if numerics else None,
     }
 
 
-def applicable_knobs(pm: Any, ctx: TuneContext) -> list[Knob]:
-    """Collect the knobs of every plugin, tag each with its plugin, keep those that apply."""
+def applicable_knobs(pm: Any, ctx: TuneContext, problems: list[str] | None = None) -> list[Knob]:
+    """Collect the knobs of every plugin, tag each with its plugin, keep those that apply.
+
+    A plugin whose ``dstune_knobs`` raises (or declares an invalid knob) is an
+    error, unless ``problems`` is given: then it is unregistered, a message
+    naming it is appended, and the others go on.
+    """
     knobs: list[Knob] = []
     seen: dict[str, str] = {}
     for impl in reversed(pm.hook.dstune_knobs.get_hookimpls()):
         try:
-            declared = call_impl(impl, ctx=ctx) or []
+            declared = list(call_impl(impl, ctx=ctx) or [])
         except Exception as exc:  # noqa: BLE001 - a broken plugin is named, not a traceback
-            raise UsageError(
-                f"plugin {impl.plugin_name!r} failed in dstune_knobs: {type(exc).__name__}: {exc}. Fix the plugin, "
-                f"or leave it out with --disable-plugin {impl.plugin_name}."
-            ) from None
+            message = f"plugin {impl.plugin_name!r} failed in dstune_knobs: {type(exc).__name__}: {exc}"
+            if problems is None:
+                raise UsageError(f"{message}. Fix the plugin, or leave it out with --disable-plugin "
+                                 f"{impl.plugin_name} (without --strict-plugins it is left out with a warning).") from None
+            problems.append(f"{message}; it is disabled for this run.")
+            pm.unregister(name=impl.plugin_name)
+            continue
         for knob in declared:
             if knob.name in seen:
                 raise UsageError(
@@ -154,6 +170,18 @@ def applicable_knobs(pm: Any, ctx: TuneContext) -> list[Knob]:
             if knob.applicable(ctx):
                 knobs.append(_tagged(knob, impl.plugin_name))
     return knobs
+
+
+def pin_except(knobs: Sequence[Knob], only: Sequence[str], values: Config) -> list[Knob]:
+    """The knobs with all but those named in ``only`` fixed at ``values`` (``--only``)."""
+    names = {k.name for k in knobs}
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise UsageError(f"--only {' '.join(unknown)}: no such knob applies to this workload here. "
+                         f"Knobs that apply: {', '.join(sorted(names))}.")
+    return [k if k.name in only else dataclasses.replace(k, choices=(values[k.name],), default=values[k.name],
+                                                          checklist=values[k.name], costly=(), active=None)
+            for k in knobs]
 
 
 def _tagged(knob: Knob, plugin: str) -> Knob:
@@ -196,6 +224,7 @@ class Iteration:
         self.started = time.monotonic()
         self.phase = "plan"
         self.env: dict[str, str] = {}
+        self.reference_dir = tempfile.mkdtemp(prefix="dstune-references-")
 
     # -- Plan -------------------------------------------------------------------
 
@@ -207,8 +236,19 @@ class Iteration:
         self.ctx_dict = probed["ctx"]
         self.ctx = ctx = TuneContext.from_dict(self.ctx_dict)
         environment = probed["environment"]
-        self.knobs = knobs = applicable_knobs(self.plugins.pm, ctx)
-        self.space = SearchSpace(tuple(knobs))
+        problems: list[str] = list(probed.get("plugin_problems", []))
+        for name in probed.get("failed_plugins", []):
+            self.plugins.pm.unregister(name=name)
+        self.knobs = knobs = applicable_knobs(self.plugins.pm, ctx, None if options.strict_plugins else problems)
+        for problem in problems:
+            self.reporter.message(f"[warning] {problem}")
+        # Plugins that failed are left out of the trial processes too.
+        failed = [*self.plugins.failed, *probed.get("failed_plugins", []),
+                  *(n for n in environment.get("plugins", {}) if n not in set(self.plugins.names()))]
+        self.disabled = tuple(dict.fromkeys([*options.disabled_plugins, *failed]))
+        self.options = options = dataclasses.replace(options, disabled_plugins=self.disabled)
+        if options.numerics_guard:
+            check_overrides(knobs, options.tolerances)
         self.memory_budget = parse_memory_budget(options.memory_budget, ctx.device_memory)
         self.defaults, checklist = default_config(knobs), checklist_config(knobs)
 
@@ -220,6 +260,10 @@ class Iteration:
         previous = store.last_iteration(ctx.workload, before=2**62)
         diff = diff_facts(previous.environment.facts if previous and previous.environment else None, environment)
         self.incumbent = incumbent = self._incumbent()
+        if options.only:
+            knobs = pin_except(knobs, options.only, incumbent.config)
+            checklist = {**checklist_config(knobs)}
+        self.space = SearchSpace(tuple(knobs))
         past = [m.metrics.get("duration_s") for m in store.measurements(previous.id)] if previous else []
         past = [d for d in past if d]
         self.past_measure_s = statistics.median(past) if past else None
@@ -231,7 +275,9 @@ class Iteration:
             default_config=self.defaults, checklist_config=checklist,
             options={"trials": options.trials, "budget_s": options.budget_s, "seed": options.seed,
                      "trial_timeout_s": options.trial_timeout_s, "disabled_plugins": list(options.disabled_plugins),
-                     "check_repeats": options.check_repeats, "min_gain": options.min_gain},
+                     "check_repeats": options.check_repeats, "min_gain": options.min_gain,
+                     "only": list(options.only), "numerics_guard": options.numerics_guard,
+                     "tolerances": options.tolerances},
             previous_iteration_id=previous.id if previous else None, fingerprint_diff=diff,
             incumbent_config=incumbent.config, incumbent_source=incumbent.source, select_policy=str(options.select),
         )
@@ -244,7 +290,7 @@ class Iteration:
             seeds.append(("incumbent", incumbent.config))
         if previous is not None and previous.chosen_config:
             seeds.append(("previous", adapt_config(previous.chosen_config, knobs)[0]))
-        seeds += [("default", self.defaults), ("checklist", checklist)]
+        seeds += [("default", default_config(knobs)), ("checklist", checklist)]
         enqueue_seeds(self.study, self.space, seeds)
         copied = 0
         if previous is not None and not diff and previous.study_name:
@@ -274,15 +320,25 @@ class Iteration:
 
     # -- Do ---------------------------------------------------------------------
 
-    def _check_reserve(self, eager_durations: list[float], costly_steady: list[float]) -> float:
-        """Time to keep for the check: ``2 * repeats`` measurements, plus a quarter for slack.
+    def _guard(self, config: Config) -> GuardSettings | None:
+        """The numerics guard of a trial of ``config``: its tolerance, and where references are shared."""
+        if not self.options.numerics_guard:
+            return None
+        return GuardSettings(trial_tolerance(self.knobs, config, self.options.tolerances), self.reference_dir)
 
-        A measurement is estimated, best first, from the previous iteration's
-        check measurements; from this run's eager trials; or from compiled
-        trials without their first step, since the check finds their
-        compilation in the shared cache (and a cold compile would overstate
-        the cost many times).
+    def _check_reserve(self, eager_durations: list[float], costly_steady: list[float],
+                       pair: tuple[float, float] | None = None) -> float:
+        """Time to keep for the check: ``repeats`` measurements of each side, plus a quarter for slack.
+
+        Best first: ``pair``, what this run's trials of the incumbent and of
+        the best configuration so far took (a compiled one without its first
+        step, since the check finds its compilation in the shared cache); the
+        previous iteration's check measurements; this run's eager trials; its
+        compiled trials without their first step.
         """
+        repeats = self.options.check_repeats
+        if pair is not None:
+            return CHECK_RESERVE_FACTOR * repeats * (pair[0] + pair[1])
         if self.past_measure_s:
             per = self.past_measure_s
         elif eager_durations:
@@ -291,7 +347,7 @@ class Iteration:
             per = 1.5 * min(costly_steady)
         else:
             return 0.0
-        return CHECK_RESERVE_FACTOR * 2 * self.options.check_repeats * per
+        return CHECK_RESERVE_FACTOR * 2 * repeats * per
 
     def do(self) -> str:
         options, store, study, space = self.options, self.store, self.study, self.space
@@ -300,13 +356,18 @@ class Iteration:
         successes: list[tuple[Config, float]] = []
         eager_durations: list[float] = []
         costly_steady: list[float] = []
+        measure_s: dict[str, float] = {}  # what a measurement of a config costs, by config key
+        incumbent_key, best_key = config_key(self.incumbent.config), ""
         done, repeats, best, invalid_streak = 0, 0, None, 0
         self.in_flight: int | None = None  # the row of the trial running now
         while True:
             if done >= options.trials:
                 return "trials"
             elapsed = time.monotonic() - self.started
-            available = options.budget_s - elapsed - self._check_reserve(eager_durations, costly_steady)
+            pair = None
+            if incumbent_key in measure_s and best_key in measure_s:
+                pair = (measure_s[incumbent_key], measure_s[best_key])
+            available = options.budget_s - elapsed - self._check_reserve(eager_durations, costly_steady, pair)
             if available < min(MIN_TRIAL_S, options.budget_s / 10):
                 return "budget"
             schedule.before_ask(study, done, elapsed, successes)
@@ -340,7 +401,7 @@ class Iteration:
             self.in_flight = store.begin_trial(self.iteration_id, number=trial.number, seed_kind=seed_kind,
                                                config=config, host=self.host,
                                                gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
-            spec = trial_spec(options, self.ctx_dict, config)
+            spec = trial_spec(options, self.ctx_dict, config, self._guard(config))
             if best and seed_kind == "search":
                 spec["prune_below"] = best * PRUNE_RATIO
             # A trial may not outlive the budget: the check still has to run after it.
@@ -362,10 +423,15 @@ class Iteration:
             done += 1
             if outcome.status == "ok":
                 if schedule.is_costly(config):
-                    costly_steady.append(outcome.duration_s - float(outcome.metrics.get("first_step_s") or 0.0))
+                    steady = outcome.duration_s - float(outcome.metrics.get("first_step_s") or 0.0)
+                    costly_steady.append(steady)
+                    measure_s[key] = 1.5 * steady
                 else:
                     eager_durations.append(outcome.duration_s)
+                    measure_s[key] = outcome.duration_s
                 if outcome.metrics.get("peak_memory_bytes", 0) <= self.memory_budget:
+                    if outcome.metrics["samples_per_s"] > (best or 0.0):
+                        best_key = key
                     best = max(best or 0.0, outcome.metrics["samples_per_s"])
                     successes.append((config, outcome.metrics["samples_per_s"]))
             self.reporter.trial_finished(done, outcome, best)
@@ -388,7 +454,7 @@ class Iteration:
         self.reporter.check_started(self.incumbent.config, challenger, options.check_repeats, why)
 
         def measure(role: str, round_: int, config: Config) -> TrialOutcome:
-            outcome = run_in_subprocess(trial_spec(options, self.ctx_dict, config),
+            outcome = run_in_subprocess(trial_spec(options, self.ctx_dict, config, self._guard(config)),
                                         timeout_s=options.trial_timeout_s, env=self.env)
             store.record_measurement(self.iteration_id, role=role, round=round_, config=config,
                                      status=outcome.status, metrics={**outcome.metrics, "duration_s": outcome.duration_s},
@@ -445,16 +511,19 @@ class Iteration:
     # -- the whole iteration ------------------------------------------------------
 
     def run(self) -> RunResult:
-        self.plan()
         try:
-            stop_reason = self.do()
-            self.phase = "check"
-            result, challenger, why = self.check()
-            self.phase = "act"
-            decision = self.act(result, challenger, why)
-        except BaseException as exc:
-            self._record_interruption(exc)
-            raise
+            self.plan()
+            try:
+                stop_reason = self.do()
+                self.phase = "check"
+                result, challenger, why = self.check()
+                self.phase = "act"
+                decision = self.act(result, challenger, why)
+            except BaseException as exc:
+                self._record_interruption(exc)
+                raise
+        finally:
+            shutil.rmtree(self.reference_dir, ignore_errors=True)
         return RunResult(self.iteration_id, self.ctx.workload, stop_reason, decision)
 
     def _record_interruption(self, exc: BaseException) -> None:

@@ -42,6 +42,18 @@ class Net(nn.Module):
 
 
 LOSS_CALLS = 0
+OPTIMIZERS = []
+
+
+def _sgd(params, **kwargs):
+    optimizer = torch.optim.SGD(params, lr=0.01, **kwargs)
+    OPTIMIZERS.append(optimizer)
+    return optimizer
+
+
+def _conv_layout(model):
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[0].weight.is_contiguous(memory_format=torch.channels_last) if convs else None
 
 
 def _observe(model, out, batch):
@@ -61,6 +73,12 @@ def _observe(model, out, batch):
         "loss_calls": LOSS_CALLS,
         "batch_rows": int(batch[0].shape[0]),
         "device": str(out.device),
+        "conv_channels_last": _conv_layout(model),
+        "optimizer_fused": OPTIMIZERS[-1].defaults.get("fused") if OPTIMIZERS else None,
+        "optimizer_foreach": OPTIMIZERS[-1].defaults.get("foreach") if OPTIMIZERS else None,
+        "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        "tunableop_enabled": torch.cuda.tunable.is_enabled() if torch.cuda.is_available() else None,
+        "denormal_flushed": bool(torch.tensor([1e-40], dtype=torch.float32)[0] * 1.0 == 0),
     }
     with open(path, "w") as fh:
         json.dump(facts, fh)
@@ -77,7 +95,7 @@ def _loss(model, batch):
 def _workload(model, shape):
     return dstune.Workload(
         model=model,
-        optimizer=lambda params, **kw: torch.optim.SGD(params, lr=0.01, **kw),
+        optimizer=_sgd,
         batch=lambda n, device: (torch.randn(n, *shape, device=device), torch.randint(0, 4, (n,), device=device)),
         loss=_loss,
     )
@@ -101,3 +119,23 @@ def observe_accum(ctx):
 @dstune.workload(mode="inference", batch_size=8)
 def observe_infer(ctx):
     return dstune.Workload(model=Net(), batch=lambda n, device: (torch.randn(n, 32, device=device),))
+
+
+class PidDataset(torch.utils.data.Dataset):
+    """Tiny samples; each records which process made it in the file named by ``DSTUNE_OBSERVE_PIDS``."""
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        path = os.environ.get("DSTUNE_OBSERVE_PIDS")
+        if path:
+            with open(path, "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+        return torch.randn(32), index % 4
+
+
+@dstune.workload(batch_size=8)
+def observe_data(ctx):
+    return dstune.Workload(model=Net(), optimizer=_sgd, dataset=PidDataset(),
+                           loss=lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]))

@@ -1,0 +1,70 @@
+"""DataLoader settings for ``dataset=`` workloads: workers, pinned memory, prefetching, persistent workers.
+
+When the host prepares batches (decoding, augmentation), these decide
+whether the GPU waits: worker processes run the dataset in parallel,
+``prefetch_factor`` batches per worker are kept ready, persistent workers are
+not restarted every epoch, and pinned host memory lets the copy to the GPU
+run asynchronously.  Prefetching and persistence need workers; pinning needs
+CUDA.  None of this applies to ``batch=`` workloads, whose batches are made
+once on the device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dstune import Knob, TuneContext, hookimpl
+
+WORKERS = "loader_workers"
+PIN = "pin_memory"
+PREFETCH = "prefetch_factor"
+PERSISTENT = "persistent_workers"
+PYTORCH_PREFETCH = 2  # DataLoader's own default once there are workers
+
+
+def _has_dataset(ctx: TuneContext) -> bool:
+    return ctx.has_dataset
+
+
+def _with_workers(config: dict[str, Any]) -> bool:
+    return bool(config.get(WORKERS, 0))
+
+
+@hookimpl
+def dstune_knobs(ctx: TuneContext) -> list[Knob]:
+    n = max(1, ctx.cpu_count)
+    workers = tuple(sorted({0, 1, 2, 4, 8, n} & set(range(n + 1))))
+    return [
+        Knob(WORKERS, choices=workers, default=0, checklist=min(4, max(workers)), applies=_has_dataset,
+             help="DataLoader num_workers (0: batches made in the training process)"),
+        Knob(PIN, choices=(False, True), default=False, checklist=True,
+             applies=lambda c: c.has_dataset and c.is_cuda, help="DataLoader pin_memory (async host-to-GPU copies)"),
+        Knob(PREFETCH, choices=(2, 4, 8), default=PYTORCH_PREFETCH, checklist=PYTORCH_PREFETCH, applies=_has_dataset,
+             active=_with_workers, help="batches each worker keeps ready (needs loader_workers > 0)"),
+        Knob(PERSISTENT, choices=(False, True), default=False, checklist=True, applies=_has_dataset,
+             active=_with_workers, help="keep workers alive between epochs (needs loader_workers > 0)"),
+    ]
+
+
+@hookimpl
+def dstune_validate(config: dict[str, Any], ctx: TuneContext) -> str | None:
+    if config.get(WORKERS, 0):
+        return None
+    if config.get(PREFETCH, PYTORCH_PREFETCH) != PYTORCH_PREFETCH:
+        return f"prefetch_factor={config[PREFETCH]} needs loader_workers > 0"
+    if config.get(PERSISTENT):
+        return "persistent_workers=True needs loader_workers > 0"
+    return None
+
+
+@hookimpl
+def dstune_loader_kwargs(config: dict[str, Any], ctx: TuneContext) -> dict[str, Any] | None:
+    if WORKERS not in config:
+        return None
+    kwargs: dict[str, Any] = {"num_workers": int(config[WORKERS])}
+    if config.get(PIN) and ctx.is_cuda:
+        kwargs["pin_memory"] = True
+    if kwargs["num_workers"] > 0:
+        kwargs["prefetch_factor"] = int(config.get(PREFETCH, PYTORCH_PREFETCH))
+        kwargs["persistent_workers"] = bool(config.get(PERSISTENT, False))
+    return kwargs

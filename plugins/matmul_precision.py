@@ -1,0 +1,35 @@
+"""float32 matmul precision: ``torch.set_float32_matmul_precision``.
+
+``highest`` computes float32 matmuls in float32 (PyTorch's default).
+``high`` lets them use TensorFloat-32 on CUDA (Ampere and newer) and oneDNN's
+TF32 path on CPUs that have one; ``medium`` lets them use bfloat16 internally.
+Only float32 matmuls change: autocast regions (see ``precision``) already run
+in reduced precision.  Each step down is a speed-for-accuracy trade, so each
+carries a numerics tolerance for the guard.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dstune import Knob, TuneContext, hookimpl
+
+KNOB = "matmul_precision"
+CHOICES = ("highest", "high", "medium")
+TOLERANCE = {"high": 1e-2, "medium": 5e-2}
+
+
+@hookimpl
+def dstune_knobs(ctx: TuneContext) -> list[Knob]:
+    # The tuning guide's advice is TF32 on Ampere and newer GPUs.
+    checklist = "high" if ctx.is_cuda and ctx.capability and ctx.capability >= (8, 0) else "highest"
+    return [Knob(KNOB, choices=CHOICES, default="highest", checklist=checklist, tolerance=TOLERANCE,
+                 help="torch.set_float32_matmul_precision: highest (fp32), high (TF32), medium (bf16)")]
+
+
+@hookimpl
+def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
+    if config.get(KNOB, "highest") != "highest":
+        torch.set_float32_matmul_precision(config[KNOB])

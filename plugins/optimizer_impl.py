@@ -1,0 +1,62 @@
+"""Optimizer implementation: PyTorch's pick, multi-tensor (foreach), per-parameter loop, or fused kernels.
+
+The built-in optimizers take ``foreach=`` and, for SGD, Adam, AdamW and
+Adagrad, ``fused=``.  Fused kernels update every parameter in one launch,
+which matters most for models with many small tensors.  Which arguments the
+workload's optimizer accepts is read once, in the probe, from the optimizer
+its factory builds; the knob offers only those.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from dstune import Knob, TuneContext, hookimpl
+
+KNOB = "optimizer_impl"
+FACT = "optimizer.accepts"
+KWARGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "foreach": {"foreach": True},
+    "for-loop": {"foreach": False},
+    "fused": {"fused": True},
+}
+
+
+@hookimpl
+def dstune_model_facts(model: Any, workload: Any, ctx: TuneContext) -> dict[str, Any]:
+    if ctx.mode != "train" or workload.optimizer is None:
+        return {}
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:  # foreach=None is PyTorch's default: this only asks whether the factory passes keywords on
+        optimizer = workload.optimizer(params, foreach=None)
+    except TypeError:
+        return {FACT: [], "optimizer.class": type(workload.optimizer(params)).__qualname__}
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    return {FACT: [name for name in ("foreach", "fused") if name in accepted],
+            "optimizer.class": type(optimizer).__qualname__}
+
+
+def _choices(ctx: TuneContext) -> tuple[str, ...]:
+    accepts = ctx.facts.get(FACT) or []
+    choices = ["default"]
+    if "foreach" in accepts:
+        choices += ["foreach", "for-loop"]
+    if "fused" in accepts:
+        choices.append("fused")
+    return tuple(choices)
+
+
+@hookimpl
+def dstune_knobs(ctx: TuneContext) -> list[Knob]:
+    choices = _choices(ctx)
+    checklist = "fused" if "fused" in choices else "default"
+    return [Knob(KNOB, choices=choices, default="default", checklist=checklist,
+                 help="optimizer kernels: PyTorch's pick, foreach, for-loop or fused",
+                 applies=lambda c: c.mode == "train" and len(_choices(c)) > 1)]
+
+
+@hookimpl
+def dstune_optimizer_kwargs(config: dict[str, Any], ctx: TuneContext) -> dict[str, Any] | None:
+    return dict(KWARGS.get(config.get(KNOB, "default"), {})) or None

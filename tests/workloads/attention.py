@@ -1,0 +1,42 @@
+"""A small transformer encoder whose attention calls ``scaled_dot_product_attention`` (for the SDPA knob)."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dstune
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width=256, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.out(y.transpose(1, 2).reshape(b, t, c))
+
+
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(SelfAttention(), SelfAttention())  # repeated blocks: checkpointing applies
+        self.head = nn.Linear(256, 16)
+
+    def forward(self, x):
+        return self.head(self.blocks(x))
+
+
+@dstune.workload(batch_size=8)
+def attention(ctx):
+    model = Encoder()
+    return dstune.Workload(
+        model=model,
+        optimizer=lambda params, **kw: torch.optim.AdamW(params, lr=1e-3, **kw),
+        batch=lambda n, device: (torch.randn(n, 128, 256, device=device), torch.randint(0, 16, (n, 128), device=device)),
+        loss=lambda model, batch: F.cross_entropy(model(batch[0]).flatten(0, 1).float(), batch[1].flatten()),
+    )
