@@ -194,7 +194,9 @@ def test_interrupted_check_promotes_nothing(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "dstune", "run", str(WORKLOADS / "observe.py"), "--workload", "observe", "--db",
          str(db), "--trials", "3", "--check-repeats", "20", "--window-time", "0.3", "--disable-plugin", "compile"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # As from a terminal: a shell's background job would otherwise pass SIGINT on as ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         tables = {r[0] for r in _rows(db, "select name from sqlite_master")} if db.exists() else set()

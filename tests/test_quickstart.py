@@ -22,7 +22,9 @@ def test_readme_quickstart_command(tmp_path):
         statuses = [r[0] for r in conn.execute("select status from dstune_trials")]
         iteration = conn.execute("select status, chosen_config, decision from dstune_iterations").fetchone()
         applied = conn.execute("select count(*) from dstune_applied").fetchone()[0]
-    assert len(statuses) >= 6 and statuses.count("ok") >= 3, statuses
+    # The budget covers the check too, estimated from what the incumbent's and the best trial took: on two
+    # cores, with the full catalogue and the numerics guard, that leaves room for five to eight trials.
+    assert len(statuses) >= 5 and statuses.count("ok") >= 3, statuses
     assert iteration[0] == "completed" and iteration[1] is not None and iteration[2] in ("promoted", "kept")
     assert applied == 1
     assert "Decision:" in result.stdout
