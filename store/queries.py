@@ -11,6 +11,8 @@ from typing import Any, Callable, Sequence
 import optuna
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from .database import BUSY_TIMEOUT_S, open_engine
 from .models import AppliedRow, EnvironmentRow, IterationRow, MeasurementRow, TrialRow, WorkloadRow, utcnow
@@ -31,8 +33,22 @@ class Store:
 
     # -- writes ---------------------------------------------------------------
 
+    def _get_or_create(self, find_or_add: Callable[[Session], int]) -> int:
+        """Run ``find_or_add`` in a transaction; when a concurrent run inserted the same row first, run it again.
+
+        Two ``dstune run`` processes starting together on one database both
+        see no row and both insert it; the unique constraint refuses the
+        second, whose retry then finds the first's row.
+        """
+        try:
+            with self.sessions.begin() as session:
+                return find_or_add(session)
+        except IntegrityError:
+            with self.sessions.begin() as session:
+                return find_or_add(session)
+
     def workload_id(self, name: str, source_path: str) -> int:
-        with self.sessions.begin() as session:
+        def find_or_add(session: Session) -> int:
             row = session.scalar(select(WorkloadRow).where(WorkloadRow.name == name))
             if row is None:
                 row = WorkloadRow(name=name, source_path=source_path)
@@ -42,14 +58,18 @@ class Store:
                 row.source_path = source_path
             return row.id
 
+        return self._get_or_create(find_or_add)
+
     def environment_id(self, fingerprint: str, facts: dict[str, Any]) -> int:
-        with self.sessions.begin() as session:
+        def find_or_add(session: Session) -> int:
             row = session.scalar(select(EnvironmentRow).where(EnvironmentRow.fingerprint == fingerprint))
             if row is None:
                 row = EnvironmentRow(fingerprint=fingerprint, facts=facts)
                 session.add(row)
                 session.flush()
             return row.id
+
+        return self._get_or_create(find_or_add)
 
     def start_iteration(self, **fields: Any) -> int:
         with self.sessions.begin() as session:

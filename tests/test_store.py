@@ -123,3 +123,23 @@ def test_sigkill_while_committing_loses_no_committed_trial(tmp_path, after_s):
     assert set(reported) <= set(rows)
     assert len(rows) - len(reported) <= 1  # at most the commit in flight, whole or absent
     assert all(rows[i] == float(n) for n, i in enumerate(sorted(rows)))
+
+
+RACE = '''
+import sys, time
+from dstune.store import Store
+store = Store(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start at once
+print(store.workload_id("raced", "/w.py"), store.environment_id("fp-raced", {"gpu": "none"}))
+'''
+
+
+def test_runs_starting_together_share_one_workload_and_environment_row(tmp_path):
+    db = str(tmp_path / "race.db")
+    Store(db)  # schema first, as the first run would
+    start = time.time() + 3.0
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, db, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+    assert len({out for out, _ in results}) == 1  # one id each, the same for all
