@@ -21,7 +21,7 @@ from dstune.plugin_manager import plugin_manager
 from dstune.trial_runner import run_in_subprocess
 from dstune.tuning_run import RunOptions, applicable_knobs, trial_spec
 
-from .conftest import FAST, ROOT, WORKLOADS, probed, run_cli
+from .conftest import FAST, WORKLOADS, probed, run_cli
 
 QUICK = ("--window-time", "0.05", "--windows", "3", "--max-warmup", "2", "--disable-plugin", "compile")
 

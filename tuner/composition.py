@@ -131,11 +131,10 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
         batches = itertools.chain([first], batches)
         if workload.batch is not None:
             guard.cache_key = f"{ctx.mode}-{plan.micro_batch}"
-        plain = model
         if ctx.mode == "train":
-            guard.compute_reference(plain, lambda: workload.loss(plain, first), device)
+            guard.compute_reference(model, lambda: workload.loss(model, first), device)
         else:
-            guard.compute_reference(plain, lambda: first_tensor(forward(plain, first)), device)
+            guard.compute_reference(model, lambda: first_tensor(forward(model, first)), device)
     model = chain_hook(pm, "dstune_prepare_model", model, config=config, ctx=ctx)
     mark_step = torch.compiler.cudagraph_mark_step_begin if ctx.is_cuda else (lambda: None)
 

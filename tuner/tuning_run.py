@@ -237,16 +237,16 @@ class Iteration:
         self.ctx = ctx = TuneContext.from_dict(self.ctx_dict)
         environment = probed["environment"]
         problems: list[str] = list(probed.get("plugin_problems", []))
+        loaded = set(self.plugins.names())
         for name in probed.get("failed_plugins", []):
             self.plugins.pm.unregister(name=name)
         self.knobs = knobs = applicable_knobs(self.plugins.pm, ctx, None if options.strict_plugins else problems)
         for problem in problems:
             self.reporter.message(f"[warning] {problem}")
-        # Plugins that failed are left out of the trial processes too.
-        failed = [*self.plugins.failed, *probed.get("failed_plugins", []),
-                  *(n for n in environment.get("plugins", {}) if n not in set(self.plugins.names()))]
-        self.disabled = tuple(dict.fromkeys([*options.disabled_plugins, *failed]))
-        self.options = options = dataclasses.replace(options, disabled_plugins=self.disabled)
+        # Plugins that failed (to load, or in a hook above) are left out of the trial processes too.
+        failed = [*self.plugins.failed, *sorted(loaded - set(self.plugins.names()))]
+        disabled = tuple(dict.fromkeys([*options.disabled_plugins, *failed]))
+        self.options = options = dataclasses.replace(options, disabled_plugins=disabled)
         if options.numerics_guard:
             check_overrides(knobs, options.tolerances)
         self.memory_budget = parse_memory_budget(options.memory_budget, ctx.device_memory)

@@ -1,7 +1,6 @@
 """A workload whose default batch does not fit any GPU: a real CUDA out-of-memory error."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import dstune
