@@ -8,11 +8,13 @@ written by a newer dstune, is refused with a clear error and left untouched.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dstune.errors import UsageError
@@ -79,6 +81,43 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+T = TypeVar("T")
+SETUP_ATTEMPTS = 3
+
+
+def lost_setup_race(exc: Exception) -> bool:
+    """Whether ``exc`` is another process having created the same table or row first."""
+    return isinstance(exc, IntegrityError) or (isinstance(exc, OperationalError) and "already exists" in str(exc))
+
+
+def first_use(setup: Callable[[], T]) -> T:
+    """Run a database's first-time setup (tables, version stamps), again if a concurrent process won the race.
+
+    Table creation checks, then creates: two runs opening a fresh database
+    together both find nothing and both create, and the second is refused
+    (table already exists, or a duplicate version row).  The retry finds what
+    the first one made.
+    """
+    for attempt in range(SETUP_ATTEMPTS):
+        try:
+            return setup()
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == SETUP_ATTEMPTS - 1 or not lost_setup_race(exc):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _create_tables(engine: Engine) -> None:
+    Base.metadata.create_all(engine)
+    with Session(engine) as session, session.begin():
+        meta = session.get(Meta, "schema_version")
+        if meta is None:
+            session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+        elif int(meta.value) < SCHEMA_VERSION:
+            meta.value = str(SCHEMA_VERSION)
+
+
 def init_schema(engine: Engine, url: str) -> None:
     """Create missing tables, migrate older schemas; refuse databases from a newer schema."""
     where = _sqlite_path(url) or url
@@ -99,13 +138,7 @@ def init_schema(engine: Engine, url: str) -> None:
 
                 with engine.begin() as connection:
                     migrate(connection, found, SCHEMA_VERSION)
-        Base.metadata.create_all(engine)
-        with Session(engine) as session, session.begin():
-            meta = session.get(Meta, "schema_version")
-            if meta is None:
-                session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(meta.value) < SCHEMA_VERSION:
-                meta.value = str(SCHEMA_VERSION)
+        first_use(lambda: _create_tables(engine))
     except (DatabaseError, OperationalError) as exc:
         reason = str(exc.orig) if getattr(exc, "orig", None) is not None else str(exc)
         raise UsageError(

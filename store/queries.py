@@ -11,10 +11,9 @@ from typing import Any, Callable, Sequence
 import optuna
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .database import BUSY_TIMEOUT_S, open_engine
+from .database import BUSY_TIMEOUT_S, first_use, open_engine
 from .models import AppliedRow, EnvironmentRow, IterationRow, MeasurementRow, TrialRow, WorkloadRow, utcnow
 
 
@@ -25,27 +24,26 @@ class Store:
         self.url, self.engine, self.sessions = open_engine(db)
 
     def optuna_storage(self) -> optuna.storages.RDBStorage:
-        """Optuna's RDB storage on the same database (its own tables, same file)."""
+        """Optuna's RDB storage on the same database (its own tables, same file).
+
+        Optuna creates its tables and stamps its version on first use, racing
+        like ours when two runs start together on a fresh database.
+        """
         kwargs: dict[str, Any] = {}
         if make_url(self.url).get_backend_name() == "sqlite":
             kwargs = {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
-        return optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
+        return first_use(lambda: optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs))
 
     # -- writes ---------------------------------------------------------------
 
     def _get_or_create(self, find_or_add: Callable[[Session], int]) -> int:
-        """Run ``find_or_add`` in a transaction; when a concurrent run inserted the same row first, run it again.
+        """Run ``find_or_add`` in a transaction, again if a concurrent run inserted the same row first."""
 
-        Two ``dstune run`` processes starting together on one database both
-        see no row and both insert it; the unique constraint refuses the
-        second, whose retry then finds the first's row.
-        """
-        try:
+        def attempt() -> int:
             with self.sessions.begin() as session:
                 return find_or_add(session)
-        except IntegrityError:
-            with self.sessions.begin() as session:
-                return find_or_add(session)
+
+        return first_use(attempt)
 
     def workload_id(self, name: str, source_path: str) -> int:
         def find_or_add(session: Session) -> int:

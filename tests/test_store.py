@@ -127,16 +127,16 @@ def test_sigkill_while_committing_loses_no_committed_trial(tmp_path, after_s):
 
 RACE = '''
 import sys, time
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start at once, on a fresh database
 from dstune.store import Store
-store = Store(sys.argv[1])
-time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start at once
+store = Store(sys.argv[1])  # dstune's tables
+store.optuna_storage()  # Optuna's tables
 print(store.workload_id("raced", "/w.py"), store.environment_id("fp-raced", {"gpu": "none"}))
 '''
 
 
 def test_runs_starting_together_share_one_workload_and_environment_row(tmp_path):
     db = str(tmp_path / "race.db")
-    Store(db)  # schema first, as the first run would
     start = time.time() + 3.0
     procs = [subprocess.Popen([sys.executable, "-c", RACE, db, str(start)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(6)]
