@@ -12,7 +12,7 @@ from typing import Callable
 
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import JSON, Boolean, Column, Float, Integer, String, Text, inspect
+from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, String, Text, inspect
 from sqlalchemy.engine import Connection
 
 
@@ -39,7 +39,16 @@ def _to_3(op: Operations, connection: Connection) -> None:
     _add_columns(op, connection, "dstune_iterations", [Column("pid", Integer)])
 
 
-STEPS: dict[int, Callable[[Operations, Connection], None]] = {2: _to_2, 3: _to_3}
+def _to_4(op: Operations, connection: Connection) -> None:
+    """Schema 4 (daemon): iteration heartbeats and the schedule an iteration ran for.
+
+    The schedule and daemon tables are new, so ``create_all`` makes them.
+    """
+    _add_columns(op, connection, "dstune_iterations", [Column("heartbeat_at", DateTime(timezone=True)),
+                                                      Column("schedule_id", Integer)])
+
+
+STEPS: dict[int, Callable[[Operations, Connection], None]] = {2: _to_2, 3: _to_3, 4: _to_4}
 
 
 def migrate(connection: Connection, found: int, target: int) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 3  # store/migrations.py brings older databases up to it
+SCHEMA_VERSION = 4  # store/migrations.py brings older databases up to it
 
 
 def utcnow() -> datetime:
@@ -61,6 +61,9 @@ class IterationRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     host: Mapped[str | None] = mapped_column(String(200))
     pid: Mapped[int | None] = mapped_column(Integer)  # schema 3: finds iterations whose process died
+    # Schema 4: written every few seconds while the iteration runs; a stale one means its process is gone.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    schedule_id: Mapped[int | None] = mapped_column(Integer)  # schema 4: the schedule that started it
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     knobs: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -170,3 +173,47 @@ class AppliedRow(Base):
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     workload: Mapped[WorkloadRow] = relationship(lazy="joined")
+
+
+class ScheduleRow(Base):
+    """A recurring tuning job: a workload file, ``dstune run`` options, and a cron expression (schema 4).
+
+    ``next_due_at`` only moves on when a run of the schedule ends (or is
+    deferred), so a run cut short by a crash or a shutdown is due again when
+    a daemon next starts; ``claimed_by`` is the daemon running it now.
+    """
+
+    __tablename__ = "dstune_schedules"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workload_file: Mapped[str] = mapped_column(Text)
+    run_args: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    host: Mapped[str] = mapped_column(String(200))
+    gpu: Mapped[str | None] = mapped_column(String(50))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    next_due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    claimed_by: Mapped[int | None] = mapped_column(Integer)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_result: Mapped[str | None] = mapped_column(String(40))
+    last_iteration_id: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class DaemonRow(Base):
+    """One ``dstune daemon`` process: where it runs, which GPU it serves, its heartbeat (schema 4)."""
+
+    __tablename__ = "dstune_daemons"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    gpu: Mapped[str | None] = mapped_column(String(50))
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running, stopped, dead
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    schedule_id: Mapped[int | None] = mapped_column(Integer)  # the schedule it is running now
+    note: Mapped[str | None] = mapped_column(Text)  # what it is doing or waiting for

@@ -6,6 +6,7 @@ killed run loses at most the trial in flight.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Callable, Sequence
 
 import optuna
@@ -15,9 +16,13 @@ from sqlalchemy.orm import Session
 
 from .database import BUSY_TIMEOUT_S, first_use, open_engine
 from .models import AppliedRow, EnvironmentRow, IterationRow, MeasurementRow, TrialRow, WorkloadRow, utcnow
+from .schedule_queries import ScheduleQueries, as_utc
 
 
-class Store:
+STALE_AFTER_S = 300.0  # an iteration whose heartbeat is older than this has lost its process
+
+
+class Store(ScheduleQueries):
     """dstune's tables and Optuna's storage on one database URL."""
 
     def __init__(self, db: str | None = None) -> None:
@@ -71,7 +76,7 @@ class Store:
 
     def start_iteration(self, **fields: Any) -> int:
         with self.sessions.begin() as session:
-            row = IterationRow(**fields)
+            row = IterationRow(heartbeat_at=utcnow(), **fields)
             session.add(row)
             session.flush()
             return row.id
@@ -118,21 +123,28 @@ class Store:
             for key, value in dict(self._with_metric_columns(fields), ended_at=utcnow()).items():
                 setattr(row, key, value)
 
-    def recover_stale(self, host: str, alive: Callable[[int], bool]) -> list[int]:
-        """Mark iterations of ``host`` whose process is gone as interrupted, with their running trials.
+    def recover_stale(self, host: str, alive: Callable[[int], bool], stale_after_s: float = STALE_AFTER_S
+                      ) -> list[int]:
+        """Mark running iterations whose process is gone as interrupted, with their running trials.
 
-        Returns the ids of the iterations recovered.
+        Gone: on ``host`` with no live process of its pid, or (any host) no
+        heartbeat for ``stale_after_s``.  Returns the ids of the iterations recovered.
         """
         recovered = []
+        cutoff = utcnow() - timedelta(seconds=stale_after_s)
         with self.sessions.begin() as session:
-            stale = session.scalars(select(IterationRow).where(
-                IterationRow.status == "running", IterationRow.host == host)).all()
-            for iteration in stale:
-                if iteration.pid is not None and alive(iteration.pid):
+            for iteration in session.scalars(select(IterationRow).where(IterationRow.status == "running")).all():
+                beat = as_utc(iteration.heartbeat_at)
+                if iteration.host == host and iteration.pid is not None and not alive(iteration.pid):
+                    why = f"the dstune process (pid {iteration.pid} on {host}) ended"
+                elif beat is not None and beat < cutoff:
+                    why = (f"the dstune process (pid {iteration.pid} on {iteration.host}) stopped beating "
+                           f"at {beat:%Y-%m-%d %H:%M:%S} UTC")
+                else:
                     continue
                 iteration.status, iteration.ended_at = "interrupted", utcnow()
-                iteration.error = (f"the dstune process (pid {iteration.pid} on {host}) ended without finishing "
-                                   f"the {iteration.phase} phase; recovered by a later run; nothing was promoted")
+                iteration.error = (f"{why} without finishing the {iteration.phase} phase; recovered by a later "
+                                   "run; nothing was promoted")
                 for trial in session.scalars(select(TrialRow).where(
                         TrialRow.iteration_id == iteration.id, TrialRow.status == "running")):
                     trial.status, trial.ended_at = "interrupted", utcnow()

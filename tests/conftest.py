@@ -36,6 +36,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _own_lock_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's runs lock their device in a folder of their own (no test waits on another's lock)."""
+    monkeypatch.setenv("DSTUNE_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
+
+
 def probed(file: Path, workload: str | None, disabled: tuple[str, ...] = ()) -> dict[str, Any]:
     key = (str(file), workload, disabled)
     if key not in _probes:

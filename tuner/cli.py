@@ -1,12 +1,15 @@
 """The ``dstune`` command line.
 
 User errors (:class:`UsageError`) print as one paragraph without a traceback
-and exit 2; an interrupted run exits 130 after recording what it had.
+and exit 2; an interrupted run (SIGINT or SIGTERM) exits 130 after recording
+what it had; a run deferred because its device stayed locked or busy exits 75.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -16,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import UsageError
+from .errors import EXIT_DEFERRED, EXIT_INTERRUPTED, EXIT_REGRESSION, EXIT_USAGE, UsageError
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Automated tuning for PyTorch workloads.")
@@ -59,6 +62,12 @@ def run(
     check_repeats: int = typer.Option(5, "--check-repeats", min=2, help="Interleaved rounds of incumbent and challenger in the check."),
     min_gain: float = typer.Option(0.02, "--min-gain", min=0.0, max=1.0, help="Promote only when the 95% CI's lower bound exceeds 1 + this."),
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 3 when the incumbent regressed (for CI and cron)."),
+    lock_timeout: Optional[str] = typer.Option(None, "--lock-timeout", help="Give up (exit 75) when another run holds this device longer than this (default: wait)."),
+    wait_idle: bool = typer.Option(False, "--wait-idle/--no-wait-idle", help="Before each trial, wait until the device has been free of foreign work for --idle-window."),
+    idle_window: str = typer.Option("5m", "--idle-window", help="How long the device must look idle before a trial starts."),
+    idle_util: float = typer.Option(10.0, "--idle-util", min=0.0, max=100.0, help="Utilisation (percent; of all CPUs on a CPU-only host) that still counts as idle."),
+    max_delay: str = typer.Option("2h", "--max-delay", help="Give up waiting for an idle device after this long: the iteration is deferred (exit 75)."),
+    schedule_id: Optional[int] = typer.Option(None, "--schedule-id", hidden=True, help="Set by the daemon."),
 ) -> None:
     """One Plan-Do-Check-Act iteration of WORKLOAD_FILE: trials, check against the incumbent, promote or keep."""
     if not workload_file.is_file():
@@ -72,8 +81,14 @@ def run(
     from .selection import parse_policy
     from .summary import summarize
     from .tuning_run import RunOptions, run_iteration
+    from .idle_gate import GateSettings
     from .units import parse_duration
 
+    gate = None
+    if wait_idle:
+        window = parse_duration(idle_window, "--idle-window", allow_zero=True)
+        gate = GateSettings(window_s=window, max_util=idle_util, max_delay_s=parse_duration(max_delay, "--max-delay"),
+                            poll_s=min(1.0, max(0.05, window / 10)))
     options = RunOptions(
         workload_file=workload_file, workload_name=workload, db=db, trials=trials,
         budget_s=parse_duration(budget, "--budget"), trial_timeout_s=parse_duration(trial_timeout, "--trial-timeout"),
@@ -83,14 +98,23 @@ def run(
         select=parse_policy(select), check_repeats=check_repeats, min_gain=min_gain,
         numerics_guard=numerics_guard, tolerances=parse_tolerances(tolerance),
         only=tuple(name.strip() for value in only for name in value.split(",") if name.strip()),
+        gate=gate, schedule_id=schedule_id,
+        lock_timeout_s=parse_duration(lock_timeout, "--lock-timeout", allow_zero=True) if lock_timeout else None,
     )
+    from .device_lock import DeviceBusy
+
     reporter = ConsoleReporter()
+    _interrupt_on_sigterm()
     try:
         result = run_iteration(options, reporter)
     except KeyboardInterrupt:
         reporter.close()
         err_console.print("interrupted: the trials that finished are recorded; the iteration is marked interrupted.")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except DeviceBusy as exc:
+        reporter.close()
+        err_console.print(f"deferred: {exc}. The trials that finished are recorded; try again later.", highlight=False)
+        raise typer.Exit(EXIT_DEFERRED) from None
     finally:
         reporter.close()
     from dstune.store import Store
@@ -98,7 +122,24 @@ def run(
     render_summary(reporter.console, summarize(Store(db), result.iteration_id), result.stop_reason)
     if fail_on_regression and result.decision is not None and result.decision.regression:
         err_console.print("regression detected and --fail-on-regression given: exit 3")
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_REGRESSION)
+
+
+def _interrupt_on_sigterm() -> None:
+    """Make SIGTERM (systemd, a daemon, kill) stop a run as Ctrl-C does; a second one is ignored.
+
+    The first signal raises KeyboardInterrupt, which records the trial in
+    flight and the iteration as interrupted; a second one arriving while
+    that is written must not cut the recording short.
+    """
+
+    def handler(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 DB_OPTION = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path (default $DSTUNE_DB or ./dstune.db).")
@@ -191,10 +232,128 @@ def plugins() -> None:
         err_console.print(f"[yellow]warning:[/] {problem}")
 
 
+schedule_app = typer.Typer(no_args_is_help=True, help="Recurring tuning jobs, run by `dstune daemon`.")
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("add", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def schedule_add(
+    ctx: typer.Context,
+    workload_file: Path = typer.Argument(..., help="Python file defining a @dstune.workload."),
+    cron: str = typer.Option(..., "--cron", help='When to run, as five cron fields, e.g. "0 3 * * 0" (Sundays 03:00).'),
+    timezone: Optional[str] = typer.Option(None, "--timezone", help="IANA zone the cron is read in (default: the host's)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Run on this GPU (index or UUID); default: the daemon's."),
+    now: bool = typer.Option(False, "--now", help="First run at once, then by the cron."),
+    db: Optional[str] = DB_OPTION,
+) -> None:
+    """Tune WORKLOAD_FILE by a cron schedule; any further options are `dstune run` options (e.g. --budget 30m)."""
+    from .schedules import add_schedule
+
+    run_command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
+    row = add_schedule(_store(db), run_command, workload_file, cron, timezone, gpu, now, list(ctx.args))
+    Console().print(f"schedule {row.id}: {row.workload_file} at \"{row.cron}\" ({row.timezone}); next due "
+                    f"{row.next_due_at:%Y-%m-%d %H:%M} UTC; `dstune daemon` runs it", highlight=False)
+
+
+@schedule_app.command("list")
+def schedule_list(
+    db: Optional[str] = DB_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The schedules: next due time, last result, enabled or paused."""
+    from .status_view import render_schedules, schedule_rows
+
+    rows = schedule_rows(_store(db))
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        render_schedules(Console(), rows)
+
+
+def _schedule_change(schedule_id: int, db: str | None, action: str) -> None:
+    from .schedules import find_schedule
+
+    store = _store(db)
+    row = find_schedule(store, schedule_id)
+    if action == "remove":
+        store.remove_schedule(schedule_id)
+        note = " (its iterations stay in the store)" + ("; the run in progress finishes" if row.claimed_by else "")
+    else:
+        store.update_schedule(schedule_id, enabled=action == "resume")
+        note = "; a run in progress finishes" if row.claimed_by and action == "pause" else ""
+    Console().print(f"schedule {schedule_id} {action}{'d' if action.endswith('e') else 'ed'}{note}", highlight=False)
+
+
+@schedule_app.command("remove")
+def schedule_remove(schedule_id: int = typer.Argument(...), db: Optional[str] = DB_OPTION) -> None:
+    """Delete a schedule."""
+    _schedule_change(schedule_id, db, "remove")
+
+
+@schedule_app.command("pause")
+def schedule_pause(schedule_id: int = typer.Argument(...), db: Optional[str] = DB_OPTION) -> None:
+    """Stop running a schedule until it is resumed."""
+    _schedule_change(schedule_id, db, "pause")
+
+
+@schedule_app.command("resume")
+def schedule_resume(schedule_id: int = typer.Argument(...), db: Optional[str] = DB_OPTION) -> None:
+    """Run a paused schedule again (a run missed meanwhile happens once, at once)."""
+    _schedule_change(schedule_id, db, "resume")
+
+
+@app.command()
+def daemon(
+    db: Optional[str] = DB_OPTION,
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="The GPU this daemon tunes on (index or UUID); runs get CUDA_VISIBLE_DEVICES."),
+    poll: str = typer.Option("30s", "--poll", help="How often to look for new or changed schedules."),
+    heartbeat: str = typer.Option("10s", "--heartbeat", help="How often to write the heartbeat."),
+    idle_window: str = typer.Option("5m", "--idle-window", help="How long the device must look idle before each trial (0 turns the gate off)."),
+    idle_util: float = typer.Option(10.0, "--idle-util", min=0.0, max=100.0, help="Utilisation (percent) that still counts as idle."),
+    max_delay: str = typer.Option("2h", "--max-delay", help="Give up waiting for the device after this long and retry later."),
+    retry_after: str = typer.Option("1h", "--retry-after", help="When a deferred run is tried again (at the latest at its next cron time)."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", min=0, max=65535, help="Serve Prometheus metrics on this port (0: any free one)."),
+    metrics_addr: str = typer.Option("127.0.0.1", "--metrics-addr", help="Address the metrics endpoint binds to."),
+    once: bool = typer.Option(False, "--once", help="Run what is due now, then exit (for cron or systemd timers)."),
+) -> None:
+    """Run due schedules, one iteration per GPU at a time; stop cleanly on SIGTERM or SIGINT."""
+    import logging
+
+    from .daemon import Daemon, DaemonSettings
+    from .idle_gate import GateSettings
+    from .units import parse_duration
+
+    window = parse_duration(idle_window, "--idle-window", allow_zero=True)
+    settings = DaemonSettings(
+        db=db, gpu=gpu, poll_s=parse_duration(poll, "--poll"), heartbeat_s=parse_duration(heartbeat, "--heartbeat"),
+        gate=GateSettings(window_s=window, max_util=idle_util, max_delay_s=parse_duration(max_delay, "--max-delay")),
+        retry_after_s=parse_duration(retry_after, "--retry-after"), metrics_port=metrics_port,
+        metrics_addr=metrics_addr, once=once)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise typer.Exit(Daemon(settings).run())
+
+
+@app.command()
+def status(
+    db: Optional[str] = DB_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Daemons (alive by heartbeat), running iterations, the queue of schedules, the last errors."""
+    from .daemon import DaemonSettings
+    from .status_view import render_status, status_data
+
+    data = status_data(_store(db), DaemonSettings().stale_after_s)
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        render_status(Console(), data)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into exit code 2."""
     try:
         app()
     except UsageError as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)

@@ -12,3 +12,11 @@ class UsageError(Exception):
 
     The message names the thing, the value and what to do about it.
     """
+
+
+# Exit statuses of the ``dstune`` commands (documented in the README).
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad input: nothing was run
+EXIT_REGRESSION = 3  # `run --fail-on-regression` found the incumbent slower than before
+EXIT_DEFERRED = 75  # the device stayed locked or busy too long: try again later (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: what had finished is recorded

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
-import torch
 
 from .gpu_monitor import driver_version
 from .plugin_manager import plugin_version
@@ -27,6 +26,9 @@ def source_hash(path: str | Path) -> str:
 
 
 def environment_facts(pm: pluggy.PluginManager, workload_file: str | Path) -> dict[str, Any]:
+    """Read in the probe process; the parent, which only hashes and compares facts, never imports torch here."""
+    import torch
+
     from . import __version__
 
     cuda = torch.cuda.is_available()

@@ -11,6 +11,13 @@ The parent process never imports the user's workload.  ``budget_s`` bounds
 the whole iteration: trials stop early enough to leave time for the check
 (estimated from the trials' own durations).  An iteration interrupted in
 any phase is recorded as interrupted in that phase and decides nothing.
+
+The run holds its device's lock (:mod:`dstune.device_lock`) from the probe
+to the decision, so no two iterations ever measure on one GPU at once.
+With an idle gate (:mod:`dstune.idle_gate`, as the daemon runs it), each
+trial waits for the device to be free of foreign work; time spent waiting
+does not count against the budget, and a gate that gives up defers the
+iteration (status ``deferred``, nothing decided).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import shutil
 import socket
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +40,10 @@ import optuna
 from .act import Decision, decide
 from .check import CheckResult, interleaved_check
 from .context import TuneContext
+from .device_lock import Device, DeviceBusy, hold_device, resolve_device
 from .errors import UsageError
 from .fingerprint import fingerprint_hash
+from .idle_gate import GateSettings, IdleGate
 from .knobs import Config, Knob, checklist_config, default_config
 from .measure import MeasureSettings
 from .numerics import GuardSettings, check_overrides, trial_tolerance
@@ -52,6 +62,7 @@ PRUNE_RATIO = 0.25  # a trial whose warm-up shows under this fraction of the bes
 CHECK_RESERVE_FACTOR = 1.25
 MAX_INVALID_STREAK = 20  # configurations refused in a row before the trials stop (a plugin refusing everything)
 MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tenth of the budget)
+HEARTBEAT_S = 10.0  # how often a running iteration says it is alive (see Store.recover_stale)
 
 
 @dataclass
@@ -74,6 +85,9 @@ class RunOptions:
     numerics_guard: bool = True
     tolerances: dict[str, float] = field(default_factory=dict)
     only: tuple[str, ...] = ()
+    gate: GateSettings | None = None  # wait for an idle device before each trial (the daemon's runs)
+    lock_timeout_s: float | None = None  # give up waiting for the device lock after this long (None: never)
+    schedule_id: int | None = None  # the schedule a daemon ran this iteration for
 
 
 class Reporter(Protocol):
@@ -214,10 +228,12 @@ def _invalid_reason(pm: Any, config: Config, ctx: TuneContext) -> str | None:
 class Iteration:
     """One iteration while it runs: the phases are methods, the state they share is attributes."""
 
-    def __init__(self, options: RunOptions, reporter: Reporter) -> None:
+    def __init__(self, options: RunOptions, reporter: Reporter, device: Device) -> None:
         from dstune.store import Store
 
-        self.options, self.reporter = options, reporter
+        self.options, self.reporter, self.device = options, reporter, device
+        self.gate = IdleGate(device, options.gate) if options.gate else None
+        self._beating = threading.Event()
         self.store = Store(options.db)
         self.plugins = plugin_manager(options.disabled_plugins, strict=options.strict_plugins)
         self.host = socket.gethostname()
@@ -280,7 +296,9 @@ class Iteration:
                      "tolerances": options.tolerances},
             previous_iteration_id=previous.id if previous else None, fingerprint_diff=diff,
             incumbent_config=incumbent.config, incumbent_source=incumbent.source, select_policy=str(options.select),
+            schedule_id=options.schedule_id,
         )
+        threading.Thread(target=self._heartbeat, name="dstune-heartbeat", daemon=True).start()
         study_name = options.study_name or f"{ctx.workload}-it{self.iteration_id}"
         store.update_iteration(self.iteration_id, study_name=study_name, phase="do")
         self.study = create_study(store.optuna_storage(), study_name, options.seed,
@@ -298,6 +316,23 @@ class Iteration:
         self.env = {**compile_cache_env(ctx.workload), "DSTUNE_ITERATION": str(self.iteration_id)}
         self.reporter.planned(previous.id if previous else None, diff, incumbent, copied)
         self.reporter.started(ctx.workload, ctx, knobs, options.trials, options.budget_s)
+
+    def _heartbeat(self) -> None:
+        while not self._beating.wait(HEARTBEAT_S):
+            try:
+                self.store.iteration_heartbeat(self.iteration_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the run must go on
+                log.warning("heartbeat of iteration %s failed: %s", self.iteration_id, exc)
+
+    def wait_idle(self) -> None:
+        """Hold the next trial until the device is idle; the wait does not use up the budget."""
+        if self.gate is None:
+            return
+        before = time.monotonic()
+        try:
+            self.gate.wait(self.reporter.message)
+        finally:
+            self.started += time.monotonic() - before
 
     def _incumbent(self) -> Incumbent:
         applied = self.store.applied(self.ctx.workload)
@@ -397,6 +432,13 @@ class Iteration:
                     return "invalid"
                 continue
             invalid_streak = 0
+            try:
+                self.wait_idle()
+            except DeviceBusy:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
+            elapsed = time.monotonic() - self.started
+            available = options.budget_s - elapsed - self._check_reserve(eager_durations, costly_steady, pair)
             self.reporter.trial_started(done + 1, config, seed_kind)
             self.in_flight = store.begin_trial(self.iteration_id, number=trial.number, seed_kind=seed_kind,
                                                config=config, host=self.host,
@@ -454,6 +496,7 @@ class Iteration:
         self.reporter.check_started(self.incumbent.config, challenger, options.check_repeats, why)
 
         def measure(role: str, round_: int, config: Config) -> TrialOutcome:
+            self.wait_idle()
             outcome = run_in_subprocess(trial_spec(options, self.ctx_dict, config, self._guard(config)),
                                         timeout_s=options.trial_timeout_s, env=self.env)
             store.record_measurement(self.iteration_id, role=role, round=round_, config=config,
@@ -514,6 +557,7 @@ class Iteration:
         try:
             self.plan()
             try:
+                self.phase = "do"
                 stop_reason = self.do()
                 self.phase = "check"
                 result, challenger, why = self.check()
@@ -523,6 +567,7 @@ class Iteration:
                 self._record_interruption(exc)
                 raise
         finally:
+            self._beating.set()
             shutil.rmtree(self.reference_dir, ignore_errors=True)
         return RunResult(self.iteration_id, self.ctx.workload, stop_reason, decision)
 
@@ -530,7 +575,10 @@ class Iteration:
         in_flight = getattr(self, "in_flight", None)
         if in_flight is not None:
             self.store.end_trial(in_flight, status="interrupted", error="dstune run was interrupted during this trial")
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        if isinstance(exc, DeviceBusy):
+            self.store.finish_iteration(self.iteration_id, "deferred", phase=self.phase,
+                                        error=f"deferred during the {self.phase} phase: {exc}; nothing was promoted")
+        elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
             self.store.finish_iteration(self.iteration_id, "interrupted", phase=self.phase,
                                         error=f"interrupted during the {self.phase} phase; nothing was promoted")
         else:
@@ -539,6 +587,12 @@ class Iteration:
 
 
 def run_iteration(options: RunOptions, reporter: Reporter) -> RunResult:
-    """Run one full Plan-Do-Check-Act iteration and return what it decided."""
+    """Run one full Plan-Do-Check-Act iteration, holding the device's lock; return what it decided.
+
+    Raises :class:`DeviceBusy` when the lock or the idle gate waited longer than allowed.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return Iteration(options, reporter).run()
+    device = resolve_device()
+    what = f"dstune run {options.workload_file}" + (f" for schedule {options.schedule_id}" if options.schedule_id else "")
+    with hold_device(device, what, options.lock_timeout_s, reporter.message):
+        return Iteration(options, reporter, device).run()

@@ -12,14 +12,14 @@ _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def parse_duration(text: str, option: str) -> float:
-    """'15m', '90s', '1h30m' or plain seconds ('600') to seconds."""
+def parse_duration(text: str, option: str, allow_zero: bool = False) -> float:
+    """'15m', '90s', '1h30m' or plain seconds ('600') to seconds; zero only where ``allow_zero``."""
     match = _DURATION.match(text.strip()) if text and text.strip() else None
     if not match or not any(match.groupdict().values()):
         raise UsageError(f"{option} {text!r} is not a duration. Write it like 90s, 15m or 1h30m.")
     h, m, s = (float(match.group(k) or 0) for k in ("h", "m", "s"))
     seconds = h * 3600 + m * 60 + s
-    if seconds <= 0:
+    if seconds <= 0 and not (allow_zero and seconds == 0):
         raise UsageError(f"{option} {text!r} must be longer than zero. Write it like 90s, 15m or 1h30m.")
     return seconds
 
