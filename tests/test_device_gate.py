@@ -68,7 +68,8 @@ def test_idle_gate_waits_while_a_foreign_process_loads_the_cpus_and_proceeds_whe
     waiter.join(timeout=30)
     assert not waiter.is_alive()
     proceeded_after = time.monotonic() - ended
-    assert 0.9 <= proceeded_after < 10, "it waits one idle window after the load ends, then goes"
+    # One idle window after the load ends (less the poll interval in which it ended), then it goes.
+    assert 0.7 <= proceeded_after < 10, proceeded_after
     assert done["waited"] >= 3.0 - 1.0 and time.monotonic() - started >= 3.0
 
 
