@@ -233,7 +233,12 @@ class Daemon:
     def _conclude(self, schedule: Any, code: int, iteration: Any, tail: list[str], stopped: bool) -> None:
         iteration_id = iteration.id if iteration is not None else None
         error = "\n".join(tail[-10:]) or None
-        if stopped or code in (EXIT_INTERRUPTED, -signal.SIGTERM, -signal.SIGKILL):
+        if code in (EXIT_OK, EXIT_REGRESSION) and iteration is not None and iteration.status == "completed":
+            result = iteration.decision or iteration.status  # done, even if a stop signal came just after
+            if iteration.regression:
+                result += ", regression"
+            self._finish(schedule, result, None, iteration_id, due_next=True)
+        elif stopped or code in (EXIT_INTERRUPTED, -signal.SIGTERM, -signal.SIGKILL):
             # Not the schedule's fault: due again as it was, at the next start.
             self._finish(schedule, "interrupted", None, iteration_id, due_next=False, counted=False)
         elif code == EXIT_DEFERRED:
@@ -241,11 +246,6 @@ class Daemon:
             due = min(retry, next_due(schedule.cron, schedule.timezone, datetime.now(timezone.utc)))
             log.warning("schedule %d deferred (device busy); next try %s", schedule.id, f"{due:%Y-%m-%d %H:%M} UTC")
             self._finish(schedule, "deferred", error, iteration_id, due_at=due, counted=False)
-        elif code in (EXIT_OK, EXIT_REGRESSION) and iteration is not None:
-            result = iteration.decision or iteration.status
-            if iteration.regression:
-                result += ", regression"
-            self._finish(schedule, result, None, iteration_id, due_next=True)
         else:
             what = "refused its input" if code == EXIT_USAGE else f"failed (exit {code})"
             log.error("run of schedule %d %s:\n%s", schedule.id, what, error or "(no output)")
