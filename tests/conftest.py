@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,12 @@ class TrialHarness:
 @pytest.fixture
 def trials(tmp_path: Path) -> TrialHarness:
     return TrialHarness(tmp_path)
+
+
+def db_rows(db: Path, query: str, *args: object) -> list[tuple]:
+    """Rows of a query on a run's SQLite file, read as any other SQLite client would."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(query, args).fetchall()
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

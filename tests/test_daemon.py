@@ -21,17 +21,12 @@ from croniter import croniter
 
 from dstune.cli import main
 
-from .conftest import WORKLOADS
+from .conftest import WORKLOADS, db_rows
 
 PACED = str(WORKLOADS / "paced.py")
 FAST_RUN = ("--trials", "2", "--check-repeats", "2", "--windows", "2", "--window-time", "0.05",
             "--disable-plugin", "compile", "--budget", "3m", "--max-warmup", "3")
 SLOW_STEPS = {"DSTUNE_TEST_SLOWDOWN": "30"}  # paced.py: every step about 0.3 s, so a trial is caught running
-
-
-def _rows(db: Path, query: str) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(query).fetchall()
 
 
 def _wait_for(predicate: Callable[[], object], timeout: float, what: str, log: Path | None = None) -> object:
@@ -77,7 +72,7 @@ def _daemon(db: Path, tmp_path: Path, *args: str, log_name: str = "daemon.log",
 
 def _trial_running(db: Path) -> bool:
     try:
-        return bool(_rows(db, "select 1 from dstune_trials where status = 'running'"))
+        return bool(db_rows(db, "select 1 from dstune_trials where status = 'running'"))
     except sqlite3.OperationalError:  # tables not made yet
         return False
 
@@ -159,12 +154,12 @@ def test_sigterm_during_a_trial_records_it_interrupted_and_exits_within_10s(tmp_
     took = time.monotonic() - stopped_at
     assert code == 0 and took < 10, (code, took, log.read_text()[-3000:])
     _wait_for(lambda: not [p for p in family if _alive(p)], 10, "the daemon's processes to end")
-    assert _rows(db, "pragma integrity_check") == [("ok",)]
-    assert _rows(db, "select status, error from dstune_trials") == [
+    assert db_rows(db, "pragma integrity_check") == [("ok",)]
+    assert db_rows(db, "select status, error from dstune_trials") == [
         ("interrupted", "dstune run was interrupted during this trial")]
-    (status, error), = _rows(db, "select status, error from dstune_iterations")
+    (status, error), = db_rows(db, "select status, error from dstune_iterations")
     assert status == "interrupted" and "interrupted during the do phase" in error
-    (runs, result, claimed, next_due), = _rows(db, "select runs, last_result, claimed_by, next_due_at from "
+    (runs, result, claimed, next_due), = db_rows(db, "select runs, last_result, claimed_by, next_due_at from "
                                                    "dstune_schedules")
     assert (runs, result, claimed) == (0, "interrupted", None)
     assert datetime.fromisoformat(next_due).replace(tzinfo=timezone.utc) < datetime.now(timezone.utc), \
@@ -176,8 +171,8 @@ def test_sigkill_during_a_trial_then_restart_marks_stale_rows_and_completes(tmp_
     db = tmp_path / "sigkill.db"
     _add(capsys, db, "--cron", "0 3 * * 0", "--now", *FAST_RUN)
     proc, log = _daemon(db, tmp_path, env=SLOW_STEPS)
-    _wait_for(lambda: len(_rows(db, "select 1 from dstune_trials")) >= 1 and _trial_running(db)
-              and _rows(db, "select count(*) from dstune_trials where status != 'running'")[0][0] >= 1,
+    _wait_for(lambda: len(db_rows(db, "select 1 from dstune_trials")) >= 1 and _trial_running(db)
+              and db_rows(db, "select count(*) from dstune_trials where status != 'running'")[0][0] >= 1,
               180, "a finished trial and a running one", log)
     # The whole service killed at once, as systemd's SIGKILL or the OOM killer would: no handler runs anywhere.
     family = [proc.pid, *_descendants(proc.pid)]
@@ -187,9 +182,9 @@ def test_sigkill_during_a_trial_then_restart_marks_stale_rows_and_completes(tmp_
         os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=10)
     _wait_for(lambda: not [p for p in family if _alive(p)], 10, "the killed processes to go")
-    assert _rows(db, "pragma integrity_check") == [("ok",)]
-    assert _rows(db, "select status from dstune_iterations") == [("running",)]
-    before = _rows(db, "select * from dstune_trials where status != 'running' order by id")
+    assert db_rows(db, "pragma integrity_check") == [("ok",)]
+    assert db_rows(db, "select status from dstune_iterations") == [("running",)]
+    before = db_rows(db, "select * from dstune_trials where status != 'running' order by id")
 
     restarted = subprocess.run(
         [sys.executable, "-m", "dstune", "daemon", "--db", str(db), "--idle-window", "0", "--once"],
@@ -197,15 +192,15 @@ def test_sigkill_during_a_trial_then_restart_marks_stale_rows_and_completes(tmp_
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert "daemon 1 stopped without a clean shutdown" in restarted.stderr
     assert "iteration 1 was left running by a dstune process that died" in restarted.stderr
-    assert _rows(db, "select id, status from dstune_daemons order by id") == [(1, "dead"), (2, "stopped")]
-    (status1, error1), (status2, _) = _rows(db, "select status, error from dstune_iterations order by id")
+    assert db_rows(db, "select id, status from dstune_daemons order by id") == [(1, "dead"), (2, "stopped")]
+    (status1, error1), (status2, _) = db_rows(db, "select status, error from dstune_iterations order by id")
     assert status1 == "interrupted" and "ended without finishing the do phase" in error1
     assert status2 == "completed", "the schedule went on"
-    assert _rows(db, "select * from dstune_trials where iteration_id = 1 and status != 'interrupted' "
+    assert db_rows(db, "select * from dstune_trials where iteration_id = 1 and status != 'interrupted' "
                      "order by id") == before, "no earlier row lost or altered"
-    assert _rows(db, "select count(*) from dstune_trials where iteration_id = 1 and status = 'interrupted'") == [(1,)]
-    assert _rows(db, "select runs, last_iteration_id, claimed_by from dstune_schedules") == [(1, 2, None)]
-    assert _rows(db, "pragma integrity_check") == [("ok",)]
+    assert db_rows(db, "select count(*) from dstune_trials where iteration_id = 1 and status = 'interrupted'") == [(1,)]
+    assert db_rows(db, "select runs, last_iteration_id, claimed_by from dstune_schedules") == [(1, 2, None)]
+    assert db_rows(db, "pragma integrity_check") == [("ok",)]
 
 
 def test_two_daemons_on_one_gpu_run_a_missed_and_a_due_schedule_once_each_never_at_once(tmp_path, capsys):
@@ -222,7 +217,7 @@ def test_two_daemons_on_one_gpu_run_a_missed_and_a_due_schedule_once_each_never_
     once, once_log = _daemon(db, tmp_path, "--gpu", "0", "--once", log_name="once.log")
     try:
         assert once.wait(timeout=300) == 0, once_log.read_text()[-3000:]
-        _wait_for(lambda: all(r[0] for r in _rows(db, "select last_result from dstune_schedules")), 300,
+        _wait_for(lambda: all(r[0] for r in db_rows(db, "select last_result from dstune_schedules")), 300,
                   "both runs to end", serving_log)
         time.sleep(3)  # three more polls: a second run of either would have been claimed by now
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -233,32 +228,32 @@ def test_two_daemons_on_one_gpu_run_a_missed_and_a_due_schedule_once_each_never_
     assert code == 0, serving_log.read_text()[-3000:]
     logs = serving_log.read_text() + once_log.read_text()
 
-    spans = _rows(db, "select id, started_at, ended_at, status, schedule_id from dstune_iterations order by started_at")
+    spans = db_rows(db, "select id, started_at, ended_at, status, schedule_id from dstune_iterations order by started_at")
     assert [s[3] for s in spans] == ["completed", "completed"] and sorted(s[4] for s in spans) == [weekly, now]
     assert spans[0][2] <= spans[1][1], f"iterations overlapped: {spans}"
-    trials = _rows(db, "select iteration_id, started_at, ended_at from dstune_trials order by started_at")
+    trials = db_rows(db, "select iteration_id, started_at, ended_at from dstune_trials order by started_at")
     assert all(a[0] <= b[0] for a, b in zip(trials, trials[1:])), "no trial of one ran among the other's"
     assert "is held by pid" in logs, "the second run waited for the first, and said so"
     assert "schedule 1 | Decision:" in logs and "schedule 2 | Decision:" in logs, "runs' output is in the logs"
 
-    rows = {r[0]: r[1:] for r in _rows(db, "select id, runs, next_due_at, claimed_by, last_result from dstune_schedules")}
+    rows = {r[0]: r[1:] for r in db_rows(db, "select id, runs, next_due_at, claimed_by, last_result from dstune_schedules")}
     assert rows[weekly][0] == rows[now][0] == 1, "three missed weeks run once; each schedule once in all"
     expected = croniter("0 3 * * 0", datetime.now(timezone.utc)).get_next(datetime)
     assert datetime.fromisoformat(rows[weekly][1]).replace(tzinfo=timezone.utc) == expected
     assert rows[weekly][2] is None and rows[now][2] is None
 
-    decisions = dict(_rows(db, "select decision, count(*) from dstune_iterations group by decision"))
+    decisions = dict(db_rows(db, "select decision, count(*) from dstune_iterations group by decision"))
     assert 'dstune_incumbent_samples_per_second{workload="paced"}' in metrics
     for decision, count in decisions.items():
         assert f'dstune_iterations_total{{result="{decision}",workload="paced"}} {count:.1f}' in metrics
-    for status_, count in _rows(db, "select status, count(*) from dstune_trials group by status"):
+    for status_, count in db_rows(db, "select status, count(*) from dstune_trials group by status"):
         assert f'dstune_trials_total{{status="{status_}",workload="paced"}} {count:.1f}' in metrics
     ages = {line.split("{")[1].split(",")[0]: float(line.split()[-1]) for line in metrics.splitlines()
             if line.startswith("dstune_daemon_heartbeat_age_seconds{")}
-    (serving_id,), = _rows(db, f"select id from dstune_daemons where pid = {serving.pid}")
+    (serving_id,), = db_rows(db, f"select id from dstune_daemons where pid = {serving.pid}")
     assert list(ages) == [f'daemon="{serving_id}"'], "only the daemon still running is listed"
     assert 0 <= ages[f'daemon="{serving_id}"'] < 5
     states = {d["id"]: d["state"] for d in status["daemons"]}
     assert states.pop(serving_id) == "alive" and list(states.values()) == ["stopped"] and status["running"] == []
     assert [q["id"] for q in status["queue"]] == [weekly, now]
-    assert _rows(db, "select status from dstune_daemons order by id") == [("stopped",), ("stopped",)]
+    assert db_rows(db, "select status from dstune_daemons order by id") == [("stopped",), ("stopped",)]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,16 +14,11 @@ import torch
 from dstune.device_lock import Device, DeviceBusy, hold_device, resolve_device
 from dstune.idle_gate import CpuSampler, GateSettings, IdleGate, Reading
 
-from .conftest import WORKLOADS, run_cli
+from .conftest import WORKLOADS, db_rows, run_cli
 
 PACED = str(WORKLOADS / "paced.py")
 FAST_RUN = ("--trials", "1", "--check-repeats", "2", "--windows", "2", "--window-time", "0.05",
             "--disable-plugin", "compile")
-
-
-def _rows(db: Path, query: str) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(query).fetchall()
 
 
 def _hog() -> subprocess.Popen[bytes]:
@@ -101,10 +94,10 @@ def test_run_is_deferred_when_the_device_stays_busy(tmp_path):
     assert result.returncode == 75, result.stdout + result.stderr
     assert "deferred:" in result.stderr and "was not idle for 1 s within 3 s" in result.stderr
     assert "is busy: utilisation" in result.stdout
-    (status, error), = _rows(db, "select status, error from dstune_iterations")
+    (status, error), = db_rows(db, "select status, error from dstune_iterations")
     assert status == "deferred" and "deferred during the do phase" in error
-    assert _rows(db, "select count(*) from dstune_trials") == [(0,)]
-    assert _rows(db, "select count(*) from dstune_applied") == [(0,)], "nothing was decided"
+    assert db_rows(db, "select count(*) from dstune_trials") == [(0,)]
+    assert db_rows(db, "select count(*) from dstune_applied") == [(0,)], "nothing was decided"
 
 
 def test_run_waits_for_the_device_lock_and_names_its_holder(tmp_path):
@@ -115,7 +108,7 @@ def test_run_waits_for_the_device_lock_and_names_its_holder(tmp_path):
     assert result.returncode == 75, result.stdout + result.stderr
     assert f"is held by pid {os.getpid()}" in result.stdout and "a test holding the device" in result.stdout
     assert f"still held by pid {os.getpid()}" in result.stderr
-    assert not db.exists() or _rows(db, "select count(*) from dstune_iterations") == [(0,)]
+    assert not db.exists() or db_rows(db, "select count(*) from dstune_iterations") == [(0,)]
 
 
 class _Gpu:

@@ -4,14 +4,13 @@ one SQLite file and one study."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import WORKLOADS
+from .conftest import WORKLOADS, db_rows
 
 QUICK = ("--trials", "1", "--check-repeats", "2", "--window-time", "0.05", "--windows", "2",
          "--disable-plugin", "compile")
@@ -106,11 +105,6 @@ def _run(tmp_path: Path, plugin_path: Path, where: str, *extra: str) -> subproce
                           capture_output=True, text=True, timeout=300)
 
 
-def _rows(db: Path, query: str) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(query).fetchall()
-
-
 def test_plugin_that_fails_to_import_is_disabled_with_a_warning(tmp_path, plugin_path):
     result = _run(tmp_path, plugin_path, "import")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -128,10 +122,10 @@ def test_plugin_failing_before_trials_is_named_and_left_out(tmp_path, plugin_pat
     result = _run(tmp_path, plugin_path, where)
     assert result.returncode == 0, result.stdout + result.stderr
     assert message in " ".join(result.stdout.split()) and "disabled for this run" in result.stdout
-    (options, plugins), = _rows(tmp_path / "p.db", "select i.options, e.facts from dstune_iterations i "
+    (options, plugins), = db_rows(tmp_path / "p.db", "select i.options, e.facts from dstune_iterations i "
                                                    "join dstune_environments e on e.id = i.environment_id")
     assert '"broken"' in options  # left out of the trial processes too
-    assert _rows(tmp_path / "p.db", "select status from dstune_trials") == [("ok",)]
+    assert db_rows(tmp_path / "p.db", "select status from dstune_trials") == [("ok",)]
     if where == "invalid_knob":  # the same path as dstune_knobs raising; spare the second run
         return
     strict = _run(tmp_path, plugin_path, where, "--strict-plugins")
@@ -143,7 +137,7 @@ def test_plugin_failing_before_trials_is_named_and_left_out(tmp_path, plugin_pat
 def test_plugin_failing_in_a_trial_hook_is_data(tmp_path, plugin_path):
     validate = _run(tmp_path, plugin_path, "dstune_validate")
     assert validate.returncode == 0, validate.stdout + validate.stderr
-    rows = _rows(tmp_path / "p.db", "select status, error from dstune_trials")
+    rows = db_rows(tmp_path / "p.db", "select status, error from dstune_trials")
     assert len(rows) == 20 and all(s == "invalid" and "plugin 'broken' raised in dstune_validate" in e
                                    for s, e in rows)
     assert "20 configurations in a row were refused" in " ".join(validate.stdout.split())
@@ -151,9 +145,9 @@ def test_plugin_failing_in_a_trial_hook_is_data(tmp_path, plugin_path):
     (tmp_path / "p.db").unlink()
     prepare = _run(tmp_path, plugin_path, "dstune_prepare_model")
     assert prepare.returncode == 0, prepare.stdout + prepare.stderr
-    (status, error), = _rows(tmp_path / "p.db", "select status, error from dstune_trials")
+    (status, error), = db_rows(tmp_path / "p.db", "select status, error from dstune_trials")
     assert status == "crash" and "brokenplug fails in dstune_prepare_model" in error
-    (decision,), = _rows(tmp_path / "p.db", "select decision from dstune_iterations")
+    (decision,), = db_rows(tmp_path / "p.db", "select decision from dstune_iterations")
     assert decision == "kept"
 
 
@@ -172,17 +166,17 @@ def test_two_runs_share_one_sqlite_file_and_one_study(tmp_path):
 
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{db}")
     finished = [t.number for t in study.trials if t.state.is_finished()]
-    rows = [r[0] for r in _rows(db, "select number from dstune_trials where status != 'invalid'")]
+    rows = [r[0] for r in db_rows(db, "select number from dstune_trials where status != 'invalid'")]
     assert len(rows) == 10 and len(set(rows)) == 10, rows  # five each, none lost, none twice
     assert set(rows) <= set(finished)
-    assert _rows(db, "select status from dstune_iterations") == [("completed",), ("completed",)]
-    assert _rows(db, "pragma integrity_check") == [("ok",)]
+    assert db_rows(db, "select status from dstune_iterations") == [("completed",), ("completed",)]
+    assert db_rows(db, "pragma integrity_check") == [("ok",)]
 
 
 def test_plugin_raising_in_each_trial_hook_is_a_recorded_crash(tmp_path, plugin_path):
     result = _run(tmp_path, plugin_path, "by_batch", "--trials", "7", "--only", "batch_size")
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = _rows(tmp_path / "p.db", "select json_extract(config, '$.batch_size'), status, error from dstune_trials")
+    rows = db_rows(tmp_path / "p.db", "select json_extract(config, '$.batch_size'), status, error from dstune_trials")
     by_batch = {batch: (status, error) for batch, status, error in rows}
     hooks = {2: "dstune_configure_process", 4: "dstune_prepare_model", 16: "dstune_optimizer_kwargs",
              32: "dstune_grad_scaler", 64: "dstune_step_context", 128: "dstune_loader_kwargs"}

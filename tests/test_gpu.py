@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from dstune.plugin_manager import plugin_manager
 from dstune.tuning_run import applicable_knobs
 from dstune.workload_loader import select_workload
 
-from .conftest import WORKLOADS, probed
+from .conftest import WORKLOADS, db_rows, probed, run_cli
 
 OBSERVE = WORKLOADS / "observe.py"
 GUARD = GuardSettings(tolerance=0.05)
@@ -183,11 +184,6 @@ open(sys.argv[2], "w").write(repr(time.time()))
 
 def test_idle_gate_waits_for_a_foreign_cuda_process(tmp_path):
     """A foreign CUDA process keeps the GPU busy for 20 s: the run's first trial waits for it, then goes."""
-    import sqlite3
-    from datetime import datetime, timezone
-
-    from .conftest import run_cli
-
     ended_file, db = tmp_path / "ended", tmp_path / "gate.db"
     busy = subprocess.Popen([sys.executable, "-c", BUSY_GPU, "20", str(ended_file)], stdout=subprocess.PIPE, text=True)
     assert busy.stdout is not None and busy.stdout.readline().strip() == "ready"
@@ -198,8 +194,7 @@ def test_idle_gate_waits_for_a_foreign_cuda_process(tmp_path):
     busy.wait(timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     busy_line = next(line for line in result.stdout.splitlines() if "is busy:" in line)
-    with sqlite3.connect(db) as conn:
-        first = conn.execute("select started_at from dstune_trials order by id limit 1").fetchone()[0]
+    (first,), = db_rows(db, "select started_at from dstune_trials order by id limit 1")
     first_trial = datetime.fromisoformat(first).replace(tzinfo=timezone.utc).timestamp()
     ended = float(ended_file.read_text())
     print(f"\nidle gate: {busy_line.strip()}\n  run started {0:.1f} s, foreign process ended {ended - started:.1f} s, "

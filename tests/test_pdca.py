@@ -21,14 +21,9 @@ from dstune.plugin_manager import plugin_manager
 from dstune.trial_runner import run_in_subprocess
 from dstune.tuning_run import RunOptions, applicable_knobs, trial_spec
 
-from .conftest import FAST, WORKLOADS, probed, run_cli
+from .conftest import FAST, WORKLOADS, db_rows, probed, run_cli
 
 QUICK = ("--window-time", "0.05", "--windows", "3", "--max-warmup", "2", "--disable-plugin", "compile")
-
-
-def _rows(db: Path, query: str, *args: object) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(query, args).fetchall()
 
 
 def test_aa_check_promotes_at_most_once_in_20():
@@ -65,13 +60,13 @@ def test_injected_slowdown_is_flagged_as_a_regression_every_time(tmp_path):
         slowed = run_cli(*args, cwd=tmp_path, env={"DSTUNE_TEST_SLOWDOWN": "0.15"})
         assert slowed.returncode == 3, slowed.stdout + slowed.stderr
         assert "Regression:" in slowed.stdout and "regression detected" in slowed.stderr
-    rows = _rows(Path(db), "select regression, json_extract(\"check\", '$.regression_estimate.ratio') "
+    rows = db_rows(Path(db), "select regression, json_extract(\"check\", '$.regression_estimate.ratio') "
                            "from dstune_iterations order by id")
     assert [r[0] for r in rows] == [None, 1, 0, 1]  # the first has no earlier measurement to compare with
     for _, ratio in rows[1::2]:
         assert 0.70 < ratio < 0.95, rows  # about 1/1.15, give or take the noise of a 2-core machine
     # Nothing was promoted: the incumbent was the only candidate each time.
-    assert _rows(Path(db), "select reason from dstune_applied") == [("baseline",)]
+    assert db_rows(Path(db), "select reason from dstune_applied") == [("baseline",)]
 
 
 def test_three_weekly_iterations_history_show_export_rollback(tmp_path):
@@ -90,13 +85,13 @@ def test_three_weekly_iterations_history_show_export_rollback(tmp_path):
     assert "environment unchanged since iteration 1" in outputs[1] and "warm-start" in outputs[1]
     assert "environment changed since iteration 2" in outputs[2] and "workload_source:" in outputs[2]
 
-    rows = _rows(Path(db), "select id, decision, previous_iteration_id, json_array_length(fingerprint_diff), "
+    rows = db_rows(Path(db), "select id, decision, previous_iteration_id, json_array_length(fingerprint_diff), "
                            "incumbent_source from dstune_iterations order by id")
     assert [r[1] in ("promoted", "kept") for r in rows] == [True] * 3
     assert [r[2] for r in rows] == [None, 1, 2] and [r[3] for r in rows] == [0, 0, 1]
     assert rows[0][4].startswith("default configuration") and rows[1][4].startswith("applied #1")
     # Later iterations start from the incumbent.
-    seeds = _rows(Path(db), "select seed_kind from dstune_trials where iteration_id = 2 order by id")
+    seeds = db_rows(Path(db), "select seed_kind from dstune_trials where iteration_id = 2 order by id")
     assert seeds[0] == ("incumbent",)
 
     history = run_cli("history", "observe", "--db", db, cwd=tmp_path)
@@ -114,7 +109,7 @@ def test_three_weekly_iterations_history_show_export_rollback(tmp_path):
     assert f"DSTUNE_BATCH_SIZE={exported['config']['batch_size']}" in env_lines
 
     # Roll back to the first iteration's configuration: it becomes the applied one.
-    first = _rows(Path(db), "select config from dstune_applied where iteration_id = 1")[0][0]
+    first = db_rows(Path(db), "select config from dstune_applied where iteration_id = 1")[0][0]
     rolled = run_cli("rollback", "observe", "--to", "1", "--db", db, cwd=tmp_path)
     assert rolled.returncode == 0, rolled.stderr
     after = json.loads(run_cli("export", "observe", "--db", db, cwd=tmp_path).stdout)
@@ -199,17 +194,17 @@ def test_interrupted_check_promotes_nothing(tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        tables = {r[0] for r in _rows(db, "select name from sqlite_master")} if db.exists() else set()
-        if "dstune_measurements" in tables and _rows(db, "select count(*) from dstune_measurements")[0][0] >= 2:
+        tables = {r[0] for r in db_rows(db, "select name from sqlite_master")} if db.exists() else set()
+        if "dstune_measurements" in tables and db_rows(db, "select count(*) from dstune_measurements")[0][0] >= 2:
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
-    (status, phase, decision, error), = _rows(db, "select status, phase, decision, error from dstune_iterations")
+    (status, phase, decision, error), = db_rows(db, "select status, phase, decision, error from dstune_iterations")
     assert (status, phase, decision) == ("interrupted", "check", None) and "nothing was promoted" in error
-    assert _rows(db, "select count(*) from dstune_applied") == [(0,)]
-    assert _rows(db, "select count(*) from dstune_measurements")[0][0] >= 2
+    assert db_rows(db, "select count(*) from dstune_applied") == [(0,)]
+    assert db_rows(db, "select count(*) from dstune_measurements")[0][0] >= 2
 
 
 @pytest.mark.parametrize("config, message", [

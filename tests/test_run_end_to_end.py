@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -11,14 +10,9 @@ from pathlib import Path
 
 import optuna
 
-from .conftest import WORKLOADS, run_cli
+from .conftest import WORKLOADS, db_rows, run_cli
 
 NO_COMPILE = ("--disable-plugin", "compile")
-
-
-def _rows(db: Path, query: str) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(query).fetchall()
 
 
 def test_run_records_every_trial_and_prints_the_front(tmp_path):
@@ -31,21 +25,21 @@ def test_run_records_every_trial_and_prints_the_front(tmp_path):
     assert "trial 1/5" in out and "trial 5/5" in out
     assert "Plan: first iteration" in out
 
-    iterations = _rows(db, "select id, status, study_name, chosen_config, memory_budget_bytes, decision, "
+    iterations = db_rows(db, "select id, status, study_name, chosen_config, memory_budget_bytes, decision, "
                            "incumbent_config from dstune_iterations")
     assert len(iterations) == 1
     iteration_id, status, study_name, chosen, budget, decision, incumbent = iterations[0]
     assert status == "completed" and chosen is not None and budget > 0 and decision in ("promoted", "kept")
     # The check re-measured incumbent (the default config, before anything was applied) and challenger.
-    roles = [r[0] for r in _rows(db, "select role from dstune_measurements order by id")]
+    roles = [r[0] for r in db_rows(db, "select role from dstune_measurements order by id")]
     if chosen == incumbent:
         assert roles == ["incumbent"] * 5
     else:
         assert roles == ["incumbent", "challenger"] * 5
-    applied = _rows(db, "select reason, config from dstune_applied")
+    applied = db_rows(db, "select reason, config from dstune_applied")
     assert len(applied) == 1 and applied[0][0] == ("promoted" if decision == "promoted" else "baseline")
 
-    trials = _rows(db, "select seed_kind, status, samples_per_s, peak_memory_bytes, step_time_cv, config "
+    trials = db_rows(db, "select seed_kind, status, samples_per_s, peak_memory_bytes, step_time_cv, config "
                        "from dstune_trials order by id")
     assert len(trials) == 5
     assert [t[0] for t in trials[:2]] == ["default", "checklist"]
@@ -56,7 +50,7 @@ def test_run_records_every_trial_and_prints_the_front(tmp_path):
     # Optuna's own tables live in the same file, and hold the same trials.
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{db}")
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 5
-    assert _rows(db, "pragma journal_mode")[0][0] == "wal"
+    assert db_rows(db, "pragma journal_mode")[0][0] == "wal"
     assert (os.stat(db).st_mode & 0o777) == 0o600
 
 
@@ -68,7 +62,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
                      cwd=tmp_path,
                      env={"DSTUNE_CHILD_PID_FILE": str(pid_file)})
     assert result.returncode == 0, result.stderr + result.stdout
-    rows = _rows(db, "select json_extract(config, '$.batch_size'), status, error, signal, stderr_tail "
+    rows = db_rows(db, "select json_extract(config, '$.batch_size'), status, error, signal, stderr_tail "
                      "from dstune_trials")
     by_batch = {batch: (status, error, sig, tail) for batch, status, error, sig, tail in rows}
     assert sorted(by_batch) == [8, 16, 32, 64, 128, 256, 512]
@@ -81,7 +75,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
     # The hung trial's own child process died with its process group.
     child = int(pid_file.read_text())
     assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
-    status, chosen = _rows(db, "select status, json_extract(chosen_config, '$.batch_size') from dstune_iterations")[0]
+    status, chosen = db_rows(db, "select status, json_extract(chosen_config, '$.batch_size') from dstune_iterations")[0]
     assert status == "completed" and chosen in (32, 256, 512)
 
 
@@ -119,10 +113,10 @@ def test_no_trial_outlives_the_budget(tmp_path):
                      "--trial-timeout", "10m", "--window-time", "0.05", *NO_COMPILE, cwd=tmp_path)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = _rows(db, "select seed_kind, status, error, duration_s from dstune_trials order by id")
+    rows = db_rows(db, "select seed_kind, status, error, duration_s from dstune_trials order by id")
     assert [r[:2] for r in rows] == [("default", "ok"), ("checklist", "interrupted")]
     assert "budget ran out" in rows[1][2] and rows[1][3] < 12
-    assert _rows(db, "select status, decision from dstune_iterations") == [("completed", "kept")]
+    assert db_rows(db, "select status, decision from dstune_iterations") == [("completed", "kept")]
     assert elapsed < 60, elapsed  # the 10-minute trial timeout did not apply
 
 
@@ -148,12 +142,12 @@ def test_sigkill_mid_run_loses_nothing_committed_and_the_next_run_recovers(tmp_p
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if db.exists() and "dstune_trials" in {r[0] for r in _rows(db, "select name from sqlite_master")}:
-            statuses = [r[0] for r in _rows(db, "select status from dstune_trials")]
+        if db.exists() and "dstune_trials" in {r[0] for r in db_rows(db, "select name from sqlite_master")}:
+            statuses = [r[0] for r in db_rows(db, "select status from dstune_trials")]
             if len(statuses) >= 3 and statuses[-1] == "running":
                 break
         time.sleep(0.05)
-    before = _rows(db, "select id, status, samples_per_s, config from dstune_trials where status != 'running'")
+    before = db_rows(db, "select id, status, samples_per_s, config from dstune_trials where status != 'running'")
     proc.kill()  # SIGKILL: no handler runs
     proc.wait(timeout=30)
     # The fork server sees its parent gone and exits; the trial dies with it (PR_SET_PDEATHSIG).
@@ -163,20 +157,20 @@ def test_sigkill_mid_run_loses_nothing_committed_and_the_next_run_recovers(tmp_p
             break
         time.sleep(0.1)
     assert not left, f"processes outlived the killed dstune: {left}"
-    assert _rows(db, "pragma integrity_check") == [("ok",)]
-    assert _rows(db, "select status from dstune_iterations") == [("running",)]
+    assert db_rows(db, "pragma integrity_check") == [("ok",)]
+    assert db_rows(db, "select status from dstune_iterations") == [("running",)]
 
     rerun = run_cli("run", str(WORKLOADS / "observe.py"), "--workload", "observe", "--db", str(db), "--trials", "1",
                     "--check-repeats", "2", "--window-time", "0.05", *NO_COMPILE, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "iteration 1 was left running" in rerun.stdout
-    (status, error), _ = _rows(db, "select status, error from dstune_iterations order by id")
+    (status, error), _ = db_rows(db, "select status, error from dstune_iterations order by id")
     assert status == "interrupted" and "nothing was promoted" in error
-    after = _rows(db, "select id, status, samples_per_s, config from dstune_trials where iteration_id = 1 "
+    after = db_rows(db, "select id, status, samples_per_s, config from dstune_trials where iteration_id = 1 "
                       "and status != 'interrupted'")
     assert after == before, "every trial committed before the kill is intact"
-    assert _rows(db, "select count(*) from dstune_trials where iteration_id = 1 and status = 'interrupted'") == [(1,)]
-    assert _rows(db, "select count(*) from dstune_applied where iteration_id = 1") == [(0,)]
+    assert db_rows(db, "select count(*) from dstune_trials where iteration_id = 1 and status = 'interrupted'") == [(1,)]
+    assert db_rows(db, "select count(*) from dstune_applied where iteration_id = 1") == [(0,)]
 
 
 def test_segfault_exit_and_output_flood_are_recorded(tmp_path):
@@ -184,7 +178,7 @@ def test_segfault_exit_and_output_flood_are_recorded(tmp_path):
     result = run_cli("run", str(WORKLOADS / "process_faults.py"), "--db", str(db), "--trials", "7", "--budget", "5m",
                      "--window-time", "0.05", "--check-repeats", "2", "--only", "batch_size", cwd=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
-    rows = _rows(db, "select json_extract(config, '$.batch_size'), status, signal, exit_code, error, stderr_tail "
+    rows = db_rows(db, "select json_extract(config, '$.batch_size'), status, signal, exit_code, error, stderr_tail "
                      "from dstune_trials")
     by_batch = {row[0]: row[1:] for row in rows}
     assert by_batch[8][:2] == ("crash", "SIGSEGV")

@@ -39,6 +39,12 @@ def _root(
     """dstune finds the fastest safe way to run a PyTorch workload on the GPU it runs on."""
 
 
+# The idle gate's options, the same for `run --wait-idle` and for `daemon` (which passes them to its runs).
+IDLE_WINDOW_OPTION = typer.Option("5m", "--idle-window", help="How long the device must look idle before a trial starts (0: no gate).")
+IDLE_UTIL_OPTION = typer.Option(10.0, "--idle-util", min=0.0, max=100.0, help="Utilisation (percent; of all CPUs on a CPU-only host) that still counts as idle.")
+MAX_DELAY_OPTION = typer.Option("2h", "--max-delay", help="Give up waiting for an idle device after this long: the run is deferred (exit 75; a daemon retries later).")
+
+
 @app.command()
 def run(
     workload_file: Path = typer.Argument(..., help="Python file defining a @dstune.workload."),
@@ -64,9 +70,9 @@ def run(
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 3 when the incumbent regressed (for CI and cron)."),
     lock_timeout: Optional[str] = typer.Option(None, "--lock-timeout", help="Give up (exit 75) when another run holds this device longer than this (default: wait)."),
     wait_idle: bool = typer.Option(False, "--wait-idle/--no-wait-idle", help="Before each trial, wait until the device has been free of foreign work for --idle-window."),
-    idle_window: str = typer.Option("5m", "--idle-window", help="How long the device must look idle before a trial starts."),
-    idle_util: float = typer.Option(10.0, "--idle-util", min=0.0, max=100.0, help="Utilisation (percent; of all CPUs on a CPU-only host) that still counts as idle."),
-    max_delay: str = typer.Option("2h", "--max-delay", help="Give up waiting for an idle device after this long: the iteration is deferred (exit 75)."),
+    idle_window: str = IDLE_WINDOW_OPTION,
+    idle_util: float = IDLE_UTIL_OPTION,
+    max_delay: str = MAX_DELAY_OPTION,
     schedule_id: Optional[int] = typer.Option(None, "--schedule-id", hidden=True, help="Set by the daemon."),
 ) -> None:
     """One Plan-Do-Check-Act iteration of WORKLOAD_FILE: trials, check against the incumbent, promote or keep."""
@@ -308,9 +314,9 @@ def daemon(
     gpu: Optional[str] = typer.Option(None, "--gpu", help="The GPU this daemon tunes on (index or UUID); runs get CUDA_VISIBLE_DEVICES."),
     poll: str = typer.Option("30s", "--poll", help="How often to look for new or changed schedules."),
     heartbeat: str = typer.Option("10s", "--heartbeat", help="How often to write the heartbeat."),
-    idle_window: str = typer.Option("5m", "--idle-window", help="How long the device must look idle before each trial (0 turns the gate off)."),
-    idle_util: float = typer.Option(10.0, "--idle-util", min=0.0, max=100.0, help="Utilisation (percent) that still counts as idle."),
-    max_delay: str = typer.Option("2h", "--max-delay", help="Give up waiting for the device after this long and retry later."),
+    idle_window: str = IDLE_WINDOW_OPTION,
+    idle_util: float = IDLE_UTIL_OPTION,
+    max_delay: str = MAX_DELAY_OPTION,
     retry_after: str = typer.Option("1h", "--retry-after", help="When a deferred run is tried again (at the latest at its next cron time)."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", min=0, max=65535, help="Serve Prometheus metrics on this port (0: any free one)."),
     metrics_addr: str = typer.Option("127.0.0.1", "--metrics-addr", help="Address the metrics endpoint binds to."),

@@ -40,6 +40,7 @@ from dstune.store import as_utc
 from .device_lock import resolve_device
 from .errors import EXIT_DEFERRED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, EXIT_USAGE
 from .idle_gate import GateSettings
+from .processes import die_with_parent, process_alive
 from .schedules import next_due
 
 log = logging.getLogger("dstune.daemon")
@@ -64,24 +65,6 @@ class DaemonSettings:
     def stale_after_s(self) -> float:
         """A daemon whose heartbeat is older than this is dead."""
         return max(30.0, 6 * self.heartbeat_s)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def _die_with_parent_sigterm() -> None:
-    """In the child: get SIGTERM (a clean interrupt) if the daemon dies without stopping it."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 def _seconds(value: float) -> str:
@@ -156,10 +139,10 @@ class Daemon:
         return min(self.settings.poll_s, max(0.05, (soonest - now).total_seconds()))
 
     def _recover(self) -> None:
-        dead = self.store.recover_dead_daemons(self.host, _alive, self.settings.stale_after_s)
+        dead = self.store.recover_dead_daemons(self.host, process_alive, self.settings.stale_after_s)
         for daemon_id in dead:
             log.warning("daemon %d stopped without a clean shutdown; its claimed schedules are due again", daemon_id)
-        for iteration_id in self.store.recover_stale(self.host, _alive):
+        for iteration_id in self.store.recover_stale(self.host, process_alive):
             log.warning("iteration %d was left running by a dstune process that died; marked interrupted "
                         "(its finished trials are kept)", iteration_id)
 
@@ -189,7 +172,7 @@ class Daemon:
         try:
             self.child = child = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent_sigterm)
+                start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
         except OSError as exc:
             self._finish(schedule, "failed", f"could not start dstune run: {exc}", None, due_next=True)
             return
@@ -217,7 +200,7 @@ class Daemon:
         self.child = None
         iteration = self.store.iteration_of_process(self.host, child.pid, started)
         if stop_sent is not None and iteration is not None and iteration.status == "running":
-            self.store.recover_stale(self.host, _alive)  # it was killed before it could record itself
+            self.store.recover_stale(self.host, process_alive)  # it was killed before it could record itself
             iteration = self.store.iteration(iteration.id)
         self._conclude(schedule, child.returncode, iteration, list(tail), stopped=stop_sent is not None)
         self.store.daemon_heartbeat(self.daemon_id, schedule_id=None, note=None)

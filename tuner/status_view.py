@@ -87,11 +87,12 @@ def status_data(store: Any, stale_after_s: float) -> dict[str, Any]:
                 "schedule": it.schedule_id, "started": _iso(it.started_at), "trials_done": done,
                 "heartbeat_age_s": round((now - as_utc(it.heartbeat_at)).total_seconds(), 1) if it.heartbeat_at else None}
                for it, done in store.running_iterations()]
-    queue = sorted((s for s in schedule_rows(store) if s["enabled"] and not s["running"]), key=lambda s: s["next_due"])
+    schedules = schedule_rows(store)
+    queue = sorted((s for s in schedules if s["enabled"] and not s["running"]), key=lambda s: s["next_due"])
     errors = [{"iteration": it.id, "workload": it.workload.name, "status": it.status, "ended": _iso(it.ended_at),
                "error": it.error} for it in store.recent_problems()]
     errors += [{"schedule": s["id"], "status": s["last_result"], "ended": s["last_run"], "error": s["last_error"]}
-               for s in schedule_rows(store) if s["last_error"]]
+               for s in schedules if s["last_error"]]
     return {"store": store.url, "now": _iso(now), "daemons": daemons, "running": running,
             "queue": [{k: s[k] for k in ("id", "workload_file", "cron", "next_due")} for s in queue],
             "errors": errors}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UsageError
+from .processes import die_with_parent
 
 STATUSES = ("ok", "pruned", "oom", "crash", "timeout", "numerics", "invalid", "interrupted")
 TAIL_BYTES = 4000
@@ -105,14 +106,6 @@ def start_early() -> None:
         multiprocessing.forkserver.ensure_running()
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies, so a killed dstune leaves no trial behind."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-
-
 def _forked_child(spec_path: str, result_path: str, out_path: str, err_path: str, env: dict[str, str]) -> None:
     """Runs in the forked child: become a process group, redirect output, apply env, run the worker.
 
@@ -120,7 +113,7 @@ def _forked_child(spec_path: str, result_path: str, out_path: str, err_path: str
     child is then killed too.
     """
     os.setsid()
-    _die_with_parent()
+    die_with_parent()
     for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
                             (2, err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
         opened = os.open(path, flags, 0o600)
@@ -176,7 +169,7 @@ def _run_exec(paths: list[str], env: dict[str, str], timeout_s: float) -> tuple[
         proc = subprocess.Popen(
             [sys.executable, "-m", "dstune.trial_worker", spec_path, result_path],
             stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
         def wait(seconds: float) -> bool:

@@ -49,6 +49,7 @@ from .measure import MeasureSettings
 from .numerics import GuardSettings, check_overrides, trial_tolerance
 from .plan import Incumbent, adapt_config, copy_trials, diff_facts
 from .plugin_manager import call_impl, plugin_manager
+from .processes import process_alive
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, config_key, create_study, enqueue_seeds, tell
 from .selection import SelectionPolicy
 from .trial_runner import TrialOutcome, run_in_subprocess
@@ -202,16 +203,6 @@ def _tagged(knob: Knob, plugin: str) -> Knob:
     return dataclasses.replace(knob, plugin=plugin)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        pass
-    return True
-
-
 def _invalid_reason(pm: Any, config: Config, ctx: TuneContext) -> str | None:
     """Why plugins refuse ``config``; a plugin that raises refuses it too, and is named."""
     reasons = []
@@ -231,7 +222,7 @@ class Iteration:
     def __init__(self, options: RunOptions, reporter: Reporter, device: Device) -> None:
         from dstune.store import Store
 
-        self.options, self.reporter, self.device = options, reporter, device
+        self.options, self.reporter = options, reporter
         self.gate = IdleGate(device, options.gate) if options.gate else None
         self._beating = threading.Event()
         self.store = Store(options.db)
@@ -268,7 +259,7 @@ class Iteration:
         self.memory_budget = parse_memory_budget(options.memory_budget, ctx.device_memory)
         self.defaults, checklist = default_config(knobs), checklist_config(knobs)
 
-        for stale in store.recover_stale(self.host, _process_alive):
+        for stale in store.recover_stale(self.host, process_alive):
             self.reporter.message(f"[warning] iteration {stale} was left running by a dstune process that died; "
                                   "it is now marked interrupted (its finished trials are kept)")
         workload_id = store.workload_id(ctx.workload, str(options.workload_file.resolve()))
@@ -437,8 +428,6 @@ class Iteration:
             except DeviceBusy:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise
-            elapsed = time.monotonic() - self.started
-            available = options.budget_s - elapsed - self._check_reserve(eager_durations, costly_steady, pair)
             self.reporter.trial_started(done + 1, config, seed_kind)
             self.in_flight = store.begin_trial(self.iteration_id, number=trial.number, seed_kind=seed_kind,
                                                config=config, host=self.host,
