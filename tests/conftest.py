@@ -15,7 +15,7 @@ import torch
 
 from dstune.context import TuneContext
 from dstune.knobs import default_config
-from dstune.measure import MeasureSettings
+from dstune.measure_settings import MeasureSettings
 from dstune.numerics import GuardSettings
 from dstune.plugin_manager import plugin_manager
 from dstune.trial_runner import TrialOutcome, run_in_subprocess
@@ -93,3 +93,57 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | N
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run([sys.executable, "-m", "dstune", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``dstune ARGS`` in this process (the quick commands; a run or a daemon gets a process of its own).
+
+    Returns the exit code, stdout, and stderr with its line wrapping undone.
+    """
+    from dstune.cli import main
+
+    argv, sys.argv = sys.argv, ["dstune", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, " ".join(err.split())
+
+
+QUICK_RUN = ("--window-time", "0.05", "--windows", "3", "--max-warmup", "2", "--disable-plugin", "compile")
+
+
+@pytest.fixture(scope="session")
+def weekly_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    """Three real iterations of the observe workload, its source changed before the third.
+
+    Several tests read this history (history, show, export, rollback, the
+    report, Optuna's view of the studies); each copies the database first
+    with :func:`copy_store`, so none sees another's writes.
+    Returns the database, the workload file, and each run's stdout.
+    """
+    folder = tmp_path_factory.mktemp("weekly")
+    workload = folder / "observe.py"
+    workload.write_text((WORKLOADS / "observe.py").read_text())
+    db = folder / "weekly.db"
+    args = ("run", str(workload), "--workload", "observe", "--db", str(db), "--trials", "3", "--check-repeats", "3",
+            *QUICK_RUN)
+    outputs = []
+    for week in range(3):
+        if week == 2:  # the workload's source changed between the 2nd and 3rd iteration
+            workload.write_text(workload.read_text() + "\n# tweaked\n")
+        result = run_cli(*args, cwd=folder)
+        assert result.returncode == 0, result.stdout + result.stderr
+        outputs.append(result.stdout)
+    return db, workload, outputs
+
+
+def copy_store(source: Path, target: Path) -> Path:
+    """A consistent copy of a SQLite store (SQLite's backup API, so the WAL is included)."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    return target

@@ -19,9 +19,7 @@ from typing import Callable
 import pytest
 from croniter import croniter
 
-from dstune.cli import main
-
-from .conftest import WORKLOADS, db_rows
+from .conftest import WORKLOADS, cli_in_process, db_rows
 
 PACED = str(WORKLOADS / "paced.py")
 FAST_RUN = ("--trials", "2", "--check-repeats", "2", "--windows", "2", "--window-time", "0.05",
@@ -39,22 +37,8 @@ def _wait_for(predicate: Callable[[], object], timeout: float, what: str, log: P
     raise AssertionError(f"timed out waiting for {what}" + (f"; daemon log:\n{log.read_text()[-3000:]}" if log else ""))
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``dstune ARGS`` in this process (the quick commands; a run or a daemon gets a process of its own)."""
-    argv, sys.argv = sys.argv, ["dstune", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, " ".join(err.split())
-
-
 def _add(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> int:
-    code, out, err = _cli(capsys, "schedule", "add", PACED, "--db", str(db), *args)
+    code, out, err = cli_in_process(capsys, "schedule", "add", PACED, "--db", str(db), *args)
     assert code == 0, out + err
     return int(out.split()[1].rstrip(":"))
 
@@ -118,27 +102,27 @@ def test_schedule_add_refuses_what_would_fail_later_and_list_pause_resume_remove
         ("--cron", "0 3 * * 0", "--schedule-id", "4"): "--schedule-id cannot be part of a schedule",
     }
     for args, message in refused.items():
-        code, out, err = _cli(capsys, "schedule", "add", PACED, "--db", str(db), *args)
+        code, out, err = cli_in_process(capsys, "schedule", "add", PACED, "--db", str(db), *args)
         assert code == 2 and message in err, (args, out, err)
-    code, _, err = _cli(capsys, "schedule", "add", str(tmp_path / "gone.py"), "--db", str(db), "--cron", "0 3 * * 0")
+    code, _, err = cli_in_process(capsys, "schedule", "add", str(tmp_path / "gone.py"), "--db", str(db), "--cron", "0 3 * * 0")
     assert code == 2 and "gone.py does not exist" in err
-    assert json.loads(_cli(capsys, "schedule", "list", "--db", str(db), "--json")[1]) == [], "nothing refused was stored"
+    assert json.loads(cli_in_process(capsys, "schedule", "list", "--db", str(db), "--json")[1]) == [], "nothing refused was stored"
 
     first = _add(capsys, db, "--cron", "0 3 * * 0", "--timezone", "Europe/Berlin", "--budget", "30m")
     second = _add(capsys, db, "--cron", "30 2 * * *", "--gpu", "1")
-    rows = {row["id"]: row for row in json.loads(_cli(capsys, "schedule", "list", "--db", str(db), "--json")[1])}
+    rows = {row["id"]: row for row in json.loads(cli_in_process(capsys, "schedule", "list", "--db", str(db), "--json")[1])}
     due = datetime.strptime(rows[first]["next_due"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
     berlin = due.astimezone(ZoneInfo("Europe/Berlin"))
     assert due > datetime.now(timezone.utc) and (berlin.weekday(), berlin.hour, berlin.minute) == (6, 3, 0)
     assert rows[first]["run_args"] == ["--budget", "30m"] and rows[second]["gpu"] == "1"
-    assert _cli(capsys, "schedule", "pause", str(first), "--db", str(db))[0] == 0
-    table = _cli(capsys, "schedule", "list", "--db", str(db))[1]
+    assert cli_in_process(capsys, "schedule", "pause", str(first), "--db", str(db))[0] == 0
+    table = cli_in_process(capsys, "schedule", "list", "--db", str(db))[1]
     assert "paused" in table and "enabled" in table
-    assert _cli(capsys, "schedule", "resume", str(first), "--db", str(db))[0] == 0
-    assert _cli(capsys, "schedule", "remove", str(second), "--db", str(db))[0] == 0
-    code, _, err = _cli(capsys, "schedule", "pause", str(second), "--db", str(db))
+    assert cli_in_process(capsys, "schedule", "resume", str(first), "--db", str(db))[0] == 0
+    assert cli_in_process(capsys, "schedule", "remove", str(second), "--db", str(db))[0] == 0
+    code, _, err = cli_in_process(capsys, "schedule", "pause", str(second), "--db", str(db))
     assert code == 2 and f"no schedule {second}" in err
-    listed = json.loads(_cli(capsys, "schedule", "list", "--db", str(db), "--json")[1])
+    listed = json.loads(cli_in_process(capsys, "schedule", "list", "--db", str(db), "--json")[1])
     assert [(r["id"], r["enabled"]) for r in listed] == [(first, True)]
 
 
@@ -221,7 +205,7 @@ def test_two_daemons_on_one_gpu_run_a_missed_and_a_due_schedule_once_each_never_
                   "both runs to end", serving_log)
         time.sleep(3)  # three more polls: a second run of either would have been claimed by now
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        status = json.loads(_cli(capsys, "status", "--db", str(db), "--json")[1])
+        status = json.loads(cli_in_process(capsys, "status", "--db", str(db), "--json")[1])
     finally:
         serving.send_signal(signal.SIGTERM)
         code = serving.wait(timeout=15)

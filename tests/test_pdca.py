@@ -21,9 +21,7 @@ from dstune.plugin_manager import plugin_manager
 from dstune.trial_runner import run_in_subprocess
 from dstune.tuning_run import RunOptions, applicable_knobs, trial_spec
 
-from .conftest import FAST, WORKLOADS, db_rows, probed, run_cli
-
-QUICK = ("--window-time", "0.05", "--windows", "3", "--max-warmup", "2", "--disable-plugin", "compile")
+from .conftest import FAST, QUICK_RUN as QUICK, WORKLOADS, copy_store, db_rows, probed, run_cli
 
 
 def test_aa_check_promotes_at_most_once_in_20():
@@ -69,18 +67,9 @@ def test_injected_slowdown_is_flagged_as_a_regression_every_time(tmp_path):
     assert db_rows(Path(db), "select reason from dstune_applied") == [("baseline",)]
 
 
-def test_three_weekly_iterations_history_show_export_rollback(tmp_path):
-    workload = tmp_path / "observe.py"
-    workload.write_text((WORKLOADS / "observe.py").read_text())
-    db = str(tmp_path / "weekly.db")
-    args = ("run", str(workload), "--workload", "observe", "--db", db, "--trials", "3", "--check-repeats", "3", *QUICK)
-    outputs = []
-    for week in range(3):
-        if week == 2:  # the workload's source changed between the 2nd and 3rd iteration
-            workload.write_text(workload.read_text() + "\n# tweaked\n")
-        result = run_cli(*args, cwd=tmp_path)
-        assert result.returncode == 0, result.stdout + result.stderr
-        outputs.append(result.stdout)
+def test_three_weekly_iterations_history_show_export_rollback(tmp_path, weekly_store):
+    weekly_db, _, outputs = weekly_store
+    db = str(copy_store(weekly_db, tmp_path / "weekly.db"))
     assert "first iteration" in outputs[0]
     assert "environment unchanged since iteration 1" in outputs[1] and "warm-start" in outputs[1]
     assert "environment changed since iteration 2" in outputs[2] and "workload_source:" in outputs[2]

@@ -8,7 +8,6 @@ what it had; a run deferred because its device stayed locked or busy exits 75.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -47,26 +46,28 @@ MAX_DELAY_OPTION = typer.Option("2h", "--max-delay", help="Give up waiting for a
 
 @app.command()
 def run(
+    ctx: typer.Context,
     workload_file: Path = typer.Argument(..., help="Python file defining a @dstune.workload."),
     workload: Optional[str] = typer.Option(None, "--workload", "-w", help="Which workload, if the file has several."),
-    db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path (default $DSTUNE_DB or ./dstune.db)."),
-    trials: int = typer.Option(30, "--trials", "-n", min=1, help="Most trials to run."),
-    budget: str = typer.Option("15m", "--budget", help="Wall-time budget, e.g. 90s, 15m, 1h."),
-    trial_timeout: str = typer.Option("10m", "--trial-timeout", help="Kill a trial after this long."),
-    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Peak memory allowed: a size (20GiB) or a fraction of device memory (0.8). Default 0.9."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sampler and of the workload's RNG."),
-    disable_plugin: List[str] = typer.Option([], "--disable-plugin", help="Leave a plugin out (repeatable)."),
+    db: Optional[str] = typer.Option(None, "--db", envvar="DSTUNE_DB", help="SQLAlchemy URL or SQLite path (default ./dstune.db)."),
+    trials: int = typer.Option(30, "--trials", "-n", min=1, envvar="DSTUNE_TRIALS", help="Most trials to run."),
+    budget: str = typer.Option("15m", "--budget", envvar="DSTUNE_BUDGET", help="Wall-time budget, e.g. 90s, 15m, 1h."),
+    trial_timeout: str = typer.Option("10m", "--trial-timeout", envvar="DSTUNE_TRIAL_TIMEOUT", help="Kill a trial after this long."),
+    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", envvar="DSTUNE_MEMORY_BUDGET", help="Peak memory allowed: a size (20GiB) or a fraction of device memory (0.8). Default 0.9."),
+    seed: int = typer.Option(0, "--seed", envvar="DSTUNE_SEED", help="Seed of the sampler and of the workload's RNG."),
+    disable_plugin: List[str] = typer.Option([], "--disable-plugin", envvar="DSTUNE_DISABLE_PLUGINS", help="Leave a plugin out (repeatable)."),
     strict_plugins: bool = typer.Option(False, "--strict-plugins", help="Fail when a plugin fails to load or raises while declaring its knobs or model facts (default: leave it out with a warning)."),
-    only: List[str] = typer.Option([], "--only", help="Tune only these knobs (repeatable or comma-separated); the others keep the incumbent's values."),
+    only: List[str] = typer.Option([], "--only", envvar="DSTUNE_ONLY", help="Tune only these knobs (repeatable or comma-separated); the others keep the incumbent's values."),
+    exclude: List[str] = typer.Option([], "--exclude", envvar="DSTUNE_EXCLUDE", help="Never tune these knobs (repeatable or comma-separated); they keep the incumbent's values."),
     numerics_guard: bool = typer.Option(True, "--numerics-guard/--no-numerics-guard", help="Compare each trial's first loss or output with an fp32 eager reference."),
     tolerance: List[str] = typer.Option([], "--tolerance", help="Numerics tolerance: KNOB:VALUE=REL (e.g. precision:bf16=0.1) or base=REL (repeatable)."),
     study: Optional[str] = typer.Option(None, "--study", help="Optuna study name (default WORKLOAD-itN)."),
-    windows: int = typer.Option(5, "--windows", min=2, help="Timed windows per trial."),
-    window_time: float = typer.Option(0.5, "--window-time", min=0.01, help="Seconds per timed window (at least)."),
+    windows: int = typer.Option(5, "--windows", min=2, envvar="DSTUNE_WINDOWS", help="Timed windows per trial."),
+    window_time: float = typer.Option(0.5, "--window-time", min=0.01, envvar="DSTUNE_WINDOW_TIME", help="Seconds per timed window (at least)."),
     max_warmup: float = typer.Option(60.0, "--max-warmup", min=0.1, help="Most seconds of warm-up per trial."),
-    select: str = typer.Option("max-throughput", "--select", help="Challenger policy: max-throughput, knee, or weighted:throughput=1,memory=0.5,energy=0."),
-    check_repeats: int = typer.Option(5, "--check-repeats", min=2, help="Interleaved rounds of incumbent and challenger in the check."),
-    min_gain: float = typer.Option(0.02, "--min-gain", min=0.0, max=1.0, help="Promote only when the 95% CI's lower bound exceeds 1 + this."),
+    select: str = typer.Option("max-throughput", "--select", envvar="DSTUNE_SELECT", help="Challenger policy: max-throughput, knee, or weighted:throughput=1,memory=0.5,energy=0."),
+    check_repeats: int = typer.Option(5, "--check-repeats", min=2, envvar="DSTUNE_CHECK_REPEATS", help="Interleaved rounds of incumbent and challenger in the check."),
+    min_gain: float = typer.Option(0.02, "--min-gain", min=0.0, max=1.0, envvar="DSTUNE_MIN_GAIN", help="Promote only when the 95% CI's lower bound exceeds 1 + this."),
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 3 when the incumbent regressed (for CI and cron)."),
     lock_timeout: Optional[str] = typer.Option(None, "--lock-timeout", help="Give up (exit 75) when another run holds this device longer than this (default: wait)."),
     wait_idle: bool = typer.Option(False, "--wait-idle/--no-wait-idle", help="Before each trial, wait until the device has been free of foreign work for --idle-window."),
@@ -78,35 +79,18 @@ def run(
     """One Plan-Do-Check-Act iteration of WORKLOAD_FILE: trials, check against the incumbent, promote or keep."""
     if not workload_file.is_file():
         raise UsageError(f"workload file {workload_file} does not exist. Give the path of a Python file that defines a @dstune.workload function.")
+    from .run_options import resolve
+    from .workload_loader import check_syntax
+
+    check_syntax(workload_file)
+    options = resolve(ctx).options  # values (and the config file) are checked before anything starts
     from .trial_runner import start_early
 
     start_early()  # the fork server imports torch while this process imports the rest
     from .display import ConsoleReporter, render_summary
-    from .measure import MeasureSettings
-    from .numerics import parse_tolerances
-    from .selection import parse_policy
     from .summary import summarize
-    from .tuning_run import RunOptions, run_iteration
-    from .idle_gate import GateSettings
-    from .units import parse_duration
+    from .tuning_run import run_iteration
 
-    gate = None
-    if wait_idle:
-        window = parse_duration(idle_window, "--idle-window", allow_zero=True)
-        gate = GateSettings(window_s=window, max_util=idle_util, max_delay_s=parse_duration(max_delay, "--max-delay"),
-                            poll_s=min(1.0, max(0.05, window / 10)))
-    options = RunOptions(
-        workload_file=workload_file, workload_name=workload, db=db, trials=trials,
-        budget_s=parse_duration(budget, "--budget"), trial_timeout_s=parse_duration(trial_timeout, "--trial-timeout"),
-        memory_budget=memory_budget, seed=seed, disabled_plugins=tuple(disable_plugin),
-        strict_plugins=strict_plugins, study_name=study,
-        measure=MeasureSettings(windows=windows, window_s=window_time, max_warmup_s=max_warmup),
-        select=parse_policy(select), check_repeats=check_repeats, min_gain=min_gain,
-        numerics_guard=numerics_guard, tolerances=parse_tolerances(tolerance),
-        only=tuple(name.strip() for value in only for name in value.split(",") if name.strip()),
-        gate=gate, schedule_id=schedule_id,
-        lock_timeout_s=parse_duration(lock_timeout, "--lock-timeout", allow_zero=True) if lock_timeout else None,
-    )
     from .device_lock import DeviceBusy
 
     reporter = ConsoleReporter()
@@ -125,7 +109,7 @@ def run(
         reporter.close()
     from dstune.store import Store
 
-    render_summary(reporter.console, summarize(Store(db), result.iteration_id), result.stop_reason)
+    render_summary(reporter.console, summarize(Store(options.db), result.iteration_id), result.stop_reason)
     if fail_on_regression and result.decision is not None and result.decision.regression:
         err_console.print("regression detected and --fail-on-regression given: exit 3")
         raise typer.Exit(EXIT_REGRESSION)
@@ -151,12 +135,24 @@ def _interrupt_on_sigterm() -> None:
 DB_OPTION = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path (default $DSTUNE_DB or ./dstune.db).")
 
 
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON (for scripts and dashboards).")
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
 @app.command()
 def show(
     workload: str = typer.Argument(..., help="Workload name (as in `dstune history`)."),
     db: Optional[str] = DB_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """The incumbent: its configuration, numbers, since when and why; and the latest Pareto front."""
+    if as_json:
+        from .records import show_record
+
+        return _print_json(show_record(_store(db), workload))
     from .history_view import render_show
 
     render_show(Console(), _store(db), workload)
@@ -166,11 +162,33 @@ def show(
 def history(
     workload: str = typer.Argument(..., help="Workload name."),
     db: Optional[str] = DB_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """One row per iteration: environment changes, trials, challenger, decision, speed-up with its 95% CI."""
+    if as_json:
+        from .records import history_records
+
+        return _print_json(history_records(_store(db), workload))
     from .history_view import render_history
 
     render_history(Console(), _store(db), workload)
+
+
+@app.command()
+def report(
+    workload: str = typer.Argument(..., help="Workload name."),
+    output: Path = typer.Option(Path("dstune-report.html"), "--output", "-o", help="The HTML file to write."),
+    iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration whose trials to show (default: the latest completed)."),
+    color_by: Optional[str] = typer.Option(None, "--color-by", help="Knob that colours the Pareto plot (default: precision, else compile)."),
+    db: Optional[str] = DB_OPTION,
+) -> None:
+    """Write one self-contained HTML file: Pareto front, knob importance, history, environment changes, trials."""
+    from .report import write_report
+
+    info = write_report(_store(db), workload, output, iteration, color_by)
+    Console().print(f"wrote {info.path} ({info.size_bytes / 2**20:.1f} MiB): {info.workload}, iteration "
+                    f"{info.iteration_id} ({info.trials} trials), {info.iterations} iteration(s) of history; "
+                    "opens offline in any browser", highlight=False)
 
 
 @app.command()
@@ -206,35 +224,66 @@ def rollback(
 def _store(db: str | None):  # type: ignore[no-untyped-def]
     from dstune.store import Store
 
-    return Store(db)
+    from .config_file import default_db
+
+    return Store(default_db(db))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def config(
+    ctx: typer.Context,
+    workload_file: Optional[Path] = typer.Argument(None, help="The workload whose config file to read (default: look from the current folder)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Show the settings `dstune run` would use and where each comes from: command line > env > file > default.
+
+    Any further options are `dstune run` options, as you would give them to the run.
+    """
+    from .config_file import ENV_VARS, FILE_KEYS
+    from .run_options import resolve
+
+    run_command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
+    target = workload_file if workload_file is not None else Path.cwd() / "WORKLOAD.py"
+    try:
+        with run_command.make_context("dstune run", [str(target), *ctx.args]) as run_ctx:
+            resolved = resolve(run_ctx)
+    except Exception as exc:  # click's parse errors (typer vendors click, so no import names them)
+        if not hasattr(exc, "format_message"):
+            raise
+        raise UsageError(f"{exc.format_message().rstrip('.')}. Give options that `dstune run --help` lists.") from None
+    rows = [{"setting": key, "value": resolved.params[param], "source": resolved.sources[param],
+             "env": ENV_VARS[param]} for key, param in FILE_KEYS.items()]
+    if as_json:
+        return _print_json({"file": str(resolved.file) if resolved.file else None, "settings": rows})
+    console = Console()
+    console.print(f"config file: {resolved.file or 'none found (dstune.toml, or [tool.dstune] in pyproject.toml)'}",
+                  highlight=False)
+    table = Table(title="dstune run settings (command line > env > file > default)", title_justify="left")
+    for col in ("setting", "value", "from", "env variable"):
+        table.add_column(col)
+    for row in rows:
+        value = row["value"]
+        shown = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        table.add_row(row["setting"], shown or "-", row["source"], row["env"])
+    console.print(table)
 
 
 @app.command()
-def plugins() -> None:
+def plugins(as_json: bool = JSON_OPTION) -> None:
     """List the strategy plugins, their versions and knobs, as they apply on this machine."""
-    import torch
+    from .plugin_catalogue import knob_catalogue
 
-    from .context import TuneContext
-    from .plugin_manager import plugin_manager, plugin_version
-
-    plugin_set = plugin_manager()
-    cuda = torch.cuda.is_available()
-    ctx = TuneContext(workload="-", device="cuda" if cuda else "cpu",
-                      device_name=torch.cuda.get_device_name(0) if cuda else "cpu",
-                      capability=torch.cuda.get_device_capability(0) if cuda else None,
-                      bf16_supported=bool(cuda and torch.cuda.is_bf16_supported()) or not cuda,
-                      cpu_count=os.cpu_count() or 1)
-    table = Table(title=f"dstune plugins ({ctx.device_name})", title_justify="left")
+    device_name, rows, problems = knob_catalogue()
+    if as_json:
+        return _print_json({"device": device_name, "knobs": rows, "problems": problems})
+    table = Table(title=f"dstune plugins ({device_name})", title_justify="left")
     for col in ("plugin", "version", "knob", "choices", "default", "checklist", "applies here"):
         table.add_column(col)
-    for impl in plugin_set.pm.hook.dstune_knobs.get_hookimpls():
-        name = impl.plugin_name
-        for knob in impl.function(ctx=ctx) or []:
-            table.add_row(name, plugin_version(plugin_set.pm, name), knob.name,
-                          ", ".join(map(str, knob.choices)), str(knob.default), str(knob.checklist),
-                          "yes" if knob.applicable(ctx) else "no")
+    for row in rows:
+        table.add_row(row["plugin"], row["version"], row["knob"], ", ".join(map(str, row["choices"])),
+                      str(row["default"]), str(row["checklist"]), "yes" if row["applies"] else "no")
     Console().print(table)
-    for problem in plugin_set.problems:
+    for problem in problems:
         err_console.print(f"[yellow]warning:[/] {problem}")
 
 
@@ -264,14 +313,14 @@ def schedule_add(
 @schedule_app.command("list")
 def schedule_list(
     db: Optional[str] = DB_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """The schedules: next due time, last result, enabled or paused."""
     from .status_view import render_schedules, schedule_rows
 
     rows = schedule_rows(_store(db))
     if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        _print_json(rows)
     else:
         render_schedules(Console(), rows)
 
@@ -343,7 +392,7 @@ def daemon(
 @app.command()
 def status(
     db: Optional[str] = DB_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Daemons (alive by heartbeat), running iterations, the queue of schedules, the last errors."""
     from .daemon import DaemonSettings
@@ -351,7 +400,7 @@ def status(
 
     data = status_data(_store(db), DaemonSettings().stale_after_s)
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        _print_json(data)
     else:
         render_status(Console(), data)
 
@@ -361,5 +410,5 @@ def main() -> None:
     try:
         app()
     except UsageError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)  # paths stay whole
         sys.exit(EXIT_USAGE)

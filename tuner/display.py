@@ -52,17 +52,26 @@ class ConsoleReporter:
             self.task = self.progress.add_task("trials", total=trials, remaining="", best="-", last="")
             self.progress.start()
 
-    def _remaining(self) -> str:
-        left = self.budget_s - (time.monotonic() - self.started_at)
-        return f"{format_duration(max(0.0, left))} left"
+    def _remaining(self, done: int | None = None) -> str:
+        """Budget left and, once a trial has finished, when the trials should end (ETA).
+
+        The ETA is the mean time per trial so far times the trials still to
+        run, capped by the budget: the run stops at whichever comes first.
+        """
+        elapsed = time.monotonic() - self.started_at
+        left = max(0.0, self.budget_s - elapsed)
+        text = f"{format_duration(left)} left"
+        if done:
+            text += f", ETA {format_duration(min(left, elapsed / done * max(0, self.trials - done)))}"
+        return text
 
     def trial_started(self, index: int, config: Config, seed_kind: str) -> None:
         label = f"{seed_kind}: " if seed_kind != "search" else ""
         text = f"{label}{describe_config(config, self.defaults)}"
         if self.progress:
-            self.progress.update(self.task, last=f"running {text}", remaining=self._remaining())
+            self.progress.update(self.task, last=f"running {text}", remaining=self._remaining(index - 1))
         else:
-            self.console.print(f"trial {index}/{self.trials} [{self._remaining()}] {text}", highlight=False)
+            self.console.print(f"trial {index}/{self.trials} [{self._remaining(index - 1)}] {text}", highlight=False)
 
     def trial_finished(self, index: int, outcome: TrialOutcome, best: float | None) -> None:
         m = outcome.metrics
@@ -72,7 +81,7 @@ class ConsoleReporter:
             last = f"{outcome.status}: {(outcome.error or '').strip().splitlines()[-1][:80] if outcome.error else ''}"
         best_text = f"{best:.1f} samples/s" if best else "-"
         if self.progress:
-            self.progress.update(self.task, completed=index, last=last, best=best_text, remaining=self._remaining())
+            self.progress.update(self.task, completed=index, last=last, best=best_text, remaining=self._remaining(index))
         else:
             self.console.print(f"  -> {last} (best {best_text})", highlight=False)
 

@@ -14,19 +14,11 @@ from .errors import UsageError
 from .knobs import describe_config
 from .plan import format_change
 from .production import applied_best
+from .records import iterations_of
 from .search import pareto_front
 from .units import format_bytes
 
 EXPORT_FORMATS = ("json", "env")
-
-
-def _iterations(store: Any, workload: str) -> list[Any]:
-    iterations = list(store.iterations_of(workload))
-    if not iterations:
-        known = ", ".join(store.workload_names()) or "none yet"
-        raise UsageError(f"no workload named {workload!r} in {store.url} (workloads there: {known}). "
-                         "Give a name from that list, or --db for another store.")
-    return iterations
 
 
 def _energy(value: float | None) -> str:
@@ -34,7 +26,7 @@ def _energy(value: float | None) -> str:
 
 
 def render_show(console: Console, store: Any, workload: str) -> None:
-    iterations = _iterations(store, workload)
+    iterations = iterations_of(store, workload)
     current = applied_best(store, workload)
     if current is None:
         console.print(f"[yellow]{workload}: nothing applied yet[/] ({len(iterations)} iteration(s), none completed). "
@@ -74,7 +66,7 @@ def render_history(console: Console, store: Any, workload: str) -> None:
     for col in ("it", "started", "status", "environment changes", "trials", "challenger (vs incumbent)",
                 "decision", "speed-up [95% CI]", "regression"):
         table.add_column(col, overflow="fold")
-    for iteration in _iterations(store, workload):
+    for iteration in iterations_of(store, workload):
         counts = store.status_counts(iteration.id)
         trials = f"{sum(counts.values())} ({counts.get('ok', 0)} ok)"
         if iteration.previous_iteration_id is None:
@@ -96,7 +88,7 @@ def export_text(store: Any, workload: str, fmt: str) -> str:
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}. Use json for "
                          "DSTUNE_CONFIG, env for KEY=VALUE lines.")
-    _iterations(store, workload)
+    iterations_of(store, workload)
     current = applied_best(store, workload)
     if current is None:
         raise UsageError(f"nothing has been applied to {workload!r} yet: no iteration has completed. "
@@ -111,7 +103,7 @@ def export_text(store: Any, workload: str, fmt: str) -> str:
 
 
 def rollback_to(store: Any, workload: str, iteration_id: int) -> str:
-    iterations = _iterations(store, workload)
+    iterations = iterations_of(store, workload)
     completed = [i for i in iterations if i.status == "completed"]
     target = next((i for i in completed if i.id == iteration_id), None)
     if target is None:

@@ -13,13 +13,13 @@ import math
 import resource
 import statistics
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from .composition import Composed
 from .gpu_monitor import GpuMonitor
+from .measure_settings import MeasureSettings
 from .numerics import NumericsError
 
 
@@ -29,22 +29,6 @@ class HopelessTrial(Exception):
     def __init__(self, estimate: float, metrics: dict[str, Any]) -> None:
         super().__init__(f"about {estimate:.1f} samples/s in warm-up, under the pruning threshold")
         self.metrics = metrics
-
-
-@dataclass(frozen=True)
-class MeasureSettings:
-    """How long to warm up and how much to time; shipped to the trial process as JSON."""
-
-    windows: int = 5
-    window_s: float = 0.5
-    min_warmup_steps: int = 3
-    max_warmup_s: float = 60.0
-    steady_tolerance: float = 0.10
-    max_steps_per_window: int = 2000
-    max_timed_s: float = 15.0  # steps slower than a window get fewer windows (never under two)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class _Clock:

@@ -20,9 +20,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from .errors import UsageError
-from .numerics import parse_tolerances
-from .selection import parse_policy
-from .units import parse_duration
 
 RESERVED_OPTIONS = {"--db": "the schedule's runs record in the database that holds the schedule (give --db to "
                             "`schedule add` itself)",
@@ -78,21 +75,16 @@ def check_run_args(run_command: Any, workload_file: Path, args: Sequence[str]) -
         name = arg.split("=", 1)[0]
         if name in RESERVED_OPTIONS:
             raise UsageError(f"{name} cannot be part of a schedule: {RESERVED_OPTIONS[name]}.")
+    from .run_options import resolve
+
     try:
         with run_command.make_context("dstune run", [str(workload_file), *args]) as ctx:
-            params: dict[str, Any] = dict(ctx.params)
+            resolve(ctx)  # the checks `dstune run` makes, with the workload's config file and environment
     except Exception as exc:  # click's parse errors (typer vendors click, so no import names them)
         if not hasattr(exc, "format_message"):
             raise
         raise UsageError(f"the options of this schedule would make `dstune run` fail: {exc.format_message().rstrip('.')}. "
                          "Give options that `dstune run --help` lists.") from None
-    parse_duration(params["budget"], "--budget")
-    parse_duration(params["trial_timeout"], "--trial-timeout")
-    parse_policy(params["select"])
-    parse_tolerances(params["tolerance"])
-    for option in ("idle_window", "max_delay", "lock_timeout"):
-        if params.get(option) is not None:
-            parse_duration(params[option], "--" + option.replace("_", "-"), allow_zero=True)
     return list(args)
 
 

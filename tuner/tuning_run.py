@@ -31,7 +31,7 @@ import statistics
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -43,15 +43,14 @@ from .context import TuneContext
 from .device_lock import Device, DeviceBusy, hold_device, resolve_device
 from .errors import UsageError
 from .fingerprint import fingerprint_hash
-from .idle_gate import GateSettings, IdleGate
+from .idle_gate import IdleGate
 from .knobs import Config, Knob, checklist_config, default_config
-from .measure import MeasureSettings
 from .numerics import GuardSettings, check_overrides, trial_tolerance
 from .plan import Incumbent, adapt_config, copy_trials, diff_facts
 from .plugin_manager import call_impl, plugin_manager
 from .processes import process_alive
+from .run_options import RunOptions
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, config_key, create_study, enqueue_seeds, tell
-from .selection import SelectionPolicy
 from .trial_runner import TrialOutcome, run_in_subprocess
 from .units import parse_memory_budget
 
@@ -64,31 +63,6 @@ CHECK_RESERVE_FACTOR = 1.25
 MAX_INVALID_STREAK = 20  # configurations refused in a row before the trials stop (a plugin refusing everything)
 MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tenth of the budget)
 HEARTBEAT_S = 10.0  # how often a running iteration says it is alive (see Store.recover_stale)
-
-
-@dataclass
-class RunOptions:
-    workload_file: Path
-    workload_name: str | None = None
-    db: str | None = None
-    trials: int = 30
-    budget_s: float = 15 * 60
-    trial_timeout_s: float = 600.0
-    memory_budget: str | None = None
-    seed: int = 0
-    disabled_plugins: tuple[str, ...] = ()
-    strict_plugins: bool = False
-    study_name: str | None = None
-    measure: MeasureSettings = field(default_factory=MeasureSettings)
-    select: SelectionPolicy = field(default_factory=lambda: SelectionPolicy("max-throughput"))
-    check_repeats: int = 5
-    min_gain: float = 0.02
-    numerics_guard: bool = True
-    tolerances: dict[str, float] = field(default_factory=dict)
-    only: tuple[str, ...] = ()
-    gate: GateSettings | None = None  # wait for an idle device before each trial (the daemon's runs)
-    lock_timeout_s: float | None = None  # give up waiting for the device lock after this long (None: never)
-    schedule_id: int | None = None  # the schedule a daemon ran this iteration for
 
 
 class Reporter(Protocol):
@@ -187,15 +161,17 @@ def applicable_knobs(pm: Any, ctx: TuneContext, problems: list[str] | None = Non
     return knobs
 
 
-def pin_except(knobs: Sequence[Knob], only: Sequence[str], values: Config) -> list[Knob]:
-    """The knobs with all but those named in ``only`` fixed at ``values`` (``--only``)."""
+def pin_except(knobs: Sequence[Knob], only: Sequence[str], exclude: Sequence[str], values: Config) -> list[Knob]:
+    """The knobs with those not in ``only`` (when given) or in ``exclude`` fixed at ``values``."""
     names = {k.name for k in knobs}
-    unknown = [name for name in only if name not in names]
-    if unknown:
-        raise UsageError(f"--only {' '.join(unknown)}: no such knob applies to this workload here. "
-                         f"Knobs that apply: {', '.join(sorted(names))}.")
-    return [k if k.name in only else dataclasses.replace(k, choices=(values[k.name],), default=values[k.name],
-                                                          checklist=values[k.name], costly=(), active=None)
+    for option, listed in (("--only", only), ("--exclude", exclude)):
+        unknown = [name for name in listed if name not in names]
+        if unknown:
+            raise UsageError(f"{option} {' '.join(unknown)}: no such knob applies to this workload here. "
+                             f"Knobs that apply: {', '.join(sorted(names))}.")
+    tuned = (set(only) or names) - set(exclude)
+    return [k if k.name in tuned else dataclasses.replace(k, choices=(values[k.name],), default=values[k.name],
+                                                           checklist=values[k.name], costly=(), active=None)
             for k in knobs]
 
 
@@ -267,8 +243,8 @@ class Iteration:
         previous = store.last_iteration(ctx.workload, before=2**62)
         diff = diff_facts(previous.environment.facts if previous and previous.environment else None, environment)
         self.incumbent = incumbent = self._incumbent()
-        if options.only:
-            knobs = pin_except(knobs, options.only, incumbent.config)
+        if options.only or options.exclude:
+            knobs = pin_except(knobs, options.only, options.exclude, incumbent.config)
             checklist = {**checklist_config(knobs)}
         self.space = SearchSpace(tuple(knobs))
         past = [m.metrics.get("duration_s") for m in store.measurements(previous.id)] if previous else []
@@ -283,7 +259,7 @@ class Iteration:
             options={"trials": options.trials, "budget_s": options.budget_s, "seed": options.seed,
                      "trial_timeout_s": options.trial_timeout_s, "disabled_plugins": list(options.disabled_plugins),
                      "check_repeats": options.check_repeats, "min_gain": options.min_gain,
-                     "only": list(options.only), "numerics_guard": options.numerics_guard,
+                     "only": list(options.only), "exclude": list(options.exclude), "numerics_guard": options.numerics_guard,
                      "tolerances": options.tolerances},
             previous_iteration_id=previous.id if previous else None, fingerprint_diff=diff,
             incumbent_config=incumbent.config, incumbent_source=incumbent.source, select_policy=str(options.select),

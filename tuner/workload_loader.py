@@ -84,3 +84,19 @@ def select_workload(path: str | Path, name: str | None) -> WorkloadDef:
             "Choose one with --workload NAME."
         )
     return next(iter(found.values()))
+
+
+def check_syntax(file: Path) -> None:
+    """Refuse a workload file that does not parse, at once and without running any of it.
+
+    Compiling is not importing: no module-level code runs, so the
+    orchestrating process may do it, and a typo costs no torch start-up.
+    """
+    try:
+        compile(file.read_bytes(), str(file), "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise UsageError(
+            f"workload file {exc.filename or file}:{exc.lineno} has a syntax error: {exc.msg}. Fix that line and run again."
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"workload file {file} cannot be read ({exc}). Give a readable Python file.") from None

@@ -1,0 +1,28 @@
+"""How a trial is timed: warm-up and timed windows (kept apart from :mod:`dstune.measure`).
+
+The orchestrating process builds these settings and ships them to trial
+processes as JSON; it must not import torch to do so (it never touches the
+device, and importing torch costs it seconds), so they live here, not beside
+the timing code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How long to warm up and how much to time; shipped to the trial process as JSON."""
+
+    windows: int = 5
+    window_s: float = 0.5
+    min_warmup_steps: int = 3
+    max_warmup_s: float = 60.0
+    steady_tolerance: float = 0.10
+    max_steps_per_window: int = 2000
+    max_timed_s: float = 15.0  # steps slower than a window get fewer windows (never under two)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

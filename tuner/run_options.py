@@ -1,0 +1,122 @@
+"""What one ``dstune run`` was asked to do, checked once and shared by every way of asking.
+
+``dstune run``, ``dstune schedule add`` (which must refuse now what a run
+would refuse at 03:00 on Sunday) and ``dstune config`` all turn the same
+parsed parameters into :class:`RunOptions` here.  A value that came from the
+environment or a config file is named by where it came from, not by a flag
+the user never typed.  Nothing here imports torch: the orchestrating process
+never needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+from .errors import UsageError
+from .idle_gate import GateSettings
+from .measure_settings import MeasureSettings
+from .numerics import parse_tolerances
+from .selection import SelectionPolicy, parse_policy
+from .units import parse_duration
+
+
+@dataclass
+class RunOptions:
+    workload_file: Path
+    workload_name: str | None = None
+    db: str | None = None
+    trials: int = 30
+    budget_s: float = 15 * 60
+    trial_timeout_s: float = 600.0
+    memory_budget: str | None = None
+    seed: int = 0
+    disabled_plugins: tuple[str, ...] = ()
+    strict_plugins: bool = False
+    study_name: str | None = None
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
+    select: SelectionPolicy = field(default_factory=lambda: SelectionPolicy("max-throughput"))
+    check_repeats: int = 5
+    min_gain: float = 0.02
+    numerics_guard: bool = True
+    tolerances: dict[str, float] = field(default_factory=dict)
+    only: tuple[str, ...] = ()  # tune only these knobs
+    exclude: tuple[str, ...] = ()  # never tune these knobs
+    gate: GateSettings | None = None  # wait for an idle device before each trial (the daemon's runs)
+    lock_timeout_s: float | None = None  # give up waiting for the device lock after this long (None: never)
+    schedule_id: int | None = None  # the schedule a daemon ran this iteration for
+
+
+def knob_names(values: Any) -> tuple[str, ...]:
+    """Knob names from repeated options and comma-separated lists alike."""
+    return tuple(dict.fromkeys(name.strip() for value in values or () for name in str(value).split(",") if name.strip()))
+
+
+T = TypeVar("T")
+
+
+def _named(where: Callable[[str], str], name: str, flag: str, check: Callable[[], T]) -> T:
+    """Run a check whose message names ``flag``; say where the value came from when that was not the flag."""
+    try:
+        return check()
+    except UsageError as exc:
+        if where(name) == flag:
+            raise
+        raise UsageError(f"{where(name)}: {exc}") from None
+
+
+def options_from_params(params: Mapping[str, Any], label: Callable[[str], str] | None = None) -> RunOptions:
+    """Check and convert the ``run`` command's parameters; ``label(name)`` says where a value came from."""
+    where = label or (lambda name: "--" + name.replace("_", "-"))
+    gate = None
+    if params["wait_idle"]:
+        window = parse_duration(params["idle_window"], where("idle_window"), allow_zero=True)
+        gate = GateSettings(window_s=window, max_util=params["idle_util"],
+                            max_delay_s=parse_duration(params["max_delay"], where("max_delay")),
+                            poll_s=min(1.0, max(0.05, window / 10)))
+    lock_timeout = params.get("lock_timeout")
+    return RunOptions(
+        workload_file=Path(params["workload_file"]), workload_name=params["workload"], db=params["db"],
+        trials=params["trials"], budget_s=parse_duration(params["budget"], where("budget")),
+        trial_timeout_s=parse_duration(params["trial_timeout"], where("trial_timeout")),
+        memory_budget=params["memory_budget"], seed=params["seed"],
+        disabled_plugins=knob_names(params["disable_plugin"]), strict_plugins=params["strict_plugins"],
+        study_name=params["study"],
+        measure=MeasureSettings(windows=params["windows"], window_s=params["window_time"],
+                                max_warmup_s=params["max_warmup"]),
+        select=_named(where, "select", "--select", lambda: parse_policy(params["select"])), check_repeats=params["check_repeats"], min_gain=params["min_gain"],
+        numerics_guard=params["numerics_guard"], tolerances=_named(where, "tolerance", "--tolerance", lambda: parse_tolerances(params["tolerance"])),
+        only=knob_names(params["only"]), exclude=knob_names(params["exclude"]), gate=gate,
+        schedule_id=params.get("schedule_id"),
+        lock_timeout_s=parse_duration(lock_timeout, where("lock_timeout"), allow_zero=True) if lock_timeout else None,
+    )
+
+
+@dataclass
+class ResolvedRun:
+    """A run's options, and where each setting a file could give came from (``dstune config`` prints it)."""
+
+    options: RunOptions
+    params: dict[str, Any]
+    sources: dict[str, str]
+    file: Path | None
+
+
+def resolve(ctx: Any) -> ResolvedRun:
+    """Merge a parsed ``run`` command (click context) with its config file and environment, then check it."""
+    from .config_file import ENV_VARS, find_settings, merge
+
+    settings = find_settings(Path(ctx.params["workload_file"]).parent)
+    params, sources = merge(ctx, settings)
+
+    def where(name: str) -> str:
+        source = sources.get(name, "")
+        if source.startswith("env "):
+            return ENV_VARS[name]
+        if settings.path is not None and source.startswith(str(settings.path)):
+            return settings.where(name)
+        return "--" + name.replace("_", "-")
+
+    return ResolvedRun(options=options_from_params(params, where), params=params, sources=sources,
+                       file=settings.path)
