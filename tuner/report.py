@@ -87,9 +87,12 @@ def importances(store: Any, study_name: str) -> tuple[dict[str, float], str]:
         return {}, f"{len(complete)} finished trial(s) in study {study_name!r}; importance needs at least " \
                    f"{MIN_IMPORTANCE_TRIALS}"
     evaluator = PedAnovaImportanceEvaluator(target_quantile=IMPORTANCE_QUANTILE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PED-ANOVA warns that it ranks low targets first: the sign is ours
-        values = get_param_importances(study, evaluator=evaluator, target=lambda t: -t.values[0])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PED-ANOVA warns that it ranks low targets first: the sign is ours
+            values = get_param_importances(study, evaluator=evaluator, target=lambda t: -t.values[0])
+    except (ValueError, RuntimeError) as exc:  # e.g. every knob was fixed, so there is nothing to rank
+        return {}, f"Optuna could not rank the knobs of study {study_name!r}: {exc}"
     note = (f"PED-ANOVA (Optuna) on samples/s over {len(complete)} finished trials of study {study_name!r}: how "
             f"differently each knob is distributed in the fastest {IMPORTANCE_QUANTILE:.0%} than in all trials")
     return dict(values), note
