@@ -7,6 +7,7 @@ written by a newer dstune, is refused with a clear error and left untouched.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -25,12 +26,20 @@ DEFAULT_DB = "./dstune.db"
 BUSY_TIMEOUT_S = 60
 
 
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def resolve_url(db: str | None) -> str:
     """``--db`` beats ``DSTUNE_DB`` beats ``./dstune.db``; a bare path means SQLite."""
     value = db or os.environ.get("DSTUNE_DB") or DEFAULT_DB
     if "://" not in value:
         value = "sqlite:///" + str(Path(value).expanduser())
     try:
+        parsed = make_url(value)
+        if parsed.drivername == "postgresql" and _installed("psycopg") and not _installed("psycopg2"):
+            # SQLAlchemy's default PostgreSQL driver is psycopg2; dstune installs psycopg 3 (`dstune[postgres]`).
+            value = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
         make_url(value).get_dialect()
     except NoSuchModuleError:
         raise UsageError(
@@ -120,7 +129,7 @@ def _create_tables(engine: Engine) -> None:
 
 def init_schema(engine: Engine, url: str) -> None:
     """Create missing tables, migrate older schemas; refuse databases from a newer schema."""
-    where = _sqlite_path(url) or url
+    where = _sqlite_path(url) or make_url(url).render_as_string(hide_password=True)
     try:
         tables = set(inspect(engine).get_table_names())
         found = SCHEMA_VERSION

@@ -12,7 +12,7 @@ from typing import Callable
 
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, String, Text, inspect
+from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Float, Integer, String, Text, inspect
 from sqlalchemy.engine import Connection
 
 
@@ -48,7 +48,31 @@ def _to_4(op: Operations, connection: Connection) -> None:
                                                       Column("schedule_id", Integer)])
 
 
-STEPS: dict[int, Callable[[Operations, Connection], None]] = {2: _to_2, 3: _to_3, 4: _to_4}
+BYTE_COLUMNS = {
+    "dstune_iterations": ("memory_budget_bytes",),
+    "dstune_trials": ("peak_memory_bytes", "peak_allocated", "peak_reserved"),
+    "dstune_measurements": ("peak_memory_bytes",),
+    "dstune_applied": ("peak_memory_bytes",),
+}
+
+
+def _to_5(op: Operations, connection: Connection) -> None:
+    """Schema 5: byte counts are 64-bit, as a GPU's memory is.
+
+    SQLite's INTEGER already holds 64 bits, so only other databases
+    (PostgreSQL's INTEGER is 32-bit: 2 GiB) have their columns widened;
+    widening a column that is already BIGINT changes nothing.
+    """
+    if connection.dialect.name == "sqlite":
+        return
+    present = set(inspect(connection).get_table_names())
+    for table, columns in BYTE_COLUMNS.items():
+        if table in present:
+            for column in columns:
+                op.alter_column(table, column, type_=BigInteger, existing_nullable=True)
+
+
+STEPS: dict[int, Callable[[Operations, Connection], None]] = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5}
 
 
 def migrate(connection: Connection, found: int, target: int) -> None:

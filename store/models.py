@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 4  # store/migrations.py brings older databases up to it
+SCHEMA_VERSION = 5  # store/migrations.py brings older databases up to it
 
 
 def utcnow() -> datetime:
@@ -69,7 +69,7 @@ class IterationRow(Base):
     knobs: Mapped[list[Any]] = mapped_column(JSON, default=list)
     default_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     checklist_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    memory_budget_bytes: Mapped[int | None] = mapped_column(Integer)
+    memory_budget_bytes: Mapped[int | None] = mapped_column(BigInteger)
     chosen_trial_id: Mapped[int | None] = mapped_column(Integer)
     chosen_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
@@ -108,9 +108,9 @@ class TrialRow(Base):
     samples_per_s: Mapped[float | None] = mapped_column(Float)
     step_time_median_s: Mapped[float | None] = mapped_column(Float)
     step_time_cv: Mapped[float | None] = mapped_column(Float)
-    peak_memory_bytes: Mapped[int | None] = mapped_column(Integer)
-    peak_allocated: Mapped[int | None] = mapped_column(Integer)
-    peak_reserved: Mapped[int | None] = mapped_column(Integer)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    peak_allocated: Mapped[int | None] = mapped_column(BigInteger)
+    peak_reserved: Mapped[int | None] = mapped_column(BigInteger)
     first_step_s: Mapped[float | None] = mapped_column(Float)
     micro_batch: Mapped[int | None] = mapped_column(Integer)
     accumulation: Mapped[int | None] = mapped_column(Integer)
@@ -145,7 +145,7 @@ class MeasurementRow(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(20))
     samples_per_s: Mapped[float | None] = mapped_column(Float)
-    peak_memory_bytes: Mapped[int | None] = mapped_column(Integer)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     energy_per_sample_j: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
@@ -168,7 +168,7 @@ class AppliedRow(Base):
     reason: Mapped[str] = mapped_column(String(20))
     note: Mapped[str | None] = mapped_column(Text)
     samples_per_s: Mapped[float | None] = mapped_column(Float)
-    peak_memory_bytes: Mapped[int | None] = mapped_column(Integer)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     energy_per_sample_j: Mapped[float | None] = mapped_column(Float)
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -28,6 +28,11 @@ class Store(ScheduleQueries):
     def __init__(self, db: str | None = None) -> None:
         self.url, self.engine, self.sessions = open_engine(db)
 
+    @property
+    def shown_url(self) -> str:
+        """The URL for messages, reports and status: the password replaced by ``***``."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
     def optuna_storage(self) -> optuna.storages.RDBStorage:
         """Optuna's RDB storage on the same database (its own tables, same file).
 
@@ -208,13 +213,14 @@ class Store(ScheduleQueries):
                 query = query.limit(limit)
             return session.scalars(query).all()
 
-    def last_iteration(self, workload: str, before: int, status: str = "completed") -> IterationRow | None:
-        """The newest iteration of ``workload`` older than iteration ``before`` with that status."""
+    def last_iteration(self, workload: str, before: int | None = None, status: str = "completed") -> IterationRow | None:
+        """The newest iteration of ``workload`` with that status (older than iteration ``before``, if given)."""
         with self.sessions() as session:
             query = (select(IterationRow).join(WorkloadRow)
-                     .where(WorkloadRow.name == workload, IterationRow.id < before, IterationRow.status == status)
-                     .order_by(IterationRow.id.desc()).limit(1))
-            return session.scalar(query)
+                     .where(WorkloadRow.name == workload, IterationRow.status == status))
+            if before is not None:
+                query = query.where(IterationRow.id < before)
+            return session.scalar(query.order_by(IterationRow.id.desc()).limit(1))
 
     def iteration(self, iteration_id: int) -> IterationRow | None:
         with self.sessions() as session:

@@ -62,7 +62,12 @@ def test_url_resolution(tmp_path, monkeypatch):
     assert resolve_url(None) == "sqlite:///dstune.db"
     monkeypatch.setenv("DSTUNE_DB", str(tmp_path / "env.db"))
     assert resolve_url(None) == f"sqlite:///{tmp_path / 'env.db'}"
-    assert resolve_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    # A plain postgresql:// URL uses psycopg 3 (dstune's driver) unless psycopg2 is installed; named drivers stay.
+    import importlib.util
+
+    plain = "postgresql+psycopg://u@h/db" if importlib.util.find_spec("psycopg2") is None else "postgresql://u@h/db"
+    assert resolve_url("postgresql://u@h/db") == plain
+    assert resolve_url("postgresql+psycopg2://u:pw@h/db") == "postgresql+psycopg2://u:pw@h/db"
     with pytest.raises(UsageError, match="does not know"):
         resolve_url("bogus://host/db")
     with pytest.raises(UsageError, match="does not exist"):

@@ -105,7 +105,7 @@ class Daemon:
         device = resolve_device(settings.gpu)
         self.daemon_id = self.store.register_daemon(self.host, os.getpid(), settings.gpu)
         log.info("daemon %d (pid %d) on %s serving %s; store %s", self.daemon_id, os.getpid(), self.host,
-                 device.label, self.store.url)
+                 device.label, self.store.shown_url)
         self._recover()
         threading.Thread(target=self._heartbeat, name="dstune-daemon-heartbeat", daemon=True).start()
         if settings.metrics_port is not None:
@@ -150,7 +150,7 @@ class Daemon:
 
     def _command(self, schedule: Any) -> list[str]:
         gate = self.settings.gate
-        command = [sys.executable, "-m", "dstune", "run", schedule.workload_file, "--db", self.store.url,
+        command = [sys.executable, "-m", "dstune", "run", schedule.workload_file,  # the store: DSTUNE_DB
                    "--schedule-id", str(schedule.id), "--lock-timeout", _seconds(gate.max_delay_s)]
         if gate.window_s > 0:
             command += ["--wait-idle", "--idle-window", _seconds(gate.window_s), "--idle-util", f"{gate.max_util:g}",
@@ -159,7 +159,8 @@ class Daemon:
 
     def _run_schedule(self, schedule: Any) -> None:
         settings = self.settings
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The store goes by environment, not argv, so its password is not in `ps` or the log.
+        env = dict(os.environ, PYTHONUNBUFFERED="1", DSTUNE_DB=self.store.url)
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # NVML's and CUDA's index N are then one GPU
         gpu = schedule.gpu or settings.gpu
         if gpu is not None:

@@ -94,7 +94,7 @@ def best(workload: str, db: str | None = None) -> BestConfig:
     found = applied_best(store, workload)
     if found is None:
         known = ", ".join(store.workload_names()) or "none"
-        raise UsageError(f"no configuration has been applied to workload {workload!r} in {store.url} "
+        raise UsageError(f"no configuration has been applied to workload {workload!r} in {store.shown_url} "
                          f"(workloads there: {known}). Run `dstune run` on it first, or set DSTUNE_CONFIG.")
     return found
 

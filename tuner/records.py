@@ -33,8 +33,12 @@ def iterations_of(store: Any, workload: str) -> list[Any]:
     """The workload's iterations, oldest first; an unknown name is a usage error listing the known ones."""
     iterations = list(store.iterations_of(workload))
     if not iterations:
-        known = ", ".join(store.workload_names()) or "none yet"
-        raise UsageError(f"no workload named {workload!r} in {store.url} (workloads there: {known}). "
+        names = store.workload_names()
+        if workload in names:
+            raise UsageError(f"workload {workload!r} in {store.shown_url} has no iterations recorded yet (a run that "
+                             "failed before it began records none). Run `dstune run` on it first.")
+        known = ", ".join(names) or "none yet"
+        raise UsageError(f"no workload named {workload!r} in {store.shown_url} (workloads there: {known}). "
                          "Give a name from that list, or --db for another store.")
     return iterations
 

@@ -325,7 +325,7 @@ def render_report(store: Any, workload: str, iteration_id: int | None = None, co
 </head><body>
 <h1>dstune report: {html.escape(workload)}</h1>
 <p class="meta">{len(records)} iteration(s); this page shows iteration {iteration.id} on {html.escape(device or '-')}
-({counts}). Store {html.escape(store.url)}, generated {generated} by dstune {html.escape(__version__)}.</p>
+({counts}). Store {html.escape(store.shown_url)}, generated {generated} by dstune {html.escape(__version__)}.</p>
 <h2>Incumbent</h2>
 {_incumbent_section(store, workload, records)}
 <h2>Trade-off: throughput vs peak memory</h2>

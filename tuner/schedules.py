@@ -110,6 +110,6 @@ def find_schedule(store: Any, schedule_id: int) -> Any:
     row = store.schedule(schedule_id)
     if row is None:
         known = ", ".join(str(s.id) for s in store.schedules()) or "none"
-        raise UsageError(f"no schedule {schedule_id} in {store.url} (schedules there: {known}). "
+        raise UsageError(f"no schedule {schedule_id} in {store.shown_url} (schedules there: {known}). "
                          "`dstune schedule list` shows them.")
     return row

@@ -93,7 +93,7 @@ def status_data(store: Any, stale_after_s: float) -> dict[str, Any]:
                "error": it.error} for it in store.recent_problems()]
     errors += [{"schedule": s["id"], "status": s["last_result"], "ended": s["last_run"], "error": s["last_error"]}
                for s in schedules if s["last_error"]]
-    return {"store": store.url, "now": _iso(now), "daemons": daemons, "running": running,
+    return {"store": store.shown_url, "now": _iso(now), "daemons": daemons, "running": running,
             "queue": [{k: s[k] for k in ("id", "workload_file", "cron", "next_due")} for s in queue],
             "errors": errors}
 

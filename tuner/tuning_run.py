@@ -240,7 +240,7 @@ class Iteration:
                                   "it is now marked interrupted (its finished trials are kept)")
         workload_id = store.workload_id(ctx.workload, str(options.workload_file.resolve()))
         environment_id = store.environment_id(fingerprint_hash(environment), environment)
-        previous = store.last_iteration(ctx.workload, before=2**62)
+        previous = store.last_iteration(ctx.workload)
         diff = diff_facts(previous.environment.facts if previous and previous.environment else None, environment)
         self.incumbent = incumbent = self._incumbent()
         if options.only or options.exclude:

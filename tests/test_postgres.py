@@ -1,0 +1,116 @@
+"""dstune's store on a real PostgreSQL server, as several hosts would share it.
+
+``.ci/run`` installs PostgreSQL from Debian's packages, starts it on
+127.0.0.1 and sets ``DSTUNE_TEST_POSTGRES`` to a URL of a role that may
+create databases; each test gets a database of its own.  Without that
+variable the tests are skipped, unless ``DSTUNE_REQUIRE_POSTGRES=1`` (as CI
+sets) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Iterator
+
+import optuna
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from dstune.store import Store
+from dstune.store.models import SCHEMA_VERSION
+
+from .conftest import QUICK_RUN, WORKLOADS, run_cli
+from .test_store import RACE
+
+ADMIN_URL = os.environ.get("DSTUNE_TEST_POSTGRES")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty database on the server, dropped afterwards."""
+    if not ADMIN_URL:
+        if os.environ.get("DSTUNE_REQUIRE_POSTGRES") == "1":
+            pytest.fail("DSTUNE_REQUIRE_POSTGRES=1 but DSTUNE_TEST_POSTGRES is not set (.ci/run starts the server)")
+        pytest.skip("needs a PostgreSQL server: set DSTUNE_TEST_POSTGRES=postgresql://user:pw@127.0.0.1/postgres")
+    name = f"dstune_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(_psycopg(ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _psycopg(url: str) -> str:
+    return make_url(url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def test_two_iterations_on_postgresql_record_history_and_load_in_optuna(tmp_path, pg_url):
+    args = ("run", str(WORKLOADS / "observe.py"), "--workload", "observe", "--db", pg_url, "--trials", "3",
+            "--check-repeats", "2", *QUICK_RUN)
+    for _ in range(2):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+    history = run_cli("history", "observe", "--db", pg_url, "--json", cwd=tmp_path)
+    assert history.returncode == 0, history.stderr
+    records = json.loads(history.stdout)
+    assert [r["status"] for r in records] == ["completed", "completed"]
+    assert records[1]["previous_iteration_id"] == records[0]["id"] and records[1]["environment_changes"] == []
+    store = Store(pg_url)
+    for record in records:
+        trials = store.trials(record["id"])
+        assert len(trials) == record["trials"]["total"] == 3
+        study = optuna.load_study(study_name=record["study"], storage=_psycopg(pg_url))
+        own = [t for t in study.trials if "dstune_copied_from" not in t.user_attrs]
+        assert sorted(t.number for t in own) == sorted(t.number for t in trials)
+
+
+def test_byte_counts_past_2_gib_fit_and_a_schema_4_database_is_widened(pg_url):
+    """PostgreSQL's INTEGER is 32-bit; an 80 GiB GPU's peak memory must survive the round trip."""
+    store = Store(pg_url)
+    workload_id = store.workload_id("big", "/big.py")
+    iteration_id = store.start_iteration(workload_id=workload_id, study_name="big-it1",
+                                         memory_budget_bytes=72 * 2**30)
+    trial_id = store.record_trial(iteration_id, number=0, config={}, status="ok",
+                                  metrics={"samples_per_s": 1.0, "peak_memory_bytes": 80 * 2**30})
+    assert store.trials(iteration_id)[0].peak_memory_bytes == 80 * 2**30 and trial_id
+
+    # A database written by schema 4 had 32-bit columns: opening it widens them, keeping the rows.
+    engine = create_engine(_psycopg(pg_url))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE dstune_trials SET peak_memory_bytes = 5"))
+        conn.execute(text("ALTER TABLE dstune_trials ALTER COLUMN peak_memory_bytes TYPE INTEGER"))
+        conn.execute(text("UPDATE dstune_meta SET value = '4' WHERE key = 'schema_version'"))
+    Store(pg_url)
+    columns = {c["name"]: c["type"] for c in inspect(engine).get_columns("dstune_trials")}
+    assert str(columns["peak_memory_bytes"]) == "BIGINT"
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT value FROM dstune_meta")).scalar() == str(SCHEMA_VERSION)
+        assert conn.execute(text("SELECT peak_memory_bytes FROM dstune_trials")).scalar() == 5
+    engine.dispose()
+
+
+def test_processes_starting_together_on_a_fresh_postgresql_database_share_one_row(pg_url):
+    start = time.time() + 3.0
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, pg_url, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+    assert len({out for out, _ in results}) == 1  # one id each, the same for all
+
+
+def test_a_wrong_password_is_one_clear_paragraph(tmp_path, pg_url):
+    wrong = make_url(pg_url).set(password="not-the-password").render_as_string(hide_password=False)
+    result = run_cli("history", "observe", "--db", wrong, cwd=tmp_path)
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "cannot be opened" in message and "Traceback" not in result.stderr, message
+    assert "not-the-password" not in message  # the URL is shown without its password
