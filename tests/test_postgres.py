@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 import uuid
 from typing import Iterator
 
@@ -26,7 +23,7 @@ from dstune.store import Store
 from dstune.store.models import SCHEMA_VERSION
 
 from .conftest import QUICK_RUN, WORKLOADS, run_cli
-from .test_store import RACE
+from .test_store import race_six_processes
 
 ADMIN_URL = os.environ.get("DSTUNE_TEST_POSTGRES")
 
@@ -100,12 +97,7 @@ def test_byte_counts_past_2_gib_fit_and_a_schema_4_database_is_widened(pg_url):
 
 
 def test_processes_starting_together_on_a_fresh_postgresql_database_share_one_row(pg_url):
-    start = time.time() + 3.0
-    procs = [subprocess.Popen([sys.executable, "-c", RACE, pg_url, str(start)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
-    results = [p.communicate(timeout=60) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
-    assert len({out for out, _ in results}) == 1  # one id each, the same for all
+    race_six_processes(pg_url)
 
 
 def test_a_wrong_password_is_one_clear_paragraph(tmp_path, pg_url):

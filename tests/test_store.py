@@ -140,11 +140,15 @@ print(store.workload_id("raced", "/w.py"), store.environment_id("fp-raced", {"gp
 '''
 
 
-def test_runs_starting_together_share_one_workload_and_environment_row(tmp_path):
-    db = str(tmp_path / "race.db")
+def race_six_processes(db: str) -> None:
+    """Six processes open a fresh store at the same instant; each must get the same workload and environment."""
     start = time.time() + 3.0
     procs = [subprocess.Popen([sys.executable, "-c", RACE, db, str(start)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(6)]
     results = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in results]
     assert len({out for out, _ in results}) == 1  # one id each, the same for all
+
+
+def test_runs_starting_together_share_one_workload_and_environment_row(tmp_path):
+    race_six_processes(str(tmp_path / "race.db"))
