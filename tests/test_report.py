@@ -47,7 +47,7 @@ def test_report_renders_in_headless_chromium_offline_with_every_section(tmp_path
     out = tmp_path / "report.html"
     # Iteration 2: its study holds its own trials and those copied from iteration 1, enough to rank the knobs.
     code, stdout, stderr = cli_in_process(capsys, "report", "observe", "--db", str(store), "-o", str(out),
-                                          "--iteration", "2")
+                                          "--iteration", "2", "--color-by", "precision")
     assert code == 0, stderr
     assert f"wrote {out}" in " ".join(stdout.split()) and "iteration 2" in stdout
 
@@ -168,3 +168,16 @@ def test_optuna_load_study_reads_dstunes_studies_from_the_same_url(store, weekly
         elif iteration_id == 2:  # "Plan: environment unchanged since iteration 1; N of its trials warm-start"
             said = re.search(r"(\d+) of its trials warm-start", weekly_store[2][1])
             assert said is not None and copied == int(said.group(1)) > 0
+
+
+def test_the_default_colour_is_a_knob_that_splits_the_trials_in_a_few_groups(store):
+    from dstune.report import render_report
+    from dstune.store import Store
+
+    page, info = render_report(Store(str(store)), "observe", 2)
+    data = json.loads(re.search(r'id="dstune-report-data">(.*?)</script>', page).group(1))
+    knob = data["color_by"]
+    values = {str(json.loads(c).get(knob)) for (c,) in
+              db_rows(store, "select config from dstune_trials where iteration_id = 2 and status = 'ok'")}
+    assert knob is not None and 2 <= len(values) <= 8, (knob, values)
+    assert f"{knob}={sorted(values)[0]}" in page  # the legend names its groups

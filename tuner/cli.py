@@ -179,7 +179,7 @@ def report(
     workload: str = typer.Argument(..., help="Workload name."),
     output: Path = typer.Option(Path("dstune-report.html"), "--output", "-o", help="The HTML file to write."),
     iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration whose trials to show (default: the latest completed)."),
-    color_by: Optional[str] = typer.Option(None, "--color-by", help="Knob that colours the Pareto plot (default: precision, else compile)."),
+    color_by: Optional[str] = typer.Option(None, "--color-by", help="Knob that colours the Pareto plot (default: the most important knob with a few values)."),
     db: Optional[str] = DB_OPTION,
 ) -> None:
     """Write one self-contained HTML file: Pareto front, knob importance, history, environment changes, trials."""
@@ -240,17 +240,11 @@ def config(
     Any further options are `dstune run` options, as you would give them to the run.
     """
     from .config_file import ENV_VARS, FILE_KEYS
-    from .run_options import resolve
+    from .run_options import resolve_args
 
     run_command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
     target = workload_file if workload_file is not None else Path.cwd() / "WORKLOAD.py"
-    try:
-        with run_command.make_context("dstune run", [str(target), *ctx.args]) as run_ctx:
-            resolved = resolve(run_ctx)
-    except Exception as exc:  # click's parse errors (typer vendors click, so no import names them)
-        if not hasattr(exc, "format_message"):
-            raise
-        raise UsageError(f"{exc.format_message().rstrip('.')}. Give options that `dstune run --help` lists.") from None
+    resolved = resolve_args(run_command, target, ctx.args)
     rows = [{"setting": key, "value": resolved.params[param], "source": resolved.sources[param],
              "env": ENV_VARS[param]} for key, param in FILE_KEYS.items()]
     if as_json:

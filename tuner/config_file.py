@@ -44,10 +44,14 @@ class FileSettings:
     values: dict[str, Any] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
 
-    def where(self, param: str) -> str:
-        key = next(k for k, p in FILE_KEYS.items() if p == param)
+    def origin(self, param: str) -> str:
+        """The file and line a setting came from, e.g. ``pyproject.toml, line 5``."""
         line = self.lines.get(param)
-        return f"{self.path}{f', line {line}' if line else ''}: {key}"
+        return f"{self.path}{f', line {line}' if line else ''}"
+
+    def where(self, param: str) -> str:
+        """The origin and the key, for error messages."""
+        return f"{self.origin(param)}: {next(k for k, p in FILE_KEYS.items() if p == param)}"
 
 
 def _key_lines(text: str, section: str | None) -> dict[str, int]:
@@ -144,7 +148,7 @@ def merge(ctx: Any, settings: FileSettings) -> tuple[dict[str, Any], dict[str, s
             sources[param] = f"env {ENV_VARS[param]}"
         elif param in settings.values:
             params[param] = _convert(ctx, by_name[param], settings.values[param], settings)
-            sources[param] = settings.where(param).rsplit(":", 1)[0]
+            sources[param] = settings.origin(param)
         else:
             sources[param] = "default"
     if params.get("db") is None and sources["db"] == "default":

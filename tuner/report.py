@@ -29,8 +29,7 @@ from .search import pareto_front
 from .units import format_bytes
 
 GIB = 1024**3
-# The knob that colours the Pareto plot when --color-by is not given: the first the iteration has.
-COLOR_BY_PREFERENCE = ("precision", "compile", "batch_size")
+MAX_COLOURS = 8  # a knob with more distinct values among the trials makes an unreadable legend
 IMPORTANCE_QUANTILE = 0.25  # PED-ANOVA compares the top quarter of trials with all of them
 MIN_IMPORTANCE_TRIALS = 4
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
@@ -63,14 +62,22 @@ def _choose_iteration(store: Any, iterations: Sequence[Any], iteration_id: int |
     return chosen
 
 
-def _color_knob(iteration: Any, color_by: str | None) -> str | None:
+def _color_knob(iteration: Any, color_by: str | None, trials: list[dict[str, Any]],
+                importance: dict[str, float]) -> str | None:
+    """``--color-by``, checked; by default the most important knob whose values split the ok trials in a few
+    groups (no knob is named here: whatever the plugins offer, the study says which mattered)."""
     names = [k["name"] for k in iteration.knobs or []] or list(iteration.default_config or {})
     if color_by is not None:
         if color_by not in names:
             raise UsageError(f"--color-by {color_by!r}: iteration {iteration.id} has no such knob (its knobs: "
                              f"{', '.join(names) or 'none'}). Pick one of those.")
         return color_by
-    return next((name for name in COLOR_BY_PREFERENCE if name in names), None)
+    ok = [t for t in trials if t["status"] == "ok"]
+    spread = {name: len({str(t["config"].get(name)) for t in ok}) for name in names}
+    readable = [name for name in names if 2 <= spread[name] <= MAX_COLOURS]
+    if not readable:
+        return None
+    return max(readable, key=lambda name: (importance.get(name, 0.0), spread[name], -names.index(name)))
 
 
 def importances(store: Any, study_name: str) -> tuple[dict[str, float], str]:
@@ -293,7 +300,6 @@ def render_report(store: Any, workload: str, iteration_id: int | None = None, co
 
     iterations = iterations_of(store, workload)
     iteration = _choose_iteration(store, iterations, iteration_id)
-    color_knob = _color_knob(iteration, color_by)
     records = history_records(store, workload)
     defaults = dict(iteration.default_config or {})
     rows = list(store.trials(iteration.id))
@@ -301,6 +307,7 @@ def render_report(store: Any, workload: str, iteration_id: int | None = None, co
     front_ids = {row.id for row in pareto_front([r for r in rows if r.status == "ok" and r.samples_per_s
                                                  and r.peak_memory_bytes is not None])}
     values, importance_note = importances(store, iteration.study_name) if iteration.study_name else ({}, "no study")
+    color_knob = _color_knob(iteration, color_by, trials, values)
 
     def figure_html(fig: Any, div_id: str) -> str:
         return str(fig.to_html(include_plotlyjs=False, full_html=False, div_id=div_id, config=PLOT_CONFIG))
@@ -310,8 +317,9 @@ def render_report(store: Any, workload: str, iteration_id: int | None = None, co
                   else '<p class="note" id="importance-missing">No importance computed:</p>')
     history = figure_html(history_figure(records), "history")
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(store.status_counts(iteration.id).items()))
-    device = next((r["device"] for r in records if r["id"] == iteration.id), "-")
+    shown = next(r for r in records if r["id"] == iteration.id)
+    counts = ", ".join(f"{n} {s}" for s, n in shown["trials"].items() if s != "total")
+    device = shown["device"]
     data = {"workload": workload, "iteration": iteration.id, "iterations": len(records), "trials": len(trials),
             "color_by": color_knob, "dstune": __version__}
     page = f"""<!DOCTYPE html>

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from .errors import UsageError
 from .idle_gate import GateSettings
@@ -114,9 +114,26 @@ def resolve(ctx: Any) -> ResolvedRun:
         source = sources.get(name, "")
         if source.startswith("env "):
             return ENV_VARS[name]
-        if settings.path is not None and source.startswith(str(settings.path)):
+        if source not in ("command line", "") and name in settings.values:
             return settings.where(name)
         return "--" + name.replace("_", "-")
 
     return ResolvedRun(options=options_from_params(params, where), params=params, sources=sources,
                        file=settings.path)
+
+
+def resolve_args(run_command: Any, workload_file: Path, args: Sequence[str], problem: str = "") -> ResolvedRun:
+    """Parse ``args`` as ``dstune run WORKLOAD_FILE ARGS`` would, then :func:`resolve` them.
+
+    ``schedule add`` and ``config`` take run options they do not declare;
+    click's refusal of one (an unknown option, a value of the wrong type)
+    becomes a usage error prefixed with ``problem``.
+    """
+    try:
+        with run_command.make_context("dstune run", [str(workload_file), *args]) as ctx:
+            return resolve(ctx)
+    except Exception as exc:  # click's parse errors (typer vendors click, so no import names them)
+        if not hasattr(exc, "format_message"):
+            raise
+        raise UsageError(f"{problem}{exc.format_message().rstrip('.')}. Give options that `dstune run --help` "
+                         "lists.") from None

@@ -75,16 +75,10 @@ def check_run_args(run_command: Any, workload_file: Path, args: Sequence[str]) -
         name = arg.split("=", 1)[0]
         if name in RESERVED_OPTIONS:
             raise UsageError(f"{name} cannot be part of a schedule: {RESERVED_OPTIONS[name]}.")
-    from .run_options import resolve
+    from .run_options import resolve_args
 
-    try:
-        with run_command.make_context("dstune run", [str(workload_file), *args]) as ctx:
-            resolve(ctx)  # the checks `dstune run` makes, with the workload's config file and environment
-    except Exception as exc:  # click's parse errors (typer vendors click, so no import names them)
-        if not hasattr(exc, "format_message"):
-            raise
-        raise UsageError(f"the options of this schedule would make `dstune run` fail: {exc.format_message().rstrip('.')}. "
-                         "Give options that `dstune run --help` lists.") from None
+    # The checks `dstune run` makes, with the workload's config file and environment.
+    resolve_args(run_command, workload_file, args, "the options of this schedule would make `dstune run` fail: ")
     return list(args)
 
 
