@@ -72,7 +72,24 @@ def _to_5(op: Operations, connection: Connection) -> None:
                 op.alter_column(table, column, type_=BigInteger, existing_nullable=True)
 
 
-STEPS: dict[int, Callable[[Operations, Connection], None]] = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5}
+def _to_6(op: Operations, connection: Connection) -> None:
+    """Schema 6 (scale-out): trial claims and the Do deadline shared by workers; who ran a trial, on which GPU model.
+
+    Applied rows written before have no GPU model: they stay the incumbent
+    of whichever model tunes the workload next, until that model has its own.
+    """
+    present = set(inspect(connection).get_table_names())
+    for table, columns in (
+        ("dstune_iterations", [Column("trials_claimed", Integer, nullable=False, server_default="0"),
+                               Column("do_until", DateTime(timezone=True)), Column("gpu_model", String(200))]),
+        ("dstune_trials", [Column("pid", Integer), Column("gpu_model", String(200)), Column("environment_id", Integer)]),
+        ("dstune_applied", [Column("gpu_model", String(200))]),  # absent before schema 2: create_all makes it
+    ):
+        if table in present:
+            _add_columns(op, connection, table, columns)
+
+
+STEPS: dict[int, Callable[[Operations, Connection], None]] = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6}
 
 
 def migrate(connection: Connection, found: int, target: int) -> None:

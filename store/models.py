@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 5  # store/migrations.py brings older databases up to it
+SCHEMA_VERSION = 6  # store/migrations.py brings older databases up to it
 
 
 def utcnow() -> datetime:
@@ -87,6 +87,12 @@ class IterationRow(Base):
     speedup_high: Mapped[float | None] = mapped_column(Float)
     regression: Mapped[bool | None] = mapped_column(Boolean)
     check: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Scale-out (schema 6): trials taken so far by every process of the iteration (at most options.trials),
+    # when the Do phase stops starting trials (the coordinator moves it as it learns what the check
+    # will cost), and the GPU model the coordinator checks on (trials are compared within one model).
+    trials_claimed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    do_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    gpu_model: Mapped[str | None] = mapped_column(String(200))
 
     workload: Mapped[WorkloadRow] = relationship(lazy="joined")
     environment: Mapped[EnvironmentRow | None] = relationship(lazy="joined")
@@ -124,6 +130,10 @@ class TrialRow(Base):
     stderr_tail: Mapped[str | None] = mapped_column(Text)
     host: Mapped[str | None] = mapped_column(String(200))
     gpu: Mapped[str | None] = mapped_column(String(50))
+    # Schema 6: which process ran it (a worker on another host, perhaps), on which GPU model and environment.
+    pid: Mapped[int | None] = mapped_column(Integer)
+    gpu_model: Mapped[str | None] = mapped_column(String(200))
+    environment_id: Mapped[int | None] = mapped_column(Integer)
 
     iteration: Mapped[IterationRow] = relationship()
 
@@ -171,6 +181,8 @@ class AppliedRow(Base):
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     energy_per_sample_j: Mapped[float | None] = mapped_column(Float)
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Schema 6: the GPU model it was measured on; each model has its own incumbent (NULL: before schema 6).
+    gpu_model: Mapped[str | None] = mapped_column(String(200))
 
     workload: Mapped[WorkloadRow] = relationship(lazy="joined")
 

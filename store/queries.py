@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any, Callable, Sequence
 
 import optuna
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -33,16 +33,23 @@ class Store(ScheduleQueries):
         """The URL for messages, reports and status: the password replaced by ``***``."""
         return make_url(self.url).render_as_string(hide_password=True)
 
-    def optuna_storage(self) -> optuna.storages.RDBStorage:
+    def optuna_storage(self, heartbeat_s: int | None = None, grace_s: int | None = None,
+                       on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
+                       ) -> optuna.storages.RDBStorage:
         """Optuna's RDB storage on the same database (its own tables, same file).
 
-        Optuna creates its tables and stamps its version on first use, racing
-        like ours when two runs start together on a fresh database.
+        With ``heartbeat_s``, running trials are expected to beat that often;
+        Optuna's ``fail_stale_trials`` fails one silent for ``grace_s`` and
+        calls ``on_stale`` with it.  Optuna creates its tables and stamps its
+        version on first use, racing like ours when two runs start together
+        on a fresh database.
         """
         kwargs: dict[str, Any] = {}
         if make_url(self.url).get_backend_name() == "sqlite":
             kwargs = {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
-        return first_use(lambda: optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs))
+        return first_use(lambda: optuna.storages.RDBStorage(
+            self.url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+            heartbeat_stale_trial_callback=on_stale))
 
     # -- writes ---------------------------------------------------------------
 
@@ -157,6 +164,40 @@ class Store(ScheduleQueries):
                 recovered.append(iteration.id)
         return recovered
 
+    def claim_trial(self, iteration_id: int, limit: int) -> int | None:
+        """Take one of the iteration's ``limit`` trials for this process: its number (1-based), or None.
+
+        One conditional UPDATE, so processes on several hosts never take more
+        than ``limit`` between them; None once all are taken or the Do phase
+        has ended.
+        """
+        with self.sessions.begin() as session:
+            return session.execute(
+                update(IterationRow)
+                .where(IterationRow.id == iteration_id, IterationRow.trials_claimed < limit,
+                       IterationRow.phase == "do", IterationRow.status == "running")
+                .values(trials_claimed=IterationRow.trials_claimed + 1)
+                .returning(IterationRow.trials_claimed)
+            ).scalar()
+
+    def release_claim(self, iteration_id: int) -> None:
+        """Give back a claim that ran no trial (the search had nothing new to offer)."""
+        with self.sessions.begin() as session:
+            session.execute(update(IterationRow).where(IterationRow.id == iteration_id, IterationRow.trials_claimed > 0)
+                            .values(trials_claimed=IterationRow.trials_claimed - 1))
+
+    def mark_stale(self, study_name: str, number: int, why: str) -> int | None:
+        """Mark the running trial ``number`` of the study's iteration as ``stale``; its row id, or None."""
+        with self.sessions.begin() as session:
+            row = session.scalar(
+                select(TrialRow).join(IterationRow).where(IterationRow.study_name == study_name,
+                                                          TrialRow.number == number, TrialRow.status == "running"))
+            if row is None:
+                return None
+            row.status, row.ended_at = "stale", utcnow()
+            row.error = f"{why} (it ran on {row.host}, pid {row.pid}, GPU {row.gpu or '-'})"
+            return row.id
+
     def record_measurement(self, iteration_id: int, **fields: Any) -> int:
         """Insert one Check-phase measurement and commit it at once."""
         metrics = fields.get("metrics") or {}
@@ -199,10 +240,25 @@ class Store(ScheduleQueries):
                      .order_by(MeasurementRow.id))
             return session.scalars(query).all()
 
-    def applied(self, workload: str) -> AppliedRow | None:
-        """The configuration in production for ``workload``: the newest applied row."""
-        history = self.applied_history(workload, newest_first=True, limit=1)
-        return history[0] if history else None
+    def applied(self, workload: str, gpu_model: str | None = None) -> AppliedRow | None:
+        """The configuration in production for ``workload``: the newest applied row.
+
+        With ``gpu_model``, the newest one measured on that model or naming
+        no model (written before schema 6, which holds for every model).
+        """
+        with self.sessions() as session:
+            query = (select(AppliedRow).join(WorkloadRow).where(WorkloadRow.name == workload)
+                     .order_by(AppliedRow.id.desc()).limit(1))
+            if gpu_model is not None:
+                query = query.where(or_(AppliedRow.gpu_model == gpu_model, AppliedRow.gpu_model.is_(None)))
+            return session.scalar(query)
+
+    def applied_models(self, workload: str) -> list[str | None]:
+        """The GPU models ``workload`` has an applied configuration for (None: rows from before schema 6)."""
+        with self.sessions() as session:
+            query = (select(AppliedRow.gpu_model).join(WorkloadRow).where(WorkloadRow.name == workload)
+                     .distinct())
+            return sorted(session.scalars(query).all(), key=lambda m: (m is None, m or ""))
 
     def applied_history(self, workload: str, newest_first: bool = False, limit: int | None = None
                         ) -> Sequence[AppliedRow]:
@@ -221,6 +277,12 @@ class Store(ScheduleQueries):
             if before is not None:
                 query = query.where(IterationRow.id < before)
             return session.scalar(query.order_by(IterationRow.id.desc()).limit(1))
+
+    def iteration_of_study(self, study_name: str) -> IterationRow | None:
+        """The newest iteration whose Optuna study is ``study_name`` (what a worker joins)."""
+        with self.sessions() as session:
+            return session.scalar(select(IterationRow).where(IterationRow.study_name == study_name)
+                                  .order_by(IterationRow.id.desc()).limit(1))
 
     def iteration(self, iteration_id: int) -> IterationRow | None:
         with self.sessions() as session:

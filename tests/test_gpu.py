@@ -5,6 +5,7 @@ Run on the GPU machine with ``pytest -m gpu -s`` (``-s`` shows the printed readi
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -203,3 +204,41 @@ def test_idle_gate_waits_for_a_foreign_cuda_process(tmp_path):
     assert "GPU" in busy_line and ("foreign process" in busy_line or "utilisation" in busy_line)
     assert first_trial >= ended + 3.0 - 0.5, "the trial waited a whole idle window after the load ended"
     assert first_trial - ended < 30, "and then went ahead"
+
+
+def _overlap(rows: list[tuple]) -> float:
+    """Seconds during which trials on different GPUs ran at the same time (rows: gpu, started_at, ended_at)."""
+    spans = [(gpu, datetime.fromisoformat(a).timestamp(), datetime.fromisoformat(b).timestamp()) for gpu, a, b in rows]
+    return sum(max(0.0, min(b1, b2) - max(a1, a2)) for i, (g1, a1, b1) in enumerate(spans)
+               for g2, a2, b2 in spans[i + 1:] if g1 != g2)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_gpus_runs_a_trial_on_each_gpu_at_once_and_a_worker_joins_on_another(tmp_path):
+    """``--gpus 0,1``: trials pinned one per GPU run side by side; then a coordinator on GPU 0 and a worker on GPU 1."""
+    quick = ("--window-time", "0.2", "--windows", "3", "--disable-plugin", "compile", "--check-repeats", "2")
+    db = tmp_path / "gpus.db"
+    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--trials", "6", "--gpus", "0,1", *quick,
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = db_rows(db, "select gpu, started_at, ended_at, status, gpu_model from dstune_trials order by id")
+    print(f"\n--gpus 0,1: {[(r[0], r[3]) for r in rows]}, models {sorted({r[4] for r in rows})}, "
+          f"{_overlap([r[:3] for r in rows]):.1f} s of trials running on both GPUs at once")
+    assert len(rows) == 6 and {r[0] for r in rows} == {"0", "1"}
+    assert all(r[3] in ("ok", "pruned") for r in rows)
+    assert _overlap([r[:3] for r in rows]) > 1.0, "trials on the two GPUs ran at the same time"
+    assert all(r[4].startswith("NVIDIA") for r in rows)
+
+    db = tmp_path / "worker.db"
+    env = {"DSTUNE_TRIAL_HEARTBEAT": "1"}
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "dstune", "run", str(WORKLOADS / "paced.py"), "--db", str(db), "--trials", "6",
+         "--gpus", "0", "--study", "gpu-study", *quick], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env={**os.environ, **env})
+    worker = run_cli("worker", "--db", str(db), "--study", "gpu-study", "--gpus", "1", cwd=tmp_path, env=env)
+    out, _ = coordinator.communicate(timeout=600)
+    assert coordinator.returncode == 0, out
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    rows = db_rows(db, "select gpu, pid, status from dstune_trials order by id")
+    print(f"coordinator on GPU 0 and worker on GPU 1: {rows}\n{worker.stdout.splitlines()[-1]}")
+    assert len(rows) == 6 and {r[0] for r in rows} == {"0", "1"} and len({r[1] for r in rows}) == 2

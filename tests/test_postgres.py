@@ -106,3 +106,94 @@ def test_a_wrong_password_is_one_clear_paragraph(tmp_path, pg_url):
     message = " ".join(result.stderr.split())
     assert result.returncode == 2 and "cannot be opened" in message and "Traceback" not in result.stderr, message
     assert "not-the-password" not in message  # the URL is shown without its password
+
+
+def _trial_rows(url: str, study: str) -> list[tuple]:
+    engine = create_engine(_psycopg(url))
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "select t.number, t.status, t.pid, t.error from dstune_trials t join dstune_iterations i "
+            "on t.iteration_id = i.id where i.study_name = :s order by t.id"), {"s": study}).fetchall()
+    engine.dispose()
+    return [tuple(r) for r in rows]
+
+
+def test_coordinator_and_three_workers_share_one_study_and_a_killed_workers_trial_goes_stale(tmp_path, pg_url):
+    """One `dstune run --study` and three `dstune worker` processes (each its own "host": its own lock folder).
+
+    Trials of about two seconds (paced steps, three half-second windows); worker 1 is SIGKILLed
+    while a trial of its own runs.  Optuna's heartbeat (every second here, stale after three)
+    fails that trial, dstune marks it stale, and the others finish the budget of 8 trials.
+    """
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    study, trials = "paced-w47", 8
+    workload = tmp_path / "paced.py"
+    shutil.copy(WORKLOADS / "paced.py", workload)
+    other = tmp_path / "elsewhere" / "paced.py"  # a host whose copy of the workload was edited
+    other.parent.mkdir()
+    other.write_text(workload.read_text() + "\n# edited on this host\n")
+
+    def start(*args: str, host: str) -> subprocess.Popen[str]:
+        env = {**os.environ, "COLUMNS": "200", "DSTUNE_TRIAL_HEARTBEAT": "1",
+               "DSTUNE_LOCK_DIR": str(tmp_path / f"locks-{host}")}
+        return subprocess.Popen([sys.executable, "-m", "dstune", *args], cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    Store(pg_url)  # the tables exist before the test polls them (creation races are tested above)
+    coordinator = start("run", str(workload), "--db", pg_url, "--study", study, "--trials", str(trials),
+                        "--check-repeats", "2", "--window-time", "0.5", "--windows", "3", "--max-warmup", "1",
+                        "--disable-plugin", "compile", host="coordinator")
+    workers = [start("worker", "--db", pg_url, "--study", study, host=f"w{i}") for i in range(3)]
+    edited = start("worker", "--db", pg_url, "--study", study, "--workload-file", str(other), host="edited")
+    victim = workers[0]
+    try:
+        deadline = time.monotonic() + 240
+        while True:  # stop worker 1 while a trial of its own runs (then it cannot record its end), and kill it
+            assert time.monotonic() < deadline and victim.poll() is None, "worker 1 never started a trial"
+            if any(r[1] == "running" and r[2] == victim.pid for r in _trial_rows(pg_url, study)):
+                victim.send_signal(signal.SIGSTOP)
+                if any(r[1] == "running" and r[2] == victim.pid for r in _trial_rows(pg_url, study)):
+                    victim.kill()
+                    break
+                victim.send_signal(signal.SIGCONT)  # it ended in between (a pruned trial is short): the next one
+            time.sleep(0.05)
+        victim.wait(timeout=10)
+        out, _ = coordinator.communicate(timeout=300)
+        outputs = [w.communicate(timeout=60)[0] for w in workers[1:]]
+        edited_out, _ = edited.communicate(timeout=60)
+    finally:
+        for process in (coordinator, *workers, edited):
+            if process.poll() is None:
+                process.kill()
+    assert coordinator.returncode == 0, out
+    assert all(w.returncode == 0 for w in workers[1:]), outputs
+
+    rows = _trial_rows(pg_url, study)
+    ran = [r for r in rows if r[1] != "invalid"]  # refused configurations are not trials, as in a plain run
+    assert len(ran) == trials, rows
+    assert len({r[0] for r in rows}) == len(rows), "each Optuna trial is recorded once"
+    stale = [r for r in rows if r[1] == "stale"]
+    assert [r[2] for r in stale] == [victim.pid] and "no heartbeat" in stale[0][3], rows
+    assert all(r[1] in ("ok", "pruned", "invalid") for r in rows if r[1] != "stale"), rows
+    assert len({r[2] for r in ran}) >= 3, "the coordinator and the surviving workers took trials"
+    assert any("worker done" in o and "stopped: trials" in o for o in outputs), outputs
+
+    loaded = optuna.load_study(study_name=study, storage=_psycopg(pg_url))
+    by_number = {t.number: t for t in loaded.trials}
+    assert by_number[stale[0][0]].state == optuna.trial.TrialState.FAIL
+    for number, status, *_ in rows:
+        expected = optuna.trial.TrialState.FAIL if status == "stale" else optuna.trial.TrialState.COMPLETE
+        assert by_number[number].state == expected, (number, status)
+    record, = json.loads(run_cli("history", "paced", "--db", pg_url, "--json", cwd=tmp_path).stdout)
+    assert record["status"] == "completed" and record["trials"]["total"] == len(rows), record
+    shown = json.loads(run_cli("show", "paced", "--db", pg_url, "--json", cwd=tmp_path).stdout)
+    assert shown["applied"]["gpu_model"] == "cpu" and list(shown["applied_by_gpu_model"]) == ["cpu"]
+    assert {t["pid"] for t in shown["pareto_front"]} <= {r[2] for r in ran}
+
+    assert edited.returncode == 2, edited_out
+    assert "differs from the one the coordinator" in edited_out and "--workload-file" in edited_out

@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -61,7 +61,8 @@ def run(
     exclude: List[str] = typer.Option([], "--exclude", envvar="DSTUNE_EXCLUDE", help="Never tune these knobs (repeatable or comma-separated); they keep the incumbent's values."),
     numerics_guard: bool = typer.Option(True, "--numerics-guard/--no-numerics-guard", help="Compare each trial's first loss or output with an fp32 eager reference."),
     tolerance: List[str] = typer.Option([], "--tolerance", help="Numerics tolerance: KNOB:VALUE=REL (e.g. precision:bf16=0.1) or base=REL (repeatable)."),
-    study: Optional[str] = typer.Option(None, "--study", help="Optuna study name (default WORKLOAD-itN)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Optuna study name (default WORKLOAD-itN); `dstune worker --study NAME` joins it."),
+    gpus: List[str] = typer.Option([], "--gpus", envvar="DSTUNE_GPUS", help="Run trials in parallel, one per GPU (indices or UUIDs, comma-separated, or all); the check runs on the first."),
     windows: int = typer.Option(5, "--windows", min=2, envvar="DSTUNE_WINDOWS", help="Timed windows per trial."),
     window_time: float = typer.Option(0.5, "--window-time", min=0.01, envvar="DSTUNE_WINDOW_TIME", help="Seconds per timed window (at least)."),
     max_warmup: float = typer.Option(60.0, "--max-warmup", min=0.1, help="Most seconds of warm-up per trial."),
@@ -91,15 +92,62 @@ def run(
     from .summary import summarize
     from .tuning_run import run_iteration
 
-    from .device_lock import DeviceBusy
+    reporter = ConsoleReporter()
+    result = _trials_until_done(reporter, lambda: run_iteration(options, reporter),
+                                "the trials that finished are recorded; the iteration is marked interrupted")
+    from dstune.store import Store
+
+    render_summary(reporter.console, summarize(Store(options.db), result.iteration_id), result.stop_reason)
+    if fail_on_regression and result.decision is not None and result.decision.regression:
+        err_console.print("regression detected and --fail-on-regression given: exit 3")
+        raise typer.Exit(EXIT_REGRESSION)
+
+
+@app.command()
+def worker(
+    study: str = typer.Option(..., "--study", help="The study to join: the --study of the coordinating `dstune run`."),
+    db: Optional[str] = typer.Option(None, "--db", envvar="DSTUNE_DB", help="The coordinator's database (PostgreSQL URL for several hosts)."),
+    gpus: List[str] = typer.Option([], "--gpus", envvar="DSTUNE_GPUS", help="Run a trial on each of these GPUs at once (indices or UUIDs, comma-separated, or all)."),
+    workload_file: Optional[Path] = typer.Option(None, "--workload-file", help="Where the workload file is on this host (default: the coordinator's path)."),
+    wait: str = typer.Option("10m", "--wait", help="How long to wait for the study to reach its Do phase."),
+    lock_timeout: Optional[str] = typer.Option(None, "--lock-timeout", help="Give up (exit 75) when another run holds a GPU longer than this (default: wait)."),
+) -> None:
+    """Join the Do phase of a running study from this host: take its trials until none are left."""
+    from .gpu_slots import parse_gpus
+    from .units import parse_duration
+
+    wait_s = parse_duration(wait, "--wait", allow_zero=True)
+    lock_timeout_s = parse_duration(lock_timeout, "--lock-timeout", allow_zero=True) if lock_timeout else None
+    slots = parse_gpus(gpus or None)
+    from .trial_runner import start_early
+
+    start_early()
+    from .display import ConsoleReporter
+    from .worker import run_worker
 
     reporter = ConsoleReporter()
+    result = _trials_until_done(reporter, lambda: run_worker(db, study, slots, workload_file, wait_s, lock_timeout_s,
+                                                             reporter),
+                                "this worker's finished trials are recorded; its running ones are marked interrupted")
+    if result.iteration_id is not None:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())) or "no trials"
+        reporter.console.print(f"worker done: iteration {result.iteration_id} (study {study}): {counts} here "
+                               f"(stopped: {result.stop_reason})", highlight=False)
+
+
+T = TypeVar("T")
+
+
+def _trials_until_done(reporter: Any, work: Callable[[], T], kept: str) -> T:
+    """Run ``work`` (trials, with a live display): SIGINT/SIGTERM exit 130 and a busy device 75, saying what was kept."""
+    from .device_lock import DeviceBusy
+
     _interrupt_on_sigterm()
     try:
-        result = run_iteration(options, reporter)
+        return work()
     except KeyboardInterrupt:
         reporter.close()
-        err_console.print("interrupted: the trials that finished are recorded; the iteration is marked interrupted.")
+        err_console.print(f"interrupted: {kept}.")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except DeviceBusy as exc:
         reporter.close()
@@ -107,12 +155,6 @@ def run(
         raise typer.Exit(EXIT_DEFERRED) from None
     finally:
         reporter.close()
-    from dstune.store import Store
-
-    render_summary(reporter.console, summarize(Store(options.db), result.iteration_id), result.stop_reason)
-    if fail_on_regression and result.decision is not None and result.decision.regression:
-        err_console.print("regression detected and --fail-on-regression given: exit 3")
-        raise typer.Exit(EXIT_REGRESSION)
 
 
 def _interrupt_on_sigterm() -> None:

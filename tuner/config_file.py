@@ -30,10 +30,10 @@ FILE_KEYS: dict[str, str] = {
     "db": "db", "budget": "budget", "trials": "trials", "trial-timeout": "trial_timeout",
     "memory-budget": "memory_budget", "only": "only", "exclude": "exclude", "disable-plugins": "disable_plugin",
     "check-repeats": "check_repeats", "min-gain": "min_gain", "select": "select", "seed": "seed",
-    "windows": "windows", "window-time": "window_time",
+    "windows": "windows", "window-time": "window_time", "gpus": "gpus",
 }
 ENV_VARS: dict[str, str] = {param: "DSTUNE_" + key.upper().replace("-", "_") for key, param in FILE_KEYS.items()}
-LIST_PARAMS = frozenset({"only", "exclude", "disable_plugin"})
+LIST_PARAMS = frozenset({"only", "exclude", "disable_plugin", "gpus"})
 
 
 @dataclass

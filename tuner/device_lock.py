@@ -38,11 +38,16 @@ class DeviceBusy(Exception):
 
 @dataclass(frozen=True)
 class Device:
-    """The device a run tunes on: ``key`` names its lock, ``label`` is for people, ``nvml_index`` for the gate."""
+    """The device a run tunes on: ``key`` names its lock, ``label`` is for people, ``nvml_index`` for the gate.
+
+    ``model`` is NVML's name of the GPU ("cpu" on a host without one):
+    trials are compared, and incumbents kept, per model.
+    """
 
     key: str
     label: str
     nvml_index: int | None = None
+    model: str = "cpu"
 
 
 def visible_gpu(gpu: str | None = None) -> str | None:
@@ -78,7 +83,8 @@ def resolve_device(gpu: str | None = None) -> Device:
     uuid = pynvml.nvmlDeviceGetUUID(handle)
     uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
     index = int(pynvml.nvmlDeviceGetIndex(handle))
-    return Device(uuid, f"GPU {index} ({uuid})", index)
+    name = pynvml.nvmlDeviceGetName(handle)
+    return Device(uuid, f"GPU {index} ({uuid})", index, name.decode() if isinstance(name, bytes) else str(name))
 
 
 def lock_dir() -> Path:

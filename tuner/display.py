@@ -33,6 +33,7 @@ class ConsoleReporter:
         self.budget_s = 0.0
         self.trials = 0
         self.defaults: Config = {}
+        self.last_started: int | None = None
 
     def started(self, workload: str, ctx: TuneContext, knobs: Sequence[Knob], trials: int, budget_s: float) -> None:
         self.started_at, self.budget_s, self.trials = time.monotonic(), budget_s, trials
@@ -66,6 +67,7 @@ class ConsoleReporter:
         return text
 
     def trial_started(self, index: int, config: Config, seed_kind: str) -> None:
+        self.last_started = index
         label = f"{seed_kind}: " if seed_kind != "search" else ""
         text = f"{label}{describe_config(config, self.defaults)}"
         if self.progress:
@@ -73,7 +75,12 @@ class ConsoleReporter:
         else:
             self.console.print(f"trial {index}/{self.trials} [{self._remaining(index - 1)}] {text}", highlight=False)
 
-    def trial_finished(self, index: int, outcome: TrialOutcome, best: float | None) -> None:
+    def trial_finished(self, index: int, outcome: TrialOutcome, best: float | None, number: int | None = None) -> None:
+        """Trial ``number`` (the i of "trial i/N") ended; ``index`` trials have ended in all.
+
+        With several GPUs (or workers) trials end out of order, so the line
+        names the trial it is about when that is not the one just started.
+        """
         m = outcome.metrics
         if outcome.status == "ok":
             last = f"ok {m['samples_per_s']:.1f}/s, {format_bytes(m.get('peak_memory_bytes'))}, cv {m['step_time_cv']:.1%}"
@@ -83,7 +90,8 @@ class ConsoleReporter:
         if self.progress:
             self.progress.update(self.task, completed=index, last=last, best=best_text, remaining=self._remaining(index))
         else:
-            self.console.print(f"  -> {last} (best {best_text})", highlight=False)
+            which = f"trial {number} " if number is not None and number != self.last_started else ""
+            self.console.print(f"  {which}-> {last} (best {best_text})", highlight=False)
 
     def message(self, text: str) -> None:
         self.console.print(text)

@@ -14,8 +14,7 @@ from .errors import UsageError
 from .knobs import describe_config
 from .plan import format_change
 from .production import applied_best
-from .records import iterations_of
-from .search import pareto_front
+from .records import fronts_by_model, iterations_of
 from .units import format_bytes
 
 EXPORT_FORMATS = ("json", "env")
@@ -34,11 +33,18 @@ def render_show(console: Console, store: Any, workload: str) -> None:
         return
     metrics = current.metrics
     since = (current.applied_at or "")[:16].replace("T", " ")
+    on = f", measured on {current.gpu_model}" if current.gpu_model else ""
     console.print(f"[bold]{workload}[/]: incumbent applied #{current.applied_id} since {since} UTC "
-                  f"({current.reason}, iteration {current.iteration_id})")
+                  f"({current.reason}, iteration {current.iteration_id}{on})")
     console.print(f"  {metrics.get('samples_per_s') or 0:.1f} samples/s (check median), peak memory "
                   f"{format_bytes(metrics.get('peak_memory_bytes'))}, energy {_energy(metrics.get('energy_per_sample_j'))}")
     console.print(f"  why: {current.note}", highlight=False)
+    for model in store.applied_models(workload):
+        other = applied_best(store, workload, model) if model and model != current.gpu_model else None
+        if other is not None and other.applied_id != current.applied_id:
+            console.print(f"  on {model}: its own incumbent, applied #{other.applied_id} "
+                          f"({other.metrics.get('samples_per_s') or 0:.1f} samples/s); `dstune.best` picks by the GPU it runs on",
+                          highlight=False)
     latest = next((i for i in reversed(iterations) if i.status == "completed"), None)
     defaults = latest.default_config if latest is not None else {}
     table = Table(title="Configuration", title_justify="left")
@@ -50,15 +56,17 @@ def render_show(console: Console, store: Any, workload: str) -> None:
     console.print(table)
     if latest is None:
         return
-    ok = [t for t in store.trials(latest.id, status="ok") if t.samples_per_s and t.peak_memory_bytes is not None]
-    front = Table(title=f"Pareto front of iteration {latest.id}", title_justify="left")
-    for col, justify in (("trial", "right"), ("samples/s", "right"), ("peak memory", "right"), ("energy", "right"),
-                         ("config (vs default)", "left")):
-        front.add_column(col, justify=justify)
-    for row in pareto_front(ok):
-        front.add_row(str(row.number), f"{row.samples_per_s:.1f}", format_bytes(row.peak_memory_bytes),
-                      _energy(row.energy_per_sample_j), describe_config(row.config, defaults))
-    console.print(front)
+    fronts = fronts_by_model(store, latest)
+    for model, rows in fronts.items():
+        on = f" on {model}" if len(fronts) > 1 else ""
+        front = Table(title=f"Pareto front of iteration {latest.id}{on}", title_justify="left")
+        for col, justify in (("trial", "right"), ("samples/s", "right"), ("peak memory", "right"), ("energy", "right"),
+                             ("config (vs default)", "left")):
+            front.add_column(col, justify=justify)
+        for row in rows:
+            front.add_row(str(row.number), f"{row.samples_per_s:.1f}", format_bytes(row.peak_memory_bytes),
+                          _energy(row.energy_per_sample_j), describe_config(row.config, defaults))
+        console.print(front)
 
 
 def render_history(console: Console, store: Any, workload: str) -> None:
@@ -119,5 +127,5 @@ def rollback_to(store: Any, workload: str, iteration_id: int) -> str:
         config, metrics = target.incumbent_config, {}
     applied_id = store.apply_config(workload, iteration_id=None, source_iteration_id=target.id, config=config,
                                     reason="rollback", note=f"rolled back to the configuration applied after "
-                                    f"iteration {target.id}", **metrics)
+                                    f"iteration {target.id}", gpu_model=target.gpu_model, **metrics)
     return f"{workload}: applied #{applied_id} = configuration of iteration {target.id}: {describe_config(config, {})}"

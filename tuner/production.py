@@ -37,6 +37,7 @@ class BestConfig:
     note: str | None = None
     applied_at: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    gpu_model: str | None = None  # the GPU model it was measured on (None: before dstune recorded it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,15 +47,20 @@ def best_from_row(row: Any, context: dict[str, Any] | None) -> BestConfig:
     return BestConfig(
         workload=row.workload.name, config=dict(row.config), context=context, source="store",
         applied_id=row.id, iteration_id=row.iteration_id or row.source_iteration_id, reason=row.reason,
-        note=row.note, applied_at=row.applied_at.isoformat(),
+        note=row.note, applied_at=row.applied_at.isoformat(), gpu_model=row.gpu_model,
         metrics={"samples_per_s": row.samples_per_s, "peak_memory_bytes": row.peak_memory_bytes,
                  "energy_per_sample_j": row.energy_per_sample_j},
     )
 
 
-def applied_best(store: Any, workload: str) -> BestConfig | None:
-    """The applied configuration in ``store``, with the context of the iteration that measured it."""
-    row = store.applied(workload)
+def applied_best(store: Any, workload: str, gpu_model: str | None = None) -> BestConfig | None:
+    """The applied configuration in ``store``, with the context of the iteration that measured it.
+
+    With ``gpu_model``, the one measured on that model where there is one;
+    else the newest of any model (better than the defaults on a new GPU,
+    until dstune has tuned there).
+    """
+    row = (store.applied(workload, gpu_model) if gpu_model else None) or store.applied(workload)
     if row is None:
         return None
     source_id = row.iteration_id or row.source_iteration_id
@@ -91,12 +97,22 @@ def best(workload: str, db: str | None = None) -> BestConfig:
     from dstune.store import Store
 
     store = Store(db)
-    found = applied_best(store, workload)
+    found = applied_best(store, workload, _this_gpu_model())
     if found is None:
         known = ", ".join(store.workload_names()) or "none"
         raise UsageError(f"no configuration has been applied to workload {workload!r} in {store.shown_url} "
                          f"(workloads there: {known}). Run `dstune run` on it first, or set DSTUNE_CONFIG.")
     return found
+
+
+def _this_gpu_model() -> str | None:
+    """The model of the GPU this process runs on ("cpu" without one); None when it cannot be told."""
+    from .device_lock import resolve_device
+
+    try:
+        return resolve_device().model
+    except UsageError:
+        return None
 
 
 def _definition(workload_fn: Any) -> WorkloadDef:

@@ -52,7 +52,8 @@ def trial_record(row: Any, defaults: dict[str, Any]) -> dict[str, Any]:
         "first_step_s": row.first_step_s, "duration_s": row.duration_s, "micro_batch": row.micro_batch,
         "accumulation": row.accumulation, "energy_per_sample_j": row.energy_per_sample_j,
         "gpu_util_mean": row.gpu_util_mean, "started_at": iso(row.started_at), "ended_at": iso(row.ended_at),
-        "host": row.host, "gpu": row.gpu, "error": first_line(row.error),
+        "host": row.host, "gpu": row.gpu, "gpu_model": row.gpu_model, "pid": row.pid,
+        "error": first_line(row.error),
     }
 
 
@@ -97,10 +98,16 @@ def latest_with_trials(store: Any, iterations: Sequence[Any]) -> Any | None:
     return next((i for i in reversed(iterations) if store.status_counts(i.id)), None)
 
 
-def front_records(store: Any, iteration: Any) -> list[dict[str, Any]]:
+def fronts_by_model(store: Any, iteration: Any) -> dict[str | None, list[Any]]:
+    """The iteration's Pareto front per GPU model: throughput on one model says nothing about another."""
     ok = [t for t in store.trials(iteration.id, status="ok") if t.samples_per_s and t.peak_memory_bytes is not None]
+    models = sorted({t.gpu_model for t in ok}, key=lambda m: (m is None, m or ""))
+    return {model: pareto_front([t for t in ok if t.gpu_model == model]) for model in models}
+
+
+def front_records(store: Any, iteration: Any) -> list[dict[str, Any]]:
     defaults = dict(iteration.default_config or {})
-    return [trial_record(row, defaults) for row in pareto_front(ok)]
+    return [trial_record(row, defaults) for front in fronts_by_model(store, iteration).values() for row in front]
 
 
 def show_record(store: Any, workload: str) -> dict[str, Any]:
@@ -108,9 +115,11 @@ def show_record(store: Any, workload: str) -> dict[str, Any]:
     iterations = iterations_of(store, workload)
     current = applied_best(store, workload)
     latest = latest_with_trials(store, iterations)
+    by_model = {model or "unrecorded": applied_best(store, workload, model) for model in store.applied_models(workload)}
     return {
         "workload": workload,
         "applied": current.to_dict() if current is not None else None,
+        "applied_by_gpu_model": {model: best.to_dict() for model, best in by_model.items() if best is not None},
         "latest_iteration_id": latest.id if latest is not None else None,
         "default_config": dict(latest.default_config or {}) if latest is not None else {},
         "pareto_front": front_records(store, latest) if latest is not None else [],

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from .errors import UsageError
+from .gpu_slots import parse_gpus
 from .idle_gate import GateSettings
 from .measure_settings import MeasureSettings
 from .numerics import parse_tolerances
@@ -46,6 +47,7 @@ class RunOptions:
     gate: GateSettings | None = None  # wait for an idle device before each trial (the daemon's runs)
     lock_timeout_s: float | None = None  # give up waiting for the device lock after this long (None: never)
     schedule_id: int | None = None  # the schedule a daemon ran this iteration for
+    gpus: tuple[str, ...] = ()  # one trial slot per GPU (empty: the one GPU the process was given)
 
 
 def knob_names(values: Any) -> tuple[str, ...]:
@@ -89,6 +91,7 @@ def options_from_params(params: Mapping[str, Any], label: Callable[[str], str] |
         numerics_guard=params["numerics_guard"], tolerances=_named(where, "tolerance", "--tolerance", lambda: parse_tolerances(params["tolerance"])),
         only=knob_names(params["only"]), exclude=knob_names(params["exclude"]), gate=gate,
         schedule_id=params.get("schedule_id"),
+        gpus=_named(where, "gpus", "--gpus", lambda: parse_gpus(params.get("gpus") or None)),
         lock_timeout_s=parse_duration(lock_timeout, where("lock_timeout"), allow_zero=True) if lock_timeout else None,
     )
 

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 from dataclasses import dataclass, field
@@ -93,6 +94,24 @@ def _kill_group(pgid: int, wait: Callable[[float], bool]) -> None:
     wait(KILL_GRACE_S)
 
 
+CANCEL_POLL_S = 0.2
+
+
+def _wait_ending(wait: Callable[[float], bool], timeout_s: float, cancel: threading.Event | None) -> str:
+    """Wait for the child: ``done``, ``timeout``, or ``cancelled`` (when ``cancel`` is set first)."""
+    if cancel is None:
+        return "done" if wait(timeout_s) else "timeout"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "timeout"
+        if wait(min(left, CANCEL_POLL_S)):
+            return "done"
+        if cancel.is_set():
+            return "cancelled"
+
+
 def _forkserver() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["dstune.forkserver_preload"])
@@ -147,7 +166,8 @@ def _start_without_main(process: multiprocessing.process.BaseProcess) -> None:
         sys.modules["__main__"] = main
 
 
-def _run_forked(paths: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, bool]:
+def _run_forked(paths: list[str], env: dict[str, str], timeout_s: float,
+                cancel: threading.Event | None) -> tuple[int | None, str]:
     process = _forkserver().Process(target=_forked_child, args=(*paths, env), daemon=False)
     _start_without_main(process)
 
@@ -156,14 +176,15 @@ def _run_forked(paths: list[str], env: dict[str, str], timeout_s: float) -> tupl
         return process.exitcode is not None
 
     try:
-        timed_out = not wait(timeout_s)
+        ending = _wait_ending(wait, timeout_s, cancel)
     finally:
         # Also on success or interrupt: a child the workload left behind dies with the group.
         _kill_group(process.pid, wait)
-    return process.exitcode, timed_out
+    return process.exitcode, ending
 
 
-def _run_exec(paths: list[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, bool]:
+def _run_exec(paths: list[str], env: dict[str, str], timeout_s: float,
+              cancel: threading.Event | None) -> tuple[int | None, str]:
     spec_path, result_path, out_path, err_path = paths
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(
@@ -180,15 +201,19 @@ def _run_exec(paths: list[str], env: dict[str, str], timeout_s: float) -> tuple[
                 return False
 
         try:
-            timed_out = not wait(timeout_s)
+            ending = _wait_ending(wait, timeout_s, cancel)
         finally:
             _kill_group(proc.pid, wait)
-    return proc.returncode, timed_out
+    return proc.returncode, ending
 
 
 def run_in_subprocess(spec: dict[str, Any], timeout_s: float, env: dict[str, str] | None = None,
-                      workdir: Path | None = None) -> TrialOutcome:
-    """Run ``dstune.trial_worker`` on ``spec``; kill its process group after ``timeout_s``."""
+                      workdir: Path | None = None, cancel: threading.Event | None = None) -> TrialOutcome:
+    """Run ``dstune.trial_worker`` on ``spec``; kill its process group after ``timeout_s``.
+
+    Setting ``cancel`` (from another thread: a run with several GPU slots
+    being interrupted) kills it too, and the trial is ``interrupted``.
+    """
     with tempfile.TemporaryDirectory(prefix="dstune-trial-", dir=workdir) as tmp:
         tmpdir = Path(tmp)
         spec_path, result_path = tmpdir / "spec.json", tmpdir / "result.json"
@@ -200,10 +225,13 @@ def run_in_subprocess(spec: dict[str, Any], timeout_s: float, env: dict[str, str
         paths = [str(spec_path), str(result_path), str(out_path), str(err_path)]
         runner = _run_forked if start_method() == "forkserver" else _run_exec
         started = time.perf_counter()
-        returncode, timed_out = runner(paths, child_env, timeout_s)
+        returncode, ending = runner(paths, child_env, timeout_s, cancel)
         duration = time.perf_counter() - started
         stderr_tail = _tail(err_path)
-        if timed_out:
+        if ending == "cancelled":
+            return TrialOutcome("interrupted", error="dstune run was interrupted during this trial",
+                                duration_s=duration, stderr_tail=stderr_tail, exit_code=returncode)
+        if ending == "timeout":
             return TrialOutcome("timeout", error=f"no result after {timeout_s:.0f} s; process group killed",
                                 duration_s=duration, stderr_tail=stderr_tail, exit_code=returncode)
         return classify_exit(returncode, result_path, duration, stderr_tail)

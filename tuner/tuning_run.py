@@ -12,8 +12,12 @@ the whole iteration: trials stop early enough to leave time for the check
 (estimated from the trials' own durations).  An iteration interrupted in
 any phase is recorded as interrupted in that phase and decides nothing.
 
-The run holds its device's lock (:mod:`dstune.device_lock`) from the probe
+The run holds its devices' locks (:mod:`dstune.device_lock`) from the probe
 to the decision, so no two iterations ever measure on one GPU at once.
+With ``--gpus`` the Do phase runs a trial on each GPU at once, and
+``dstune worker`` processes on other hosts may join it through the shared
+database (:mod:`dstune.trial_pool`); Plan, Check and Act stay here, on the
+first GPU, and compare only trials measured on that GPU's model.
 With an idle gate (:mod:`dstune.idle_gate`, as the daemon runs it), each
 trial waits for the device to be free of foreign work; time spent waiting
 does not count against the budget, and a gate that gives up defers the
@@ -40,9 +44,10 @@ import optuna
 from .act import Decision, decide
 from .check import CheckResult, interleaved_check
 from .context import TuneContext
-from .device_lock import Device, DeviceBusy, hold_device, resolve_device
+from .device_lock import DeviceBusy
 from .errors import UsageError
 from .fingerprint import fingerprint_hash
+from .gpu_slots import Slot, hold_slots, resolve_slots
 from .idle_gate import IdleGate
 from .knobs import Config, Knob, checklist_config, default_config
 from .numerics import GuardSettings, check_overrides, trial_tolerance
@@ -50,18 +55,16 @@ from .plan import Incumbent, adapt_config, copy_trials, diff_facts
 from .plugin_manager import call_impl, plugin_manager
 from .processes import process_alive
 from .run_options import RunOptions
-from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, config_key, create_study, enqueue_seeds, tell
+from .search import SearchSpace, config_key, create_study, enqueue_seeds
+from .trial_pool import DoSetup, TrialPool, heartbeat_settings, stale_marker, trial_spec
 from .trial_runner import TrialOutcome, run_in_subprocess
 from .units import parse_memory_budget
+
+__all__ = ["RunOptions", "RunResult", "applicable_knobs", "compile_cache_env", "probe", "run_iteration", "trial_spec"]
 
 log = logging.getLogger("dstune.run")
 
 PROBE_TIMEOUT_S = 600.0
-MAX_REPEATS = 40  # consecutive already-seen suggestions before the space counts as exhausted
-PRUNE_RATIO = 0.25  # a trial whose warm-up shows under this fraction of the best is stopped early
-CHECK_RESERVE_FACTOR = 1.25
-MAX_INVALID_STREAK = 20  # configurations refused in a row before the trials stop (a plugin refusing everything)
-MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tenth of the budget)
 HEARTBEAT_S = 10.0  # how often a running iteration says it is alive (see Store.recover_stale)
 
 
@@ -70,7 +73,8 @@ class Reporter(Protocol):
 
     def started(self, workload: str, ctx: TuneContext, knobs: Sequence[Knob], trials: int, budget_s: float) -> None: ...
     def trial_started(self, index: int, config: Config, seed_kind: str) -> None: ...
-    def trial_finished(self, index: int, outcome: TrialOutcome, best_samples_per_s: float | None) -> None: ...
+    def trial_finished(self, index: int, outcome: TrialOutcome, best_samples_per_s: float | None,
+                       number: int | None = None) -> None: ...
     def message(self, text: str) -> None: ...
     def check_started(self, incumbent: Config, challenger: Config | None, repeats: int, why: str) -> None: ...
     def check_measured(self, role: str, round_: int, outcome: TrialOutcome) -> None: ...
@@ -97,8 +101,8 @@ def compile_cache_env(workload: str) -> dict[str, str]:
     return env
 
 
-def probe(options: RunOptions) -> dict[str, Any]:
-    """Import and build the workload once in a fresh process; return its context and environment."""
+def probe(options: RunOptions, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Import and build the workload once in a fresh process (on the GPU ``env`` gives); its context and environment."""
     spec = {
         "kind": "probe",
         "workload_file": str(options.workload_file),
@@ -106,7 +110,7 @@ def probe(options: RunOptions) -> dict[str, Any]:
         "disabled_plugins": list(options.disabled_plugins),
         "strict_plugins": options.strict_plugins,
     }
-    outcome = run_in_subprocess(spec, timeout_s=PROBE_TIMEOUT_S)
+    outcome = run_in_subprocess(spec, timeout_s=PROBE_TIMEOUT_S, env=env)
     if outcome.status == "usage_error":
         raise UsageError(outcome.error or "the workload file could not be used")
     if outcome.status != "ok":
@@ -116,17 +120,6 @@ def probe(options: RunOptions) -> dict[str, Any]:
             "Fix the workload so that its function builds on this machine, then run again."
         )
     return outcome.payload
-
-
-def trial_spec(options: RunOptions, ctx: dict[str, Any], config: Config,
-               numerics: GuardSettings | None = None) -> dict[str, Any]:
-    """What a trial process needs: the workload, the config, the context, how to measure and guard."""
-    return {
-        "kind": "trial", "workload_file": str(options.workload_file),
-        "workload_name": options.workload_name or ctx["workload"], "config": config, "ctx": ctx,
-        "disabled_plugins": list(options.disabled_plugins), "measure": options.measure.to_dict(),
-        "seed": options.seed, "numerics": numerics.to_dict() if numerics else None,
-    }
 
 
 def applicable_knobs(pm: Any, ctx: TuneContext, problems: list[str] | None = None) -> list[Knob]:
@@ -179,7 +172,7 @@ def _tagged(knob: Knob, plugin: str) -> Knob:
     return dataclasses.replace(knob, plugin=plugin)
 
 
-def _invalid_reason(pm: Any, config: Config, ctx: TuneContext) -> str | None:
+def invalid_reason(pm: Any, config: Config, ctx: TuneContext) -> str | None:
     """Why plugins refuse ``config``; a plugin that raises refuses it too, and is named."""
     reasons = []
     for impl in pm.hook.dstune_validate.get_hookimpls():
@@ -195,11 +188,13 @@ def _invalid_reason(pm: Any, config: Config, ctx: TuneContext) -> str | None:
 class Iteration:
     """One iteration while it runs: the phases are methods, the state they share is attributes."""
 
-    def __init__(self, options: RunOptions, reporter: Reporter, device: Device) -> None:
+    def __init__(self, options: RunOptions, reporter: Reporter, slots: list[Slot]) -> None:
         from dstune.store import Store
 
-        self.options, self.reporter = options, reporter
-        self.gate = IdleGate(device, options.gate) if options.gate else None
+        self.options, self.reporter, self.slots = options, reporter, slots
+        self.gates = {id(slot): IdleGate(slot.device, options.gate) for slot in slots} if options.gate else {}
+        self.gpu_model = slots[0].device.model
+        self.pool: TrialPool | None = None
         self._beating = threading.Event()
         self.store = Store(options.db)
         self.plugins = plugin_manager(options.disabled_plugins, strict=options.strict_plugins)
@@ -215,7 +210,7 @@ class Iteration:
         options, store = self.options, self.store
         for problem in self.plugins.problems:
             self.reporter.message(f"[warning] {problem}")
-        probed = probe(options)
+        probed = probe(options, env=self.slots[0].env)
         self.ctx_dict = probed["ctx"]
         self.ctx = ctx = TuneContext.from_dict(self.ctx_dict)
         environment = probed["environment"]
@@ -260,7 +255,10 @@ class Iteration:
                      "trial_timeout_s": options.trial_timeout_s, "disabled_plugins": list(options.disabled_plugins),
                      "check_repeats": options.check_repeats, "min_gain": options.min_gain,
                      "only": list(options.only), "exclude": list(options.exclude), "numerics_guard": options.numerics_guard,
-                     "tolerances": options.tolerances},
+                     "tolerances": options.tolerances, "memory_budget": options.memory_budget,
+                     "measure": options.measure.to_dict(), "workload_name": ctx.workload,
+                     "gpus": [slot.label for slot in self.slots]},
+            gpu_model=self.gpu_model,
             previous_iteration_id=previous.id if previous else None, fingerprint_diff=diff,
             incumbent_config=incumbent.config, incumbent_source=incumbent.source, select_policy=str(options.select),
             schedule_id=options.schedule_id,
@@ -268,7 +266,10 @@ class Iteration:
         threading.Thread(target=self._heartbeat, name="dstune-heartbeat", daemon=True).start()
         study_name = options.study_name or f"{ctx.workload}-it{self.iteration_id}"
         store.update_iteration(self.iteration_id, study_name=study_name, phase="do")
-        self.study = create_study(store.optuna_storage(), study_name, options.seed,
+        self.environment_id = environment_id
+        heartbeat, grace = heartbeat_settings()
+        self.storage = store.optuna_storage(heartbeat, grace, stale_marker(store))
+        self.study = create_study(self.storage, study_name, options.seed,
                                   startup_trials=min(10, max(3, options.trials // 3)))
         seeds: list[tuple[str, Config]] = []
         if incumbent.applied_id is not None:
@@ -291,18 +292,19 @@ class Iteration:
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the run must go on
                 log.warning("heartbeat of iteration %s failed: %s", self.iteration_id, exc)
 
-    def wait_idle(self) -> None:
-        """Hold the next trial until the device is idle; the wait does not use up the budget."""
-        if self.gate is None:
+    def wait_idle(self, slot: Slot) -> None:
+        """Hold the slot's next trial until its device is idle; the wait does not use up the budget."""
+        gate = self.gates.get(id(slot))
+        if gate is None:
             return
         before = time.monotonic()
         try:
-            self.gate.wait(self.reporter.message)
+            gate.wait(self.reporter.message)
         finally:
             self.started += time.monotonic() - before
 
     def _incumbent(self) -> Incumbent:
-        applied = self.store.applied(self.ctx.workload)
+        applied = self.store.applied(self.ctx.workload, self.gpu_model)
         if applied is None:
             return Incumbent(dict(self.defaults), "default configuration (nothing applied yet)")
         config, notes = adapt_config(applied.config, self.knobs)
@@ -328,126 +330,30 @@ class Iteration:
             return None
         return GuardSettings(trial_tolerance(self.knobs, config, self.options.tolerances), self.reference_dir)
 
-    def _check_reserve(self, eager_durations: list[float], costly_steady: list[float],
-                       pair: tuple[float, float] | None = None) -> float:
-        """Time to keep for the check: ``repeats`` measurements of each side, plus a quarter for slack.
-
-        Best first: ``pair``, what this run's trials of the incumbent and of
-        the best configuration so far took (a compiled one without its first
-        step, since the check finds its compilation in the shared cache); the
-        previous iteration's check measurements; this run's eager trials; its
-        compiled trials without their first step.
-        """
-        repeats = self.options.check_repeats
-        if pair is not None:
-            return CHECK_RESERVE_FACTOR * repeats * (pair[0] + pair[1])
-        if self.past_measure_s:
-            per = self.past_measure_s
-        elif eager_durations:
-            per = statistics.median(eager_durations)
-        elif costly_steady:
-            per = 1.5 * min(costly_steady)
-        else:
-            return 0.0
-        return CHECK_RESERVE_FACTOR * 2 * repeats * per
-
     def do(self) -> str:
-        options, store, study, space = self.options, self.store, self.study, self.space
-        seen: dict[str, tuple[str, dict[str, Any]]] = {}
-        schedule = CostAwareSchedule(space, options.trials, options.budget_s)
-        successes: list[tuple[Config, float]] = []
-        eager_durations: list[float] = []
-        costly_steady: list[float] = []
-        measure_s: dict[str, float] = {}  # what a measurement of a config costs, by config key
-        incumbent_key, best_key = config_key(self.incumbent.config), ""
-        done, repeats, best, invalid_streak = 0, 0, None, 0
-        self.in_flight: int | None = None  # the row of the trial running now
-        while True:
-            if done >= options.trials:
-                return "trials"
-            elapsed = time.monotonic() - self.started
-            pair = None
-            if incumbent_key in measure_s and best_key in measure_s:
-                pair = (measure_s[incumbent_key], measure_s[best_key])
-            available = options.budget_s - elapsed - self._check_reserve(eager_durations, costly_steady, pair)
-            if available < min(MIN_TRIAL_S, options.budget_s / 10):
-                return "budget"
-            schedule.before_ask(study, done, elapsed, successes)
-            trial = study.ask()
-            config = space.config_from_trial(trial)
-            seed_kind = trial.user_attrs.get(SEED_ATTR, "search")
-            key = config_key(config)
-            if key in seen:
-                status, metrics = seen[key]
-                tell(study, trial, status, metrics, self.memory_budget)
-                repeats += 1
-                if repeats >= MAX_REPEATS:
-                    self.reporter.message("every configuration the search proposes has been measured already: stopping")
-                    return "exhausted"
-                continue
-            repeats = 0
-            reason = _invalid_reason(self.plugins.pm, config, self.ctx)
-            if reason:
-                store.record_trial(self.iteration_id, number=trial.number, seed_kind=seed_kind, config=config,
-                                   status="invalid", error=reason, host=self.host)
-                tell(study, trial, "invalid", {}, self.memory_budget)
-                seen[key] = ("invalid", {})
-                invalid_streak += 1
-                if invalid_streak >= MAX_INVALID_STREAK:
-                    self.reporter.message(f"[warning] {invalid_streak} configurations in a row were refused "
-                                          f"(last: {reason}); stopping the trials")
-                    return "invalid"
-                continue
-            invalid_streak = 0
-            try:
-                self.wait_idle()
-            except DeviceBusy:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                raise
-            self.reporter.trial_started(done + 1, config, seed_kind)
-            self.in_flight = store.begin_trial(self.iteration_id, number=trial.number, seed_kind=seed_kind,
-                                               config=config, host=self.host,
-                                               gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
-            spec = trial_spec(options, self.ctx_dict, config, self._guard(config))
-            if best and seed_kind == "search":
-                spec["prune_below"] = best * PRUNE_RATIO
-            # A trial may not outlive the budget: the check still has to run after it.
-            budget_bound = available < options.trial_timeout_s
-            outcome = run_in_subprocess(spec, timeout_s=min(options.trial_timeout_s, available), env=self.env)
-            if outcome.status == "timeout" and budget_bound:
-                outcome.status = "interrupted"
-                outcome.error = (f"stopped after {outcome.duration_s:.0f} s because the budget ran out; "
-                                 "it says nothing about the configuration")
-            store.end_trial(
-                self.in_flight, status=outcome.status, duration_s=outcome.duration_s, metrics=outcome.metrics,
-                error=outcome.error, exit_code=outcome.exit_code, signal=outcome.signal,
-                stderr_tail=outcome.stderr_tail if outcome.status != "ok" else None,
-            )
-            self.in_flight = None
-            tell(study, trial, outcome.status, outcome.metrics, self.memory_budget)
-            seen[key] = (outcome.status, outcome.metrics)
-            schedule.record(config, outcome.duration_s)
-            done += 1
-            if outcome.status == "ok":
-                if schedule.is_costly(config):
-                    steady = outcome.duration_s - float(outcome.metrics.get("first_step_s") or 0.0)
-                    costly_steady.append(steady)
-                    measure_s[key] = 1.5 * steady
-                else:
-                    eager_durations.append(outcome.duration_s)
-                    measure_s[key] = outcome.duration_s
-                if outcome.metrics.get("peak_memory_bytes", 0) <= self.memory_budget:
-                    if outcome.metrics["samples_per_s"] > (best or 0.0):
-                        best_key = key
-                    best = max(best or 0.0, outcome.metrics["samples_per_s"])
-                    successes.append((config, outcome.metrics["samples_per_s"]))
-            self.reporter.trial_finished(done, outcome, best)
+        """Trials on every slot (and on the workers that join), until the count, budget or search runs out."""
+        setup = DoSetup(
+            options=self.options, store=self.store, storage=self.storage, study=self.study, space=self.space,
+            iteration_id=self.iteration_id, ctx=self.ctx, ctx_dict=self.ctx_dict, pm=self.plugins.pm,
+            memory_budget=self.memory_budget, env=self.env, host=self.host, environment_id=self.environment_id,
+            reporter=self.reporter, guard=self._guard,
+            invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, self.ctx),
+            wait_idle=self.wait_idle, started=lambda: self.started, coordinator=True,
+            incumbent_key=config_key(self.incumbent.config), past_measure_s=self.past_measure_s,
+        )
+        self.pool = pool = TrialPool(setup, self.slots)
+        stop_reason = pool.run()
+        pool.close()
+        pool.wait_for_others()
+        return stop_reason
 
     # -- Check ------------------------------------------------------------------
 
     def check(self) -> tuple[CheckResult, Config | None, str]:
         options, store = self.options, self.store
-        chosen = options.select.choose(store.trials(self.iteration_id, status="ok"), self.memory_budget)
+        # Throughput means something only on the GPU model it was measured on: the check runs on this one.
+        ok = [t for t in store.trials(self.iteration_id, status="ok") if t.gpu_model in (None, self.gpu_model)]
+        chosen = options.select.choose(ok, self.memory_budget)
         store.update_iteration(self.iteration_id, phase="check", chosen_trial_id=chosen.id if chosen else None,
                                chosen_config=chosen.config if chosen else None)
         challenger: Config | None = None
@@ -460,10 +366,12 @@ class Iteration:
             challenger = chosen.config
         self.reporter.check_started(self.incumbent.config, challenger, options.check_repeats, why)
 
+        slot = self.slots[0]
+
         def measure(role: str, round_: int, config: Config) -> TrialOutcome:
-            self.wait_idle()
+            self.wait_idle(slot)
             outcome = run_in_subprocess(trial_spec(options, self.ctx_dict, config, self._guard(config)),
-                                        timeout_s=options.trial_timeout_s, env=self.env)
+                                        timeout_s=options.trial_timeout_s, env={**self.env, **slot.env})
             store.record_measurement(self.iteration_id, role=role, round=round_, config=config,
                                      status=outcome.status, metrics={**outcome.metrics, "duration_s": outcome.duration_s},
                                      error=outcome.error)
@@ -478,7 +386,8 @@ class Iteration:
         """The incumbent's throughputs in the newest earlier iteration that re-measured this very config."""
         key = config_key(config)
         for iteration in reversed(self.store.iterations_of(self.ctx.workload)):
-            if iteration.id >= self.iteration_id or iteration.status != "completed":
+            if iteration.id >= self.iteration_id or iteration.status != "completed" or (
+                    iteration.gpu_model not in (None, self.gpu_model)):
                 continue
             values = [m.samples_per_s for m in self.store.measurements(iteration.id)
                       if m.status == "ok" and m.samples_per_s and config_key(m.config) == key]
@@ -492,10 +401,10 @@ class Iteration:
         applied: dict[str, Any] | None = None
         if decision.promoted:
             applied = {"config": challenger, "reason": "promoted", "note": decision.reason,
-                       **self._medians("challenger")}
+                       "gpu_model": self.gpu_model, **self._medians("challenger")}
         elif self.incumbent.applied_id is None and "incumbent" not in result.failures:
             applied = {"config": self.incumbent.config, "reason": "baseline", "note": decision.reason,
-                       **self._medians("incumbent")}
+                       "gpu_model": self.gpu_model, **self._medians("incumbent")}
         estimate = result.estimate
         self.store.conclude_iteration(
             self.iteration_id, applied, decision=decision.decision, reason=decision.reason,
@@ -537,9 +446,8 @@ class Iteration:
         return RunResult(self.iteration_id, self.ctx.workload, stop_reason, decision)
 
     def _record_interruption(self, exc: BaseException) -> None:
-        in_flight = getattr(self, "in_flight", None)
-        if in_flight is not None:
-            self.store.end_trial(in_flight, status="interrupted", error="dstune run was interrupted during this trial")
+        if self.pool is not None:
+            self.pool.interrupt()
         if isinstance(exc, DeviceBusy):
             self.store.finish_iteration(self.iteration_id, "deferred", phase=self.phase,
                                         error=f"deferred during the {self.phase} phase: {exc}; nothing was promoted")
@@ -557,7 +465,7 @@ def run_iteration(options: RunOptions, reporter: Reporter) -> RunResult:
     Raises :class:`DeviceBusy` when the lock or the idle gate waited longer than allowed.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    device = resolve_device()
+    slots = resolve_slots(options.gpus, reporter.message)
     what = f"dstune run {options.workload_file}" + (f" for schedule {options.schedule_id}" if options.schedule_id else "")
-    with hold_device(device, what, options.lock_timeout_s, reporter.message):
-        return Iteration(options, reporter, device).run()
+    with hold_slots(slots, what, options.lock_timeout_s, reporter.message):
+        return Iteration(options, reporter, slots).run()
