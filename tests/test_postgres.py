@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from typing import Iterator
 
@@ -18,6 +23,7 @@ import optuna
 import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
 
 from dstune.store import Store
 from dstune.store.models import SCHEMA_VERSION
@@ -42,9 +48,21 @@ def pg_url() -> Iterator[str]:
     try:
         yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _drop(admin, name)
         admin.dispose()
+
+
+def _drop(admin, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Drop a test database, again while an autovacuum worker (not ours to terminate) is still in it."""
+    for attempt in range(20):
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except ProgrammingError as exc:
+            if "must be a member of the role" not in str(exc) or attempt == 19:
+                raise
+            time.sleep(0.5)
 
 
 def _psycopg(url: str) -> str:
@@ -125,12 +143,6 @@ def test_coordinator_and_three_workers_share_one_study_and_a_killed_workers_tria
     while a trial of its own runs.  Optuna's heartbeat (every second here, stale after three)
     fails that trial, dstune marks it stale, and the others finish the budget of 8 trials.
     """
-    import shutil
-    import signal
-    import subprocess
-    import sys
-    import time
-
     study, trials = "paced-w47", 8
     workload = tmp_path / "paced.py"
     shutil.copy(WORKLOADS / "paced.py", workload)
