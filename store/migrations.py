@@ -75,8 +75,8 @@ def _to_5(op: Operations, connection: Connection) -> None:
 def _to_6(op: Operations, connection: Connection) -> None:
     """Schema 6 (scale-out): trial claims and the Do deadline shared by workers; who ran a trial, on which GPU model.
 
-    Applied rows written before have no GPU model: they stay the incumbent
-    of whichever model tunes the workload next, until that model has its own.
+    Applied rows written before name no GPU model: they hold for every
+    model until that model has a newer row of its own.
     """
     present = set(inspect(connection).get_table_names())
     for table, columns in (

@@ -88,6 +88,15 @@ def db_rows(db: Path, query: str, *args: object) -> list[tuple]:
         return conn.execute(query, args).fetchall()
 
 
+def parallel_seconds(rows: list[tuple]) -> float:
+    """Seconds during which trials on different GPUs ran at once; rows are (gpu, started_at, ended_at) from SQLite."""
+    from datetime import datetime
+
+    spans = [(gpu, datetime.fromisoformat(a).timestamp(), datetime.fromisoformat(b).timestamp()) for gpu, a, b in rows]
+    return sum(max(0.0, min(b1, b2) - max(a1, a2)) for i, (g1, a1, b1) in enumerate(spans)
+               for g2, a2, b2 in spans[i + 1:] if g1 != g2)
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real ``dstune`` command in a subprocess."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}

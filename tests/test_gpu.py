@@ -22,7 +22,7 @@ from dstune.plugin_manager import plugin_manager
 from dstune.tuning_run import applicable_knobs
 from dstune.workload_loader import select_workload
 
-from .conftest import WORKLOADS, db_rows, probed, run_cli
+from .conftest import WORKLOADS, db_rows, parallel_seconds, probed, run_cli
 
 OBSERVE = WORKLOADS / "observe.py"
 GUARD = GuardSettings(tolerance=0.05)
@@ -206,13 +206,6 @@ def test_idle_gate_waits_for_a_foreign_cuda_process(tmp_path):
     assert first_trial - ended < 30, "and then went ahead"
 
 
-def _overlap(rows: list[tuple]) -> float:
-    """Seconds during which trials on different GPUs ran at the same time (rows: gpu, started_at, ended_at)."""
-    spans = [(gpu, datetime.fromisoformat(a).timestamp(), datetime.fromisoformat(b).timestamp()) for gpu, a, b in rows]
-    return sum(max(0.0, min(b1, b2) - max(a1, a2)) for i, (g1, a1, b1) in enumerate(spans)
-               for g2, a2, b2 in spans[i + 1:] if g1 != g2)
-
-
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_gpus_runs_a_trial_on_each_gpu_at_once_and_a_worker_joins_on_another(tmp_path):
     """``--gpus 0,1``: trials pinned one per GPU run side by side; then a coordinator on GPU 0 and a worker on GPU 1."""
@@ -223,10 +216,10 @@ def test_gpus_runs_a_trial_on_each_gpu_at_once_and_a_worker_joins_on_another(tmp
     assert result.returncode == 0, result.stdout + result.stderr
     rows = db_rows(db, "select gpu, started_at, ended_at, status, gpu_model from dstune_trials order by id")
     print(f"\n--gpus 0,1: {[(r[0], r[3]) for r in rows]}, models {sorted({r[4] for r in rows})}, "
-          f"{_overlap([r[:3] for r in rows]):.1f} s of trials running on both GPUs at once")
+          f"{parallel_seconds([r[:3] for r in rows]):.1f} s of trials running on both GPUs at once")
     assert len(rows) == 6 and {r[0] for r in rows} == {"0", "1"}
     assert all(r[3] in ("ok", "pruned") for r in rows)
-    assert _overlap([r[:3] for r in rows]) > 1.0, "trials on the two GPUs ran at the same time"
+    assert parallel_seconds([r[:3] for r in rows]) > 1.0, "trials on the two GPUs ran at the same time"
     assert all(r[4].startswith("NVIDIA") for r in rows)
 
     db = tmp_path / "worker.db"

@@ -20,7 +20,7 @@ KNOBS = (
 
 
 def _study(seed: int = 0) -> optuna.Study:
-    return create_study(optuna.storages.InMemoryStorage(), "s", seed=seed, startup_trials=3)
+    return create_study(optuna.storages.InMemoryStorage(), "s", seed=seed, trials=9)  # 3 random start-up trials
 
 
 def test_seeds_run_first_and_fixed_knobs_are_not_searched():

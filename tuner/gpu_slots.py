@@ -44,7 +44,7 @@ def parse_gpus(value: str | Sequence[str] | None, where: str = "--gpus") -> tupl
         raise UsageError(f"{where} {value!r} has an empty entry. Give GPU indices or UUIDs separated by commas, "
                          "e.g. --gpus 0,1, or --gpus all.")
     if items == ["all"]:
-        return tuple(str(i) for i in range(_gpu_count())) or ()
+        return tuple(str(i) for i in range(_gpu_count()))
     repeated = sorted({item for item in items if items.count(item) > 1})
     if repeated:
         raise UsageError(f"{where} {','.join(items)} names GPU {', '.join(repeated)} more than once. "

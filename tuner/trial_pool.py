@@ -34,8 +34,8 @@ import optuna
 
 from .context import TuneContext
 from .gpu_slots import Slot
-from .knobs import Config
-from .numerics import GuardSettings
+from .knobs import Config, Knob
+from .numerics import GuardSettings, trial_tolerance
 from .run_options import RunOptions
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, config_key, tell
 from .trial_runner import KILL_GRACE_S, TrialOutcome, run_in_subprocess
@@ -74,6 +74,23 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, GRACE_BEATS * interval
 
 
+def guard_for(options: RunOptions, knobs: Sequence[Knob], reference_dir: str
+              ) -> Callable[[Config], GuardSettings | None]:
+    """The numerics guard of each trial: its tolerance by configuration, and the folder its references share."""
+
+    def guard(config: Config) -> GuardSettings | None:
+        if not options.numerics_guard:
+            return None
+        return GuardSettings(trial_tolerance(knobs, config, options.tolerances), reference_dir)
+
+    return guard
+
+
+def optuna_trial_id(storage: optuna.storages.RDBStorage, study_name: str, number: int) -> int:
+    """Optuna's storage id of trial ``number`` of a study (its heartbeat and state are kept by that id)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
 def stale_marker(store: Any) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
     """Optuna's stale-trial callback: the trial it failed becomes ``stale`` in dstune's table too."""
     _, grace = heartbeat_settings()
@@ -90,8 +107,7 @@ class TrialHeartbeat:
 
     def __init__(self, storage: optuna.storages.RDBStorage, study: optuna.Study, number: int) -> None:
         self.storage = storage
-        study_id = storage.get_study_id_from_name(study.study_name)
-        self.trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        self.trial_id = optuna_trial_id(storage, study.study_name, number)
         self.interval = storage.get_heartbeat_interval()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, name=f"dstune-trial-{number}-heartbeat", daemon=True)
@@ -148,12 +164,6 @@ class DoSetup:
 
 
 @dataclass
-class InFlight:
-    slot: Slot
-    trial: optuna.Trial
-
-
-@dataclass
 class TrialPool:
     """Runs the Do phase on ``slots`` (a thread each when there are several) and says why it stopped."""
 
@@ -161,7 +171,7 @@ class TrialPool:
     slots: Sequence[Slot]
     lock: threading.RLock = field(default_factory=threading.RLock)
     cancel: threading.Event = field(default_factory=threading.Event)
-    in_flight: dict[int, InFlight] = field(default_factory=dict)  # trial row id -> slot and Optuna trial
+    in_flight: dict[int, optuna.Trial] = field(default_factory=dict)  # trial row id -> its Optuna trial
     reasons: list[str] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
 
@@ -169,7 +179,7 @@ class TrialPool:
         options = self.setup.options
         self.schedule = CostAwareSchedule(self.setup.space, options.trials, options.budget_s)
         self.seen: dict[str, tuple[str, dict[str, Any]]] = {}
-        self.running_elsewhere: set[str] = set()
+        self.running: set[str] = set()  # configurations some slot of some process is measuring now
         self.folded: set[int] = set()
         self.rows: list[Any] = []
         self.iteration_row: Any = None
@@ -192,8 +202,7 @@ class TrialPool:
         setup = self.setup
         optuna.storages.fail_stale_trials(setup.study)  # marks the trials of dead workers (see stale_marker)
         self.rows = list(setup.store.trials(setup.iteration_id))
-        self.running_elsewhere = {config_key(r.config) for r in self.rows
-                                  if r.status == "running" and r.id not in self.in_flight}
+        self.running = {config_key(r.config) for r in self.rows if r.status == "running"}
         for row in self.rows:
             if row.status != "running" and row.id not in self.folded:
                 self._fold(row)
@@ -300,7 +309,7 @@ class TrialPool:
             config = space.config_from_trial(trial)
             seed_kind = trial.user_attrs.get(SEED_ATTR, "search")
             key = config_key(config)
-            if key in self.seen or key in self.running_elsewhere:
+            if key in self.seen or key in self.running:
                 if key in self.seen:
                     status, metrics = self.seen[key]
                     tell(study, trial, status, metrics, setup.memory_budget)
@@ -360,7 +369,7 @@ class TrialPool:
                     setup.iteration_id, number=trial.number, seed_kind=seed_kind, config=config, host=setup.host,
                     gpu=slot.label, pid=os.getpid(), gpu_model=slot.device.model,
                     environment_id=setup.environment_id)
-                self.in_flight[row_id] = InFlight(slot, trial)
+                self.in_flight[row_id] = trial
                 spec = trial_spec(options, setup.ctx_dict, config, setup.guard(config))
                 if self.best and seed_kind == "search":
                     spec["prune_below"] = self.best * PRUNE_RATIO
@@ -468,14 +477,20 @@ class TrialPool:
                 if self._now() > as_utc(row.started_at) + overdue:
                     setup.store.mark_stale(setup.study.study_name, row.number,
                                            "its worker did not report it within its timeout")
+                    try:
+                        setup.storage.set_trial_state_values(
+                            optuna_trial_id(setup.storage, setup.study.study_name, row.number),
+                            state=optuna.trial.TrialState.FAIL)
+                    except optuna.exceptions.UpdateFinishedTrialError:
+                        pass  # its worker told it in the meantime
             time.sleep(poll_s)
 
     def interrupt(self) -> None:
         """Record the trials still in flight as interrupted (the run was stopped), in dstune and in Optuna."""
-        for row_id, flying in list(self.in_flight.items()):
+        for row_id, trial in list(self.in_flight.items()):
             self.setup.store.end_trial(row_id, status="interrupted", error="dstune run was interrupted during this trial")
             try:
-                self.setup.study.tell(flying.trial, state=optuna.trial.TrialState.FAIL)
+                self.setup.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             except Exception:  # noqa: BLE001 - already told by its slot, or the storage is gone
                 pass
             del self.in_flight[row_id]

@@ -50,13 +50,13 @@ from .fingerprint import fingerprint_hash
 from .gpu_slots import Slot, hold_slots, resolve_slots
 from .idle_gate import IdleGate
 from .knobs import Config, Knob, checklist_config, default_config
-from .numerics import GuardSettings, check_overrides, trial_tolerance
+from .numerics import check_overrides
 from .plan import Incumbent, adapt_config, copy_trials, diff_facts
 from .plugin_manager import call_impl, plugin_manager
 from .processes import process_alive
 from .run_options import RunOptions
 from .search import SearchSpace, config_key, create_study, enqueue_seeds
-from .trial_pool import DoSetup, TrialPool, heartbeat_settings, stale_marker, trial_spec
+from .trial_pool import DoSetup, TrialPool, guard_for, heartbeat_settings, stale_marker, trial_spec
 from .trial_runner import TrialOutcome, run_in_subprocess
 from .units import parse_memory_budget
 
@@ -192,7 +192,7 @@ class Iteration:
         from dstune.store import Store
 
         self.options, self.reporter, self.slots = options, reporter, slots
-        self.gates = {id(slot): IdleGate(slot.device, options.gate) for slot in slots} if options.gate else {}
+        self.gates = {slot: IdleGate(slot.device, options.gate) for slot in slots} if options.gate else {}
         self.gpu_model = slots[0].device.model
         self.pool: TrialPool | None = None
         self._beating = threading.Event()
@@ -227,6 +227,7 @@ class Iteration:
         self.options = options = dataclasses.replace(options, disabled_plugins=disabled)
         if options.numerics_guard:
             check_overrides(knobs, options.tolerances)
+        self.guard = guard_for(options, knobs, self.reference_dir)
         self.memory_budget = parse_memory_budget(options.memory_budget, ctx.device_memory)
         self.defaults, checklist = default_config(knobs), checklist_config(knobs)
 
@@ -265,12 +266,11 @@ class Iteration:
         )
         threading.Thread(target=self._heartbeat, name="dstune-heartbeat", daemon=True).start()
         study_name = options.study_name or f"{ctx.workload}-it{self.iteration_id}"
-        store.update_iteration(self.iteration_id, study_name=study_name, phase="do")
+        store.update_iteration(self.iteration_id, study_name=study_name)
         self.environment_id = environment_id
         heartbeat, grace = heartbeat_settings()
         self.storage = store.optuna_storage(heartbeat, grace, stale_marker(store))
-        self.study = create_study(self.storage, study_name, options.seed,
-                                  startup_trials=min(10, max(3, options.trials // 3)))
+        self.study = create_study(self.storage, study_name, options.seed, options.trials)
         seeds: list[tuple[str, Config]] = []
         if incumbent.applied_id is not None:
             seeds.append(("incumbent", incumbent.config))
@@ -282,6 +282,8 @@ class Iteration:
         if previous is not None and not diff and previous.study_name:
             copied = self._copy_previous_trials(previous.study_name)
         self.env = {**compile_cache_env(ctx.workload), "DSTUNE_ITERATION": str(self.iteration_id)}
+        # Only now may workers join (they wait for this phase): the study exists and its seeds come first.
+        store.update_iteration(self.iteration_id, phase="do")
         self.reporter.planned(previous.id if previous else None, diff, incumbent, copied)
         self.reporter.started(ctx.workload, ctx, knobs, options.trials, options.budget_s)
 
@@ -294,7 +296,7 @@ class Iteration:
 
     def wait_idle(self, slot: Slot) -> None:
         """Hold the slot's next trial until its device is idle; the wait does not use up the budget."""
-        gate = self.gates.get(id(slot))
+        gate = self.gates.get(slot)
         if gate is None:
             return
         before = time.monotonic()
@@ -302,6 +304,10 @@ class Iteration:
             gate.wait(self.reporter.message)
         finally:
             self.started += time.monotonic() - before
+
+    def _same_model(self, gpu_model: str | None) -> bool:
+        """Whether a row measured on ``gpu_model`` compares with this run (rows from before schema 6 name none)."""
+        return gpu_model in (None, self.gpu_model)
 
     def _incumbent(self) -> Incumbent:
         applied = self.store.applied(self.ctx.workload, self.gpu_model)
@@ -324,19 +330,13 @@ class Iteration:
 
     # -- Do ---------------------------------------------------------------------
 
-    def _guard(self, config: Config) -> GuardSettings | None:
-        """The numerics guard of a trial of ``config``: its tolerance, and where references are shared."""
-        if not self.options.numerics_guard:
-            return None
-        return GuardSettings(trial_tolerance(self.knobs, config, self.options.tolerances), self.reference_dir)
-
     def do(self) -> str:
         """Trials on every slot (and on the workers that join), until the count, budget or search runs out."""
         setup = DoSetup(
             options=self.options, store=self.store, storage=self.storage, study=self.study, space=self.space,
             iteration_id=self.iteration_id, ctx=self.ctx, ctx_dict=self.ctx_dict, pm=self.plugins.pm,
             memory_budget=self.memory_budget, env=self.env, host=self.host, environment_id=self.environment_id,
-            reporter=self.reporter, guard=self._guard,
+            reporter=self.reporter, guard=self.guard,
             invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, self.ctx),
             wait_idle=self.wait_idle, started=lambda: self.started, coordinator=True,
             incumbent_key=config_key(self.incumbent.config), past_measure_s=self.past_measure_s,
@@ -352,7 +352,7 @@ class Iteration:
     def check(self) -> tuple[CheckResult, Config | None, str]:
         options, store = self.options, self.store
         # Throughput means something only on the GPU model it was measured on: the check runs on this one.
-        ok = [t for t in store.trials(self.iteration_id, status="ok") if t.gpu_model in (None, self.gpu_model)]
+        ok = [t for t in store.trials(self.iteration_id, status="ok") if self._same_model(t.gpu_model)]
         chosen = options.select.choose(ok, self.memory_budget)
         store.update_iteration(self.iteration_id, phase="check", chosen_trial_id=chosen.id if chosen else None,
                                chosen_config=chosen.config if chosen else None)
@@ -370,7 +370,7 @@ class Iteration:
 
         def measure(role: str, round_: int, config: Config) -> TrialOutcome:
             self.wait_idle(slot)
-            outcome = run_in_subprocess(trial_spec(options, self.ctx_dict, config, self._guard(config)),
+            outcome = run_in_subprocess(trial_spec(options, self.ctx_dict, config, self.guard(config)),
                                         timeout_s=options.trial_timeout_s, env={**self.env, **slot.env})
             store.record_measurement(self.iteration_id, role=role, round=round_, config=config,
                                      status=outcome.status, metrics={**outcome.metrics, "duration_s": outcome.duration_s},
@@ -386,8 +386,8 @@ class Iteration:
         """The incumbent's throughputs in the newest earlier iteration that re-measured this very config."""
         key = config_key(config)
         for iteration in reversed(self.store.iterations_of(self.ctx.workload)):
-            if iteration.id >= self.iteration_id or iteration.status != "completed" or (
-                    iteration.gpu_model not in (None, self.gpu_model)):
+            if (iteration.id >= self.iteration_id or iteration.status != "completed"
+                    or not self._same_model(iteration.gpu_model)):
                 continue
             values = [m.samples_per_s for m in self.store.measurements(iteration.id)
                       if m.status == "ok" and m.samples_per_s and config_key(m.config) == key]

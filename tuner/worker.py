@@ -33,13 +33,12 @@ from .context import TuneContext
 from .errors import UsageError
 from .fingerprint import fingerprint_hash
 from .gpu_slots import Slot, hold_slots, resolve_slots
-from .knobs import Config, Knob
+from .knobs import Knob
 from .measure_settings import MeasureSettings
-from .numerics import GuardSettings, trial_tolerance
 from .plugin_manager import plugin_manager
 from .run_options import RunOptions
-from .search import config_key
-from .trial_pool import DoSetup, TrialPool, heartbeat_settings, stale_marker
+from .search import SearchSpace, config_key, sampler
+from .trial_pool import DoSetup, TrialPool, guard_for, heartbeat_settings, stale_marker
 from .tuning_run import applicable_knobs, compile_cache_env, invalid_reason, pin_except, probe
 from .units import parse_memory_budget
 
@@ -141,9 +140,7 @@ class Worker:
         storage = store.optuna_storage(heartbeat, grace, stale_marker(store))
         # No seed: workers with the coordinator's seed would propose the same configurations as it does.
         study = optuna.load_study(study_name=iteration.study_name, storage=storage,
-                                  sampler=optuna.samplers.TPESampler(n_startup_trials=min(10, max(3, options.trials // 3))))
-        from .search import SearchSpace
-
+                                  sampler=sampler(options.trials, seed=None))
         self.started = time.monotonic()
         return DoSetup(
             options=options, store=store, storage=storage, study=study, space=SearchSpace(tuple(knobs)),
@@ -151,19 +148,13 @@ class Worker:
             memory_budget=parse_memory_budget(options.memory_budget, ctx.device_memory),
             env={**compile_cache_env(ctx.workload), "DSTUNE_ITERATION": str(iteration.id)}, host=self.host,
             environment_id=store.environment_id(fingerprint_hash(environment), environment),
-            reporter=self.reporter, guard=self._guard,
+            reporter=self.reporter, guard=guard_for(options, knobs, self.reference_dir),
             invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, ctx),
             wait_idle=lambda slot: None, started=lambda: self.started, coordinator=False,
             incumbent_key=config_key(iteration.incumbent_config or {}),
         )
 
-    def _guard(self, config: Config) -> GuardSettings | None:
-        if not self.options.numerics_guard:
-            return None
-        return GuardSettings(trial_tolerance(self.knobs, config, self.options.tolerances), self.reference_dir)
-
     def run(self) -> WorkerResult:
-        pool = None
         try:
             setup = self._prepare()
             self.reporter.started(setup.ctx.workload, setup.ctx, self.knobs, self.options.trials, self.options.budget_s)
