@@ -1,0 +1,1 @@
+"""Benchmarks of dstune on real GPUs: the harness (``benchmarks.harness``) and result summaries."""

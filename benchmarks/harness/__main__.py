@@ -1,0 +1,90 @@
+"""``python -m benchmarks.harness run WORKLOAD`` and ``python -m benchmarks.harness table RESULT.json...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+from datetime import date
+from pathlib import Path
+
+from .registry import REPO, WORKLOADS, bench_for
+from .report import markdown
+from .runner import ALL_ARMS, BenchmarkRun, RunSettings
+
+
+def _arms(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in ALL_ARMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown arm(s) {unknown or text!r}; choose from {', '.join(ALL_ARMS)}")
+    return names
+
+
+def _grid_axis(text: str) -> tuple[str, tuple[object, ...]]:
+    """``knob=v1,v2``: values read as JSON where they parse (64, true, null), else as text."""
+    name, sep, values = text.partition("=")
+    if not sep or not name.strip() or not values.strip():
+        raise argparse.ArgumentTypeError(f"--grid {text!r}: write KNOB=VALUE,VALUE (e.g. batch_size=64,128)")
+
+    def value(token: str) -> object:
+        try:
+            return json.loads(token)
+        except json.JSONDecodeError:
+            return token
+
+    return name.strip(), tuple(value(t.strip()) for t in values.split(","))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="benchmark one workload: every arm, then side-by-side rounds")
+    run.add_argument("workload", help=f"a registered workload ({', '.join(WORKLOADS)}) or a workload file")
+    run.add_argument("--arms", type=_arms, default=ALL_ARMS, help="comma-separated, in the order to run them")
+    run.add_argument("--budget", default="15m", help="dstune run's --budget")
+    run.add_argument("--dstune-args", default="", help="more arguments for dstune run, e.g. '--trials 20'")
+    run.add_argument("--rounds", type=int, default=3, help="side-by-side rounds (each arm measured once a round)")
+    run.add_argument("--out", type=Path, help="work folder (databases, caches, log); default .bench/WORKLOAD")
+    run.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results",
+                     help="where the result JSON and the oracle caches go")
+    run.add_argument("--fresh-oracle", action="store_true", help="measure the grid even if a matching cache exists")
+    run.add_argument("--resume", action="store_true", help="reuse the stages a cut-short run saved in --out")
+    run.add_argument("--checklist-cap", type=int, help="largest batch the checklist's doubling tries")
+    run.add_argument("--grid", type=_grid_axis, action="append", default=[],
+                     help="an oracle axis for an unregistered workload file: KNOB=V1,V2 (repeatable)")
+    run.add_argument("--max-warmup", type=float, help="most seconds of warm-up per trial (dstune's default: 60)")
+    run.add_argument("--tag", default="", help="text put in the result file's name, e.g. the device kind")
+    table = sub.add_parser("table", help="print the markdown table of result files")
+    table.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "table":
+        for path in args.files:
+            result = json.loads(path.read_text())
+            print(f"### {result['workload']} ({result['machine'].get('gpu') or 'cpu'}, {result['date'][:10]})\n")
+            print(markdown(result))
+        return 0
+
+    spec = bench_for(args.workload, dict(args.grid) or None)
+    if not spec.file.exists():
+        parser.error(f"workload {args.workload!r}: no such registered workload or file ({spec.file})")
+    settings = RunSettings(arms=args.arms, budget=args.budget, rounds=args.rounds,
+                           dstune_args=tuple(shlex.split(args.dstune_args)), reuse_oracle=not args.fresh_oracle,
+                           resume=args.resume, checklist_cap=args.checklist_cap,
+                           max_warmup_s=args.max_warmup)
+    out = args.out or REPO / ".bench" / spec.name
+    result = BenchmarkRun(spec, out, args.results, settings).run()
+    gpu = re.sub(r"[^a-z0-9]+", "-", (result["machine"].get("gpu") or "cpu").lower()).strip("-")
+    name = "-".join(p for p in (date.today().isoformat(), args.tag or gpu, spec.name, "bench") if p) + ".json"
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / name).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(result["table"])
+    print(f"written: {args.results / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The oracle: every point of a workload's reduced grid, measured once, cached per device.
+
+Running the grid costs minutes of compiles, so it runs once per device kind
+and its result is kept as JSON beside the other results.  A later run reuses
+it only when the GPU, the driver, the torch version, the workload file and
+the grid itself are the same; otherwise it says which differ and measures
+again.  The oracle's configuration is the grid point with the highest
+throughput; the harness re-measures it beside the other arms, so the ratio
+to the oracle compares numbers taken in the same session.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from .registry import BenchWorkload
+from .trials import Bench, Measurement
+
+CACHE_KEYS = ("gpu", "driver", "torch", "workload_source")
+
+
+def grid_points(bench: Bench, spec: BenchWorkload) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every configuration of the grid that this machine offers, and notes on what was dropped."""
+    notes: list[str] = []
+    axes: list[tuple[str, list[Any]]] = []
+    for name, values in spec.grid.items():
+        knob = bench.knob(name)
+        if knob is None:
+            notes.append(f"grid knob {name} does not apply here: left out")
+            continue
+        offered = [v for v in values if v in knob.choices]
+        dropped = [v for v in values if v not in knob.choices]
+        if dropped:
+            notes.append(f"{name}: {dropped} not offered here (choices {list(knob.choices)}): left out")
+        if offered:
+            axes.append((name, offered))
+    fixed, fixed_notes = bench.complete({k: v for k, v in spec.fixed.items()
+                                         if bench.knob(k) is None or v in bench.knob(k).choices})
+    notes += [f"fixed {n}" for n in fixed_notes]
+    points = []
+    for values in itertools.product(*(v for _, v in axes)):
+        config = {**fixed, **dict(zip((n for n, _ in axes), values))}
+        for knob in bench.knobs:  # a knob that is inactive here (prefetching without workers) keeps its default
+            if not knob.active_in(config):
+                config[knob.name] = knob.default
+        if bench.invalid(config) is None and config not in points:
+            points.append(config)
+    return points, notes
+
+
+def cache_path(results: Path, workload: str, gpu: str | None) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", (gpu or "cpu").lower()).strip("-")
+    return results / f"oracle-{workload}-{slug}.json"
+
+
+def cache_identity(bench: Bench, points: list[dict[str, Any]]) -> dict[str, Any]:
+    env = bench.environment
+    return {**{k: env.get(k) for k in CACHE_KEYS}, "grid": points, "measure": bench.options.measure.to_dict()}
+
+
+def cache_mismatch(cached: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    """What differs between a cached oracle and this machine's (empty: reusable)."""
+    old = cached.get("identity", {})
+    differ = [f"{k}: cached {old.get(k)!r}, here {identity.get(k)!r}" for k in (*CACHE_KEYS, "measure")
+              if old.get(k) != identity.get(k)]
+    if old.get("grid") != identity.get("grid"):
+        differ.append("the grid's points differ")
+    return differ
+
+
+def best_point(points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    ok = [p for p in points if p["status"] == "ok" and p["metrics"].get("samples_per_s")]
+    return max(ok, key=lambda p: p["metrics"]["samples_per_s"]) if ok else None
+
+
+def run_oracle(bench: Bench, spec: BenchWorkload, results: Path, env: dict[str, str],
+               say: Callable[[str], None] = print, reuse: bool = True) -> dict[str, Any]:
+    """Load the cached grid or measure it; return the oracle record (and write the cache)."""
+    points, notes = grid_points(bench, spec)
+    identity = cache_identity(bench, points)
+    path = cache_path(results, spec.name, bench.environment.get("gpu"))
+    if reuse and path.exists():
+        cached = json.loads(path.read_text())
+        differ = cache_mismatch(cached, identity)
+        if not differ:
+            say(f"oracle: reusing {path.name} (measured {cached['date']}, {len(cached['points'])} points)")
+            return {**cached, "source": "cache", "cache_file": path.name}
+        say(f"oracle: {path.name} is for another setup ({'; '.join(differ)}); measuring the grid again")
+    started = time.perf_counter()
+    measured: list[dict[str, Any]] = []
+    for i, config in enumerate(points, 1):
+        m: Measurement = bench.measure(f"grid {i}", config, env)
+        rate = f"{m.samples_per_s:.1f} samples/s" if m.ok else m.status
+        say(f"oracle: point {i}/{len(points)} {rate} ({m.duration_s:.0f} s)")
+        measured.append(m.to_dict())
+    record = {
+        "workload": spec.name, "identity": identity, "notes": notes, "space": spec.note,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "grid_s": round(time.perf_counter() - started, 1), "points": measured,
+        "best": best_point(measured),
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return {**record, "source": "measured", "cache_file": path.name}

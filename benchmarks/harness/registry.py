@@ -1,0 +1,88 @@
+"""The benchmarked workloads: where each lives, its oracle grid, and how to count its FLOPs.
+
+The oracle is an exhaustive grid over a reduced space, written here so that
+it is documented and versioned: knobs listed in ``grid`` take every value
+given (those a machine does not offer are dropped, with a note), knobs in
+``fixed`` take one value, every other knob keeps PyTorch's default.  The
+grids are kept small enough to run in one device session: compiled points
+cost tens of seconds each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class BenchWorkload:
+    """One workload of the benchmark and how the harness treats it."""
+
+    name: str
+    file: Path
+    grid: dict[str, tuple[Any, ...]]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    # Model FLOPs of one sample (forward and backward for training), from the probe's context; for MFU.
+    flops_per_sample: Callable[[dict[str, Any]], float] | None = None
+    note: str = ""
+
+
+def gpt2_flops_per_sample(ctx: dict[str, Any]) -> float:
+    """Training FLOPs of one 1024-token sequence of GPT-2 124M: 6N + 12·L·d·T per token.
+
+    N counts the parameters without the position embedding (the token
+    embedding is tied to the output layer, whose matrix product is real work);
+    12·L·d·T is attention's score and value products, forward and backward
+    (Chinchilla's and PaLM's appendix count, as nanoGPT's MFU estimate uses).
+    """
+    layers, width, seq = 12, 768, 1024
+    n = ctx["param_count"] - seq * width
+    return (6 * n + 12 * layers * width * seq) * seq
+
+
+WORKLOADS: dict[str, BenchWorkload] = {
+    "resnet50": BenchWorkload(
+        name="resnet50",
+        file=REPO / "examples" / "resnet50.py",
+        grid={"batch_size": (128, 256), "precision": ("fp32", "bf16"),
+              "memory_format": ("contiguous", "channels_last"), "compile": ("off", "default")},
+        fixed={"cudnn_benchmark": True, "matmul_precision": "high", "optimizer_impl": "fused"},
+        note="cuDNN benchmark, TF32 matmuls and the fused optimizer fixed on",
+    ),
+    "gpt2": BenchWorkload(
+        name="gpt2",
+        file=REPO / "examples" / "gpt2.py",
+        grid={"batch_size": (8, 16, 32), "precision": ("fp32", "bf16"), "compile": ("off", "default")},
+        fixed={"matmul_precision": "high", "optimizer_impl": "fused"},
+        flops_per_sample=gpt2_flops_per_sample,
+        note="TF32 matmuls and fused AdamW fixed on; SDPA backend PyTorch's pick",
+    ),
+    "bert_infer": BenchWorkload(
+        name="bert_infer",
+        file=REPO / "examples" / "bert_infer.py",
+        grid={"batch_size": (32, 128, 512), "precision": ("fp32", "bf16", "fp16"), "compile": ("off", "default")},
+        fixed={"matmul_precision": "high"},
+        note="TF32 matmuls fixed on",
+    ),
+    "augmented_images": BenchWorkload(
+        name="augmented_images",
+        file=REPO / "examples" / "augmented_images.py",
+        grid={"loader_workers": (0, 4, 8, 16), "pin_memory": (False, True), "precision": ("fp32", "bf16")},
+        fixed={"batch_size": 256, "cudnn_benchmark": True, "memory_format": "channels_last",
+               "matmul_precision": "high", "optimizer_impl": "fused", "persistent_workers": True},
+        note="eager; micro-batch 256, cuDNN benchmark, channels_last, TF32, fused SGD and persistent workers fixed",
+    ),
+}
+
+
+def bench_for(path_or_name: str, grid: dict[str, tuple[Any, ...]] | None = None) -> BenchWorkload:
+    """The registered workload of that name or file, or a file of the user's; ``grid`` replaces the grid."""
+    path = Path(path_or_name).resolve()
+    found = WORKLOADS.get(path_or_name) or next((b for b in WORKLOADS.values() if b.file == path), None)
+    if found is None:
+        return BenchWorkload(name=path.stem, file=path, grid=dict(grid or {}))
+    return dataclasses.replace(found, grid=dict(grid), fixed={}) if grid else found

@@ -1,0 +1,74 @@
+"""The benchmark harness on the CPU: arms, the oracle cache, the side-by-side rounds and the table.
+
+The batch finders and the checklist's batch search look for out-of-memory
+errors, which only a GPU gives, and the dstune arm is a whole ``dstune run``
+(minutes); they ran on the H100 (benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.harness.oracle import cache_mismatch
+from benchmarks.harness.report import markdown, targets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _harness(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    extra = ["--max-warmup", "3"] if args[0] == "run" else []
+    return subprocess.run([sys.executable, "-m", "benchmarks.harness", *args, *extra], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, check=False)
+
+
+def test_harness_measures_each_arm_side_by_side_and_reuses_the_oracle_cache(tmp_path: Path) -> None:
+    results, work = tmp_path / "results", tmp_path / "work"
+    first = _harness("run", "examples/quickstart.py", "--arms", "default,oracle", "--rounds", "2",
+                     "--grid", "batch_size=64,128",
+                     "--results", str(results), "--out", str(work), "--tag", "cpu-test")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    [written] = results.glob("*-cpu-test-quickstart-bench.json")
+    result = json.loads(written.read_text())
+    names = [a["name"] for a in result["arms"]]
+    assert names == ["default", "oracle"]
+    oracle = json.loads((results / "oracle-quickstart-cpu.json").read_text())
+    assert [p["config"]["batch_size"] for p in oracle["points"]] == [64, 128]
+    best = max(oracle["points"], key=lambda p: p["metrics"]["samples_per_s"])
+    assert result["arms"][1]["config"] == best["config"]
+    for name in names:  # every arm measured in each round, with its ratio to the default
+        figure = result["figures"][name]
+        assert figure["ok_rounds"] == 2 and len(figure["samples_per_s"]) == 2
+    assert result["figures"]["default"]["samples_per_s_median"] > 0
+    assert "| oracle |" in result["table"] and "dstune / oracle" in result["table"]
+
+    again = _harness("run", "examples/quickstart.py", "--arms", "default,oracle", "--rounds", "1",
+                     "--grid", "batch_size=64,128", "--results", str(results), "--out", str(tmp_path / "work2"),
+                     "--tag", "cpu-test2")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "oracle: reusing oracle-quickstart-cpu.json" in again.stdout
+    [second] = results.glob("*-cpu-test2-quickstart-bench.json")
+    assert json.loads(second.read_text())["oracle"]["source"] == "cache"
+
+    table = _harness("table", str(written))
+    assert table.returncode == 0 and "| default |" in table.stdout
+
+
+def test_oracle_cache_is_refused_for_another_driver_or_grid() -> None:
+    identity = {"gpu": "NVIDIA H100 80GB HBM3", "driver": "580.159.04", "torch": "2.11.0", "workload_source": "ab",
+                "grid": [{"batch_size": 64}], "measure": {"windows": 5}}
+    cached = {"identity": dict(identity)}
+    assert cache_mismatch(cached, identity) == []
+    assert cache_mismatch(cached, {**identity, "driver": "590.1"}) == [
+        "driver: cached '580.159.04', here '590.1'"]
+    assert cache_mismatch(cached, {**identity, "grid": [{"batch_size": 128}]}) == ["the grid's points differ"]
+
+
+def test_committed_h100_results_render_and_state_their_targets() -> None:
+    result = json.loads((REPO / "benchmarks/results/2026-11-24-h100-bert_infer-bench.json").read_text())
+    checks = {t["target"]: t for t in targets(result)}
+    assert checks["dstune / oracle"]["met"] is False  # the miss the README explains
+    assert checks["dstune / lightning"]["met"] is True
+    assert "p99 ms" in markdown(result)
