@@ -15,7 +15,8 @@ from typing import Callable, TypeVar
 
 from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (ArgumentError, DatabaseError, IntegrityError, NoSuchModuleError, OperationalError,
+                            ProgrammingError)
 from sqlalchemy.orm import Session, sessionmaker
 
 from dstune.errors import UsageError
@@ -96,7 +97,9 @@ SETUP_ATTEMPTS = 3
 
 def lost_setup_race(exc: Exception) -> bool:
     """Whether ``exc`` is another process having created the same table or row first."""
-    return isinstance(exc, IntegrityError) or (isinstance(exc, OperationalError) and "already exists" in str(exc))
+    # PostgreSQL reports a table created meanwhile as DuplicateTable, a ProgrammingError; SQLite as OperationalError.
+    return isinstance(exc, IntegrityError) or (
+        isinstance(exc, (OperationalError, ProgrammingError)) and "already exists" in str(exc))
 
 
 def first_use(setup: Callable[[], T]) -> T:
@@ -110,7 +113,7 @@ def first_use(setup: Callable[[], T]) -> T:
     for attempt in range(SETUP_ATTEMPTS):
         try:
             return setup()
-        except (IntegrityError, OperationalError) as exc:
+        except (IntegrityError, OperationalError, ProgrammingError) as exc:
             if attempt == SETUP_ATTEMPTS - 1 or not lost_setup_race(exc):
                 raise
             time.sleep(0.05 * (attempt + 1))
