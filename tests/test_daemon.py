@@ -198,6 +198,9 @@ def test_two_daemons_on_one_gpu_run_a_missed_and_a_due_schedule_once_each_never_
                      (missed.strftime("%Y-%m-%d %H:%M:%S.%f"), weekly))
     port = _free_port()
     serving, serving_log = _daemon(db, tmp_path, "--gpu", "0", "--metrics-port", str(port), log_name="serving.log")
+    # The second daemon starts while the first one's iteration runs, so the two always contend for the GPU.
+    _wait_for(lambda: db_rows(db, "select 1 from dstune_iterations where status = 'running'"), 120,
+              "the first daemon's iteration to start", serving_log)
     once, once_log = _daemon(db, tmp_path, "--gpu", "0", "--once", log_name="once.log")
     try:
         assert once.wait(timeout=300) == 0, once_log.read_text()[-3000:]
