@@ -2,8 +2,15 @@
 
 With ``global_batch_size`` the choices are the power-of-two divisions of the
 global batch, and accumulation makes up the rest, so the model trains the
-same.  Without it the batch is free (throughput only) and the choices range
-from a quarter to sixteen times the workload's batch.
+same.  Without it the batch is free (throughput only): on a GPU the choices
+range from a quarter of the workload's batch to 512 times it (at most 65536),
+since inference throughput often keeps rising far past a training-sized
+batch; on the CPU, where running out of memory means the host's and
+throughput flattens early, to sixteen times it.
+
+The tuning guide's advice is the largest batch that fits, so that is the
+checklist value; it starts at the largest choice and, each time that runs
+out of memory, ``dstune_smaller_config`` halves it, until it fits.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ from typing import Any
 from dstune import BatchPlan, Knob, TuneContext, hookimpl
 
 KNOB = "batch_size"
+FREE_DOUBLINGS_GPU = 9  # up to 512 times the workload's batch
+FREE_DOUBLINGS_CPU = 4  # up to 16 times
+FREE_BATCH_CAP = 65536
 
 
 def _choices(ctx: TuneContext) -> tuple[int, ...]:
@@ -21,7 +31,9 @@ def _choices(ctx: TuneContext) -> tuple[int, ...]:
         values = {g // 2**k for k in range(7) if g % 2**k == 0}
     else:
         b = ctx.default_batch_size
-        values = {max(1, b // 4), max(1, b // 2), b, *(b * 2**k for k in range(1, 5))}
+        doublings = FREE_DOUBLINGS_GPU if ctx.is_cuda else FREE_DOUBLINGS_CPU
+        values = {max(1, b // 4), max(1, b // 2), b,
+                  *(b * 2**k for k in range(1, doublings + 1) if b * 2**k <= FREE_BATCH_CAP)}
     return tuple(sorted(values))
 
 
@@ -29,9 +41,11 @@ def _choices(ctx: TuneContext) -> tuple[int, ...]:
 def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     choices = _choices(ctx)
     default = ctx.default_batch_size if ctx.default_batch_size in choices else max(choices)
-    # The tuning guide: the largest micro-batch that fits. With a fixed global
-    # batch that is the whole global batch (no accumulation).
-    checklist = max(choices) if ctx.global_batch_size else default
+    # The tuning guide: the largest micro-batch that fits (the largest choice,
+    # halved on out-of-memory). With a fixed global batch that is the whole
+    # global batch, with no accumulation. On the CPU a free batch keeps the
+    # workload's own: the advice is about filling a GPU.
+    checklist = max(choices) if ctx.global_batch_size or ctx.is_cuda else default
     return [
         Knob(
             KNOB,
@@ -58,3 +72,11 @@ def dstune_batch_plan(config: dict[str, Any], ctx: TuneContext) -> BatchPlan | N
         return None
     accumulation = ctx.global_batch_size // micro if ctx.global_batch_size else 1
     return BatchPlan(micro_batch=micro, accumulation=accumulation)
+
+
+@hookimpl
+def dstune_smaller_config(config: dict[str, Any], ctx: TuneContext) -> dict[str, Any] | None:
+    """The next smaller micro-batch (with a global batch, accumulation makes up the difference)."""
+    micro = config.get(KNOB)
+    smaller = [c for c in _choices(ctx) if micro is not None and c < micro]
+    return {KNOB: max(smaller)} if smaller else None

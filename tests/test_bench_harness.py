@@ -52,6 +52,16 @@ def test_harness_measures_each_arm_side_by_side_and_reuses_the_oracle_cache(tmp_
     [second] = results.glob("*-cpu-test2-quickstart-bench.json")
     assert json.loads(second.read_text())["oracle"]["source"] == "cache"
 
+    wider = _harness("run", "examples/quickstart.py", "--arms", "oracle", "--rounds", "1",
+                     "--grid", "batch_size=32,64,128", "--results", str(results), "--out", str(tmp_path / "work3"),
+                     "--tag", "cpu-test3")
+    assert wider.returncode == 0, wider.stdout[-3000:] + wider.stderr[-3000:]
+    assert "reusing the 2 points both share" in wider.stdout and "oracle: point 1/3" in wider.stdout
+    assert "point 2/3" not in wider.stdout and "point 3/3" not in wider.stdout
+    grown = json.loads((results / "oracle-quickstart-cpu.json").read_text())
+    assert [p["config"]["batch_size"] for p in grown["points"]] == [32, 64, 128]
+    assert grown["points"][1:] == oracle["points"] and grown["reused_points"] == 2
+
     table = _harness("table", str(written))
     assert table.returncode == 0 and "| default |" in table.stdout
 

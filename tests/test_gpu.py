@@ -106,6 +106,26 @@ def test_real_cuda_oom_is_classified(trials):
     assert outcome.status == "oom"
 
 
+def test_seeds_out_of_cuda_memory_halve_their_batch_until_it_fits(tmp_path):
+    """On CUDA the checklist starts at the largest free batch (512 times the workload's) and halves on each OOM."""
+    db = tmp_path / "halving.db"
+    result = run_cli("run", str(WORKLOADS / "too_big_default.py"), "--db", str(db), "--trials", "12",
+                     "--budget", "5m", "--window-time", "0.05", "--check-repeats", "2", "--only", "batch_size",
+                     cwd=tmp_path)
+    print("\n" + result.stdout[-2500:])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = db_rows(db, "select seed_kind, json_extract(config, '$.batch_size'), status, error "
+                       "from dstune_trials order by id")
+    assert rows[0][:3] == ("default", 64, "oom") and "CUDA out of memory" in rows[0][3]
+    assert rows[1][:3] == ("checklist", 32768, "oom")
+    assert rows[2][:3] == ("default", 32, "ok")
+    checklist = [(batch, status) for kind, batch, status, _ in rows if kind == "checklist"]
+    assert checklist == [(32768 >> k, "oom") for k in range(9)]  # down to 128; 64 was measured already
+    assert "the checklist configuration ran out of memory; trying it with batch_size=16384" in result.stdout
+    [(chosen,)] = db_rows(db, "select json_extract(chosen_config, '$.batch_size') from dstune_iterations")
+    assert chosen in (16, 32)  # what fits
+
+
 def test_numerics_guard_on_cuda(trials):
     for config in ({"precision": "bf16"}, {"precision": "fp16"}, {"compile": "default"}):
         outcome, _ = trials.run(OBSERVE, "observe", timeout_s=400, numerics=GUARD, **config)

@@ -120,6 +120,22 @@ def test_no_trial_outlives_the_budget(tmp_path):
     assert elapsed < 60, elapsed  # the 10-minute trial timeout did not apply
 
 
+def test_a_seed_out_of_memory_is_retried_smaller_until_it_fits(tmp_path):
+    """The workload's own batch does not fit: the default seed halves its batch and the run tunes from there."""
+    db = tmp_path / "smaller.db"
+    result = run_cli("run", str(WORKLOADS / "too_big_default.py"), "--db", str(db), "--trials", "3", "--budget", "3m",
+                     "--window-time", "0.05", "--check-repeats", "2", "--only", "batch_size", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the default configuration ran out of memory; trying it with batch_size=32" in result.stdout
+    rows = db_rows(db, "select seed_kind, json_extract(config, '$.batch_size'), status, error "
+                       "from dstune_trials order by id")
+    assert rows[0][:3] == ("default", 64, "oom") and "can't allocate memory" in rows[0][3]
+    assert rows[1][:3] == ("default", 32, "ok")
+    status, chosen = db_rows(db, "select status, json_extract(chosen_config, '$.batch_size') "
+                                 "from dstune_iterations")[0]
+    assert status == "completed" and chosen is not None and chosen <= 32
+
+
 def _pids_of_trials(marker: str) -> list[int]:
     """Processes whose environment names this test's database (trial processes inherit DSTUNE_ITERATION)."""
     found = []

@@ -7,8 +7,9 @@
   measurements in its last iteration (Welch's interval); flagged when the
   interval's upper bound lies below ``1 - min_gain``.  A driver or library
   upgrade that slows the job shows up here, next to the environment diff.
-- An incumbent that no longer runs (crash, OOM) is a regression too, and a
-  challenger that ran in every round replaces it.
+- An incumbent that no longer runs (crash, OOM) where it ran before is a
+  regression too; one that never ran (a default batch that never fit) is
+  not.  Either way a challenger that ran in every round replaces it.
 """
 
 from __future__ import annotations
@@ -53,11 +54,12 @@ def decide(check: CheckResult, has_challenger: bool, min_gain: float, reference:
     """The Act phase's decision from a finished check."""
     regression, regression_estimate = regression_of(reference, check.incumbent, min_gain)
     if "incumbent" in check.failures:
+        regression = True if reference else None
         if has_challenger and "challenger" not in check.failures:
             return Decision(PROMOTED, f"the incumbent failed ({check.failures['incumbent']}); the challenger ran "
-                            f"in every round (median {statistics.median(check.challenger):.1f} samples/s)", True)
+                            f"in every round (median {statistics.median(check.challenger):.1f} samples/s)", regression)
         return Decision(KEPT, f"the incumbent failed ({check.failures['incumbent']}) and no challenger ran in "
-                        "every round: nothing better to apply", True)
+                        "every round: nothing better to apply", regression)
     if not has_challenger:
         return Decision(KEPT, no_challenger_reason, regression, regression_estimate)
     if "challenger" in check.failures:

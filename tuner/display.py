@@ -10,6 +10,7 @@ import time
 from typing import Any, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -85,7 +86,7 @@ class ConsoleReporter:
         if outcome.status == "ok":
             last = f"ok {m['samples_per_s']:.1f}/s, {format_bytes(m.get('peak_memory_bytes'))}, cv {m['step_time_cv']:.1%}"
         else:
-            last = f"{outcome.status}: {(outcome.error or '').strip().splitlines()[-1][:80] if outcome.error else ''}"
+            last = f"{outcome.status}: {escape(_last_line(outcome.error))}"
         best_text = f"{best:.1f} samples/s" if best else "-"
         if self.progress:
             self.progress.update(self.task, completed=index, last=last, best=best_text, remaining=self._remaining(index))
@@ -94,7 +95,7 @@ class ConsoleReporter:
             self.console.print(f"  {which}-> {last} (best {best_text})", highlight=False)
 
     def message(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(escape(text), highlight=False)
 
     def planned(self, previous_id: int | None, diff: list[dict[str, Any]], incumbent: Incumbent, copied: int) -> None:
         if previous_id is None:
@@ -108,7 +109,7 @@ class ConsoleReporter:
                                f"{copied} of its trials warm-start the search.")
         self.console.print(f"Incumbent: {incumbent.source}", highlight=False)
         for note in incumbent.notes:
-            self.console.print(f"  [yellow]{note}[/]", highlight=False)
+            self.console.print(f"  [yellow]{escape(note)}[/]", highlight=False)
 
     def check_started(self, incumbent: Config, challenger: Config | None, repeats: int, why: str) -> None:
         self.close()
@@ -122,7 +123,7 @@ class ConsoleReporter:
         if outcome.status == "ok":
             text = f"{outcome.metrics['samples_per_s']:.1f} samples/s"
         else:
-            text = f"{outcome.status}: {(outcome.error or '').strip()[-100:]}"
+            text = f"{outcome.status}: {escape(_last_line(outcome.error, 100))}"
         self.console.print(f"  round {round_ + 1} {role:<10} {text}", highlight=False)
 
     def close(self) -> None:
@@ -168,8 +169,18 @@ def render_summary(console: Console, summary: IterationSummary, stop_reason: str
         console.print("Check: " + ", ".join(parts) + (f"; speed-up {format_speedup(iteration)} (95% CI)"
                                                        if iteration.speedup is not None else ""))
     colour = "green" if iteration.decision == "promoted" else "yellow"
-    console.print(f"[bold {colour}]Decision: {iteration.decision}[/] ({iteration.reason})", highlight=False)
+    console.print(f"[bold {colour}]Decision: {iteration.decision}[/] ({escape(iteration.reason or '')})", highlight=False)
     if iteration.regression:
         estimate = (iteration.check or {}).get("regression_estimate")
         detail = f" (now/then {estimate['ratio']:.3f}x [{estimate['low']:.3f}, {estimate['high']:.3f}])" if estimate else ""
-        console.print(f"[bold red]Regression:[/] the incumbent is slower than in its last iteration{detail}.")
+        if "incumbent" in ((iteration.check or {}).get("failures") or {}):
+            console.print("[bold red]Regression:[/] the incumbent ran in its last iteration and fails now.")
+        else:
+            console.print(f"[bold red]Regression:[/] the incumbent is slower than in its last iteration{detail}.")
+
+
+def _last_line(error: str | None, width: int = 80) -> str:
+    """What an error says in one line: its last non-blank line that is not a C++ stack frame, cut to ``width``."""
+    lines = [line.strip() for line in (error or "").strip().splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("frame #", "<omitting", '"'))]
+    return (said or lines or [""])[-1][:width]

@@ -56,6 +56,18 @@ def dstune_validate(config: dict[str, Any], ctx: Any) -> str | None:
     """
 
 
+@hookspec(firstresult=True)
+def dstune_smaller_config(config: dict[str, Any], ctx: Any) -> dict[str, Any] | None:
+    """A configuration like ``config`` that needs less memory, or None when the plugin has none.
+
+    Runs in the parent when a seed configuration (the default, the checklist,
+    the incumbent) ran out of memory: the answer is tried in its place, with
+    the same seed kind, and again on each further out-of-memory, so a seed
+    settles on the largest setting that fits (the tuning guide's "largest
+    batch that fits").  Return only the knobs to change.
+    """
+
+
 @hookspec
 def dstune_configure_process(config: dict[str, Any], ctx: Any) -> None:
     """Set process-wide state before CUDA initialises and before the workload is imported.

@@ -50,6 +50,7 @@ MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tent
 DEFAULT_HEARTBEAT_S = 10  # Optuna heartbeat of a running trial; DSTUNE_TRIAL_HEARTBEAT overrides
 GRACE_BEATS = 3  # a trial silent for this many heartbeats belongs to a worker that died
 NOT_REMEMBERED = frozenset({"running", "stale", "interrupted"})  # say nothing about the configuration itself
+UNSEEDED = frozenset({"search", "promoted"})  # trials the sampler chose: an out-of-memory one is just data
 STOP_PRIORITY = ("exhausted", "invalid", "budget", "trials", "ended")
 
 # Trials here are asked and told, not run through Study.optimize, and fail_stale_trials is the documented way
@@ -385,6 +386,22 @@ class TrialPool:
                 self._tell(trial, outcome)
                 self.sync()
                 setup.reporter.trial_finished(self.finished, outcome, self.best, number=claim)
+                if outcome.status == "oom" and seed_kind not in UNSEEDED:
+                    self._retry_smaller(config, seed_kind)
+
+    def _retry_smaller(self, config: Config, seed_kind: str) -> None:
+        """A seed that ran out of memory is tried again as the plugins shrink it, so it settles on what fits."""
+        setup = self.setup
+        smaller = smaller_config(setup.pm, setup.space, config, setup.ctx)
+        if isinstance(smaller, str):
+            setup.reporter.message(f"[warning] {smaller}")
+            return
+        if smaller is None or config_key(smaller) in self.seen or config_key(smaller) in self.running:
+            return
+        setup.study.enqueue_trial(setup.space.params(smaller), user_attrs={SEED_ATTR: seed_kind},
+                                  skip_if_exists=True)
+        changes = ", ".join(f"{k}={smaller[k]}" for k in smaller if smaller[k] != config.get(k))
+        setup.reporter.message(f"the {seed_kind} configuration ran out of memory; trying it with {changes}")
 
     def _run(self, spec: dict[str, Any], slot: Slot, available: float) -> TrialOutcome:
         """Run one trial in its own process on the slot's GPU; a trial may not outlive the budget."""
@@ -494,6 +511,26 @@ class TrialPool:
             except Exception:  # noqa: BLE001 - already told by its slot, or the storage is gone
                 pass
             del self.in_flight[row_id]
+
+
+def smaller_config(pm: Any, space: SearchSpace, config: Config, ctx: TuneContext) -> Config | str | None:
+    """``config`` changed as the first plugin answering ``dstune_smaller_config`` says; None if none can.
+
+    An answer that sets a knob outside the search space (one pinned with
+    ``--only``, or a value that is not a choice) is ignored; a plugin that
+    raises is named in the returned message instead.
+    """
+    from .plugin_manager import call_impl
+
+    choices = {k.name: k.choices for k in space.knobs if k.tunable}
+    for impl in reversed(pm.hook.dstune_smaller_config.get_hookimpls()):  # call order, as pluggy
+        try:
+            changes = call_impl(impl, config=dict(config), ctx=ctx)
+        except Exception as exc:  # noqa: BLE001 - the run goes on without the retry
+            return f"plugin {impl.plugin_name!r} raised in dstune_smaller_config: {type(exc).__name__}: {exc}"
+        if changes and all(k in choices and v in choices[k] for k, v in changes.items()):
+            return {**config, **changes}
+    return None
 
 
 def trial_spec(options: RunOptions, ctx: dict[str, Any], config: Config,

@@ -35,6 +35,7 @@ def is_oom(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, RuntimeError) and (
         "out of memory" in text.lower() or "CUBLAS_STATUS_ALLOC_FAILED" in text
+        or "DefaultCPUAllocator: can't allocate memory" in text  # the host's RAM, on the CPU
     )
 
 

@@ -3,8 +3,9 @@
 Running the grid costs minutes of compiles, so it runs once per device kind
 and its result is kept as JSON beside the other results.  A later run reuses
 it only when the GPU, the driver, the torch version, the workload file and
-the grid itself are the same; otherwise it says which differ and measures
-again.  The oracle's configuration is the grid point with the highest
+the measurement settings are the same; otherwise it says which differ and
+measures again.  When only the grid changed (a batch size added), the points
+both grids share are reused and only the new ones are measured.  The oracle's configuration is the grid point with the highest
 throughput; the harness re-measures it beside the other arms, so the ratio
 to the oracle compares numbers taken in the same session.
 """
@@ -23,6 +24,7 @@ from .registry import BenchWorkload
 from .trials import Bench, Measurement
 
 CACHE_KEYS = ("gpu", "driver", "torch", "workload_source")
+GRID_DIFFERS = "the grid's points differ"
 
 
 def grid_points(bench: Bench, spec: BenchWorkload) -> tuple[list[dict[str, Any]], list[str]]:
@@ -70,8 +72,12 @@ def cache_mismatch(cached: dict[str, Any], identity: dict[str, Any]) -> list[str
     differ = [f"{k}: cached {old.get(k)!r}, here {identity.get(k)!r}" for k in (*CACHE_KEYS, "measure")
               if old.get(k) != identity.get(k)]
     if old.get("grid") != identity.get("grid"):
-        differ.append("the grid's points differ")
+        differ.append(GRID_DIFFERS)
     return differ
+
+
+def _key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
 
 
 def best_point(points: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -85,16 +91,28 @@ def run_oracle(bench: Bench, spec: BenchWorkload, results: Path, env: dict[str, 
     points, notes = grid_points(bench, spec)
     identity = cache_identity(bench, points)
     path = cache_path(results, spec.name, bench.environment.get("gpu"))
+    known: dict[str, dict[str, Any]] = {}
+    earlier_s = 0.0
     if reuse and path.exists():
         cached = json.loads(path.read_text())
         differ = cache_mismatch(cached, identity)
         if not differ:
             say(f"oracle: reusing {path.name} (measured {cached['date']}, {len(cached['points'])} points)")
             return {**cached, "source": "cache", "cache_file": path.name}
-        say(f"oracle: {path.name} is for another setup ({'; '.join(differ)}); measuring the grid again")
+        if differ == [GRID_DIFFERS]:
+            wanted = {_key(c) for c in points}
+            known = {_key(p["config"]): p for p in cached["points"] if _key(p["config"]) in wanted}
+            earlier_s = sum(p.get("duration_s") or 0.0 for p in known.values())
+            say(f"oracle: {path.name} has another grid; reusing the {len(known)} points both share "
+                f"(measured {cached['date']}), measuring {len(points) - len(known)}")
+        else:
+            say(f"oracle: {path.name} is for another setup ({'; '.join(differ)}); measuring the grid again")
     started = time.perf_counter()
     measured: list[dict[str, Any]] = []
     for i, config in enumerate(points, 1):
+        if _key(config) in known:
+            measured.append(known[_key(config)])
+            continue
         m: Measurement = bench.measure(f"grid {i}", config, env)
         rate = f"{m.samples_per_s:.1f} samples/s" if m.ok else m.status
         say(f"oracle: point {i}/{len(points)} {rate} ({m.duration_s:.0f} s)")
@@ -102,8 +120,8 @@ def run_oracle(bench: Bench, spec: BenchWorkload, results: Path, env: dict[str, 
     record = {
         "workload": spec.name, "identity": identity, "notes": notes, "space": spec.note,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "grid_s": round(time.perf_counter() - started, 1), "points": measured,
-        "best": best_point(measured),
+        "grid_s": round(time.perf_counter() - started + earlier_s, 1), "points": measured,
+        "reused_points": len(known), "best": best_point(measured),
     }
     results.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
