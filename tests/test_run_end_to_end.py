@@ -218,3 +218,16 @@ def test_exec_start_method_classifies_and_kills_the_same_way(tmp_path, trials, m
     assert hung.status == "timeout"
     child = int(pid_file.read_text())
     assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
+
+
+def test_a_short_budget_for_slow_trials_still_runs_trials_and_a_shorter_check(tmp_path):
+    """Five check rounds of ~4 s trials would take the whole 24 s budget: the trials get at least 65% of it."""
+    db = tmp_path / "short.db"
+    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--budget", "24s", "--trials", "20",
+                     "--window-time", "0.5", "--only", "batch_size", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = db_rows(db, "select status from dstune_trials")
+    assert len(trials) >= 3, result.stdout  # before the cap: the default alone, then the check
+    [(repeats,)] = db_rows(db, "select json_extract(\"check\", '$.repeats') from dstune_iterations")
+    rounds = db_rows(db, "select count(distinct round) from dstune_measurements")[0][0]
+    assert 2 <= repeats < 5 and rounds == repeats, result.stdout

@@ -45,6 +45,8 @@ log = logging.getLogger("dstune.do")
 MAX_REPEATS = 40  # consecutive already-seen suggestions before the space counts as exhausted
 PRUNE_RATIO = 0.25  # a trial whose warm-up shows under this fraction of the best is stopped early
 CHECK_RESERVE_FACTOR = 1.25
+MAX_CHECK_SHARE = 0.35  # the most of the budget held back from the trials for the check
+MIN_CHECK_ROUNDS = 2  # an interval needs two rounds; the check does at least these, even over the budget
 MAX_INVALID_STREAK = 20  # configurations refused in a row before the trials stop (a plugin refusing everything)
 MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tenth of the budget)
 DEFAULT_HEARTBEAT_S = 10  # Optuna heartbeat of a running trial; DSTUNE_TRIAL_HEARTBEAT overrides
@@ -237,20 +239,19 @@ class TrialPool:
 
     # -- the budget -------------------------------------------------------------------
 
-    def check_reserve(self) -> float:
-        """Time to keep for the check: ``repeats`` measurements of each side, plus a quarter for slack.
+    def round_s(self, challenger_key: str | None = None) -> float:
+        """What one check round (the incumbent and the challenger measured once each) should take.
 
-        Best first: what this run's trials of the incumbent and of the best
-        configuration so far took (a compiled one without its first step,
-        since the check finds its compilation in the shared cache); the
-        previous iteration's check measurements; this run's eager trials; its
-        compiled trials without their first step.
+        Best first: what this run's trials of the incumbent and of the
+        challenger (by default the best configuration so far) took, a compiled
+        one without its first step, since the check finds its compilation in
+        the shared cache; the previous iteration's check measurements; this
+        run's eager trials; its compiled trials without their first step.
         """
-        repeats = self.setup.options.check_repeats
         incumbent = self.measure_s.get(self.setup.incumbent_key)
-        best = self.measure_s.get(self.best_key)
-        if incumbent is not None and best is not None:
-            return CHECK_RESERVE_FACTOR * repeats * (incumbent + best)
+        challenger = self.measure_s.get(self.best_key if challenger_key is None else challenger_key)
+        if incumbent is not None and challenger is not None:
+            return incumbent + challenger
         if self.setup.past_measure_s:
             per = self.setup.past_measure_s
         elif self.eager_durations:
@@ -259,7 +260,27 @@ class TrialPool:
             per = 1.5 * min(self.costly_steady)
         else:
             return 0.0
-        return CHECK_RESERVE_FACTOR * 2 * repeats * per
+        return 2 * per
+
+    def check_reserve(self) -> float:
+        """Time to keep for the check: ``--check-repeats`` rounds plus a quarter for slack.
+
+        Never more than ``MAX_CHECK_SHARE`` of the budget: with a short budget
+        and a slow workload the trials still run, and the check does the
+        rounds that the time left pays for (:meth:`check_rounds`).
+        """
+        options = self.setup.options
+        reserve = CHECK_RESERVE_FACTOR * options.check_repeats * self.round_s()
+        return min(reserve, MAX_CHECK_SHARE * options.budget_s)
+
+    def check_rounds(self, challenger_key: str | None) -> int:
+        """Rounds the check can do in the budget left: ``--check-repeats`` at most, never under 2."""
+        options = self.setup.options
+        per_round = self.round_s(challenger_key) if challenger_key else self.round_s() / 2
+        if per_round <= 0:
+            return options.check_repeats
+        left = options.budget_s - self.elapsed()
+        return max(MIN_CHECK_ROUNDS, min(options.check_repeats, int(left / per_round)))
 
     def elapsed(self) -> float:
         if self.setup.coordinator or self.iteration_row is None:

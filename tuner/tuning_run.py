@@ -195,6 +195,7 @@ class Iteration:
         self.gates = {slot: IdleGate(slot.device, options.gate) for slot in slots} if options.gate else {}
         self.gpu_model = slots[0].device.model
         self.pool: TrialPool | None = None
+        self.check_repeats = options.check_repeats  # the check's rounds: fewer when the budget left is short
         self._beating = threading.Event()
         self.store = Store(options.db)
         self.plugins = plugin_manager(options.disabled_plugins, strict=options.strict_plugins)
@@ -364,7 +365,10 @@ class Iteration:
             why = f"the best trial by {options.select} is the incumbent itself"
         else:
             challenger = chosen.config
-        self.reporter.check_started(self.incumbent.config, challenger, options.check_repeats, why)
+        repeats = (self.pool.check_rounds(config_key(challenger) if challenger else None)
+                   if self.pool is not None else options.check_repeats)
+        self.check_repeats = repeats
+        self.reporter.check_started(self.incumbent.config, challenger, repeats, why)
 
         slot = self.slots[0]
 
@@ -378,7 +382,7 @@ class Iteration:
             self.reporter.check_measured(role, round_, outcome)
             return outcome
 
-        return interleaved_check(measure, self.incumbent.config, challenger, options.check_repeats), challenger, why
+        return interleaved_check(measure, self.incumbent.config, challenger, repeats), challenger, why
 
     # -- Act --------------------------------------------------------------------
 
@@ -410,7 +414,7 @@ class Iteration:
             self.iteration_id, applied, decision=decision.decision, reason=decision.reason,
             speedup=estimate.ratio if estimate else None, speedup_low=estimate.low if estimate else None,
             speedup_high=estimate.high if estimate else None, regression=decision.regression,
-            check={**result.to_dict(), **decision.to_dict(), "repeats": self.options.check_repeats,
+            check={**result.to_dict(), **decision.to_dict(), "repeats": self.check_repeats,
                    "min_gain": self.options.min_gain, "incumbent_notes": self.incumbent.notes},
         )
         return decision
