@@ -151,3 +151,41 @@ def test_allocator_settings_keep_what_the_user_set():
         "expandable_segments:True,garbage_collection_threshold:0.8")
     assert alloc_conf({"expandable_segments": True, "gc_threshold": None}, "expandable_segments:False,"
                       "max_split_size_mb:128") == "expandable_segments:False,max_split_size_mb:128"
+
+
+def test_the_loader_seed_gives_a_gpu_hosts_loader_every_core():
+    from dstune.plugins.data_loader import dstune_knobs
+
+    def seed(**facts):
+        ctx = TuneContext(workload="w", has_dataset=True, **facts)
+        return {k.name: k for k in dstune_knobs(ctx)}["loader_workers"].checklist
+
+    assert seed(device="cuda", cpu_count=16) == 16
+    assert seed(device="cuda", cpu_count=6) == 6
+    assert seed(device="cpu", cpu_count=16) == 4  # on the CPU, workers take the model's cores
+    assert seed(device="cpu", cpu_count=2) == 2
+
+
+def test_a_loader_is_timed_over_whole_epochs_so_its_stalls_count(trials):
+    """Each epoch starts new workers that stall 0.3 s; short windows between stalls must not be the figure."""
+    import time
+
+    from dstune.measure import measure
+    from dstune.measure_settings import MeasureSettings
+
+    ctx = trials.context(OBSERVE, "stalling_data")
+    pm = plugin_manager().pm
+    config = {"loader_workers": 2, "prefetch_factor": 2, "persistent_workers": False, "batch_size": 8}
+    composed = compose(pm, select_workload(OBSERVE, "stalling_data"), config, ctx)
+    epoch = len(composed.loader)
+    assert epoch == 32
+    metrics = measure(composed, MeasureSettings(windows=5, window_s=0.01, min_warmup_steps=1))
+    assert metrics["windows"] * metrics["steps_per_window"] >= 2 * epoch
+    assert metrics["warmup_steps"] > 2 * 2  # the batches both workers prepared during the first step
+    assert metrics["throughput_basis"] == "mean"
+
+    started = time.perf_counter()  # what training three epochs takes, by the wall clock
+    for _ in range(3 * epoch):
+        composed.step()
+    truth = 3 * epoch * 8 / (time.perf_counter() - started)
+    assert 0.6 < metrics["samples_per_s"] / truth < 1.6, (metrics["samples_per_s"], truth)

@@ -221,10 +221,10 @@ def test_exec_start_method_classifies_and_kills_the_same_way(tmp_path, trials, m
 
 
 def test_a_short_budget_for_slow_trials_still_runs_trials_and_a_shorter_check(tmp_path):
-    """Five check rounds of ~4 s trials would take the whole 24 s budget: the trials get at least 65% of it."""
+    """Five check rounds of ~3 s trials would take the whole 16 s budget: the trials get at least 65% of it."""
     db = tmp_path / "short.db"
-    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--budget", "24s", "--trials", "20",
-                     "--window-time", "0.5", "--only", "batch_size", cwd=tmp_path)
+    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--budget", "16s", "--trials", "20",
+                     "--window-time", "0.3", "--only", "batch_size", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     trials = db_rows(db, "select status from dstune_trials")
     assert len(trials) >= 3, result.stdout  # before the cap: the default alone, then the check

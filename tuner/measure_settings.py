@@ -23,6 +23,16 @@ class MeasureSettings:
     steady_tolerance: float = 0.10
     max_steps_per_window: int = 2000
     max_timed_s: float = 15.0  # steps slower than a window get fewer windows (never under two)
+    # With a DataLoader, the timed steps cover at least this many epochs (within max_timed_s), so
+    # the stall when an epoch ends and the workers start the next one is in the figure.
+    loader_epochs: float = 2.0
+
+    def applicable(self, has_dataset: bool) -> dict[str, Any]:
+        """The settings that decide how a workload is measured (the loader's only where it has a dataset)."""
+        settings = self.to_dict()
+        if not has_dataset:
+            settings.pop("loader_epochs")
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

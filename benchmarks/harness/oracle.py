@@ -62,8 +62,11 @@ def cache_path(results: Path, workload: str, gpu: str | None) -> Path:
 
 
 def cache_identity(bench: Bench, points: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a cached grid must share to be reused: device and versions, the grid, and the measurement settings
+    that apply to this workload (a loader's only where it has one, so adding one re-measures no other)."""
     env = bench.environment
-    return {**{k: env.get(k) for k in CACHE_KEYS}, "grid": points, "measure": bench.options.measure.to_dict()}
+    measure = bench.options.measure.applicable(bench.ctx.has_dataset)
+    return {**{k: env.get(k) for k in CACHE_KEYS}, "grid": points, "measure": measure}
 
 
 def cache_mismatch(cached: dict[str, Any], identity: dict[str, Any]) -> list[str]:

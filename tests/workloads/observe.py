@@ -7,6 +7,7 @@ flags, the model's type, how often a block ran) to the JSON file named by
 
 import json
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -138,4 +139,31 @@ class PidDataset(torch.utils.data.Dataset):
 @dstune.workload(batch_size=8)
 def observe_data(ctx):
     return dstune.Workload(model=Net(), optimizer=_sgd, dataset=PidDataset(),
+                           loss=lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]))
+
+
+class StallingDataset(torch.utils.data.Dataset):
+    """256 tiny samples; a process's first sample takes 0.3 s, as opening files or a decoder would.
+
+    Without persistent workers every epoch starts new workers, so every epoch
+    begins with that stall: a cost the training pays once per epoch, between
+    stretches of fast steps.
+    """
+
+    STALL_S = 0.3
+    started_in: set[int] = set()
+
+    def __len__(self):
+        return 256
+
+    def __getitem__(self, index):
+        if os.getpid() not in StallingDataset.started_in:
+            StallingDataset.started_in.add(os.getpid())
+            time.sleep(self.STALL_S)
+        return torch.randn(32), index % 4
+
+
+@dstune.workload(batch_size=8)
+def stalling_data(ctx):
+    return dstune.Workload(model=Net(), optimizer=_sgd, dataset=StallingDataset(),
                            loss=lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]))
