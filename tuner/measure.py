@@ -10,9 +10,10 @@ A ``dataset=`` workload is measured differently, because its batches come
 from DataLoader workers that run ahead of the model: while the first step
 compiles, every worker fills its prefetch queue, and steps served from that
 queue are as fast as the model alone.  Its warm-up therefore consumes the
-whole queue before anything is timed, its timed steps cover at least one
-epoch (the workers' stall at an epoch's end is a cost the user pays), and its
-throughput is the timed samples over the timed time, not the median window.
+whole queue before anything is timed, its timed steps cover
+``loader_epochs`` epochs (the workers' stall at an epoch's end is a cost the
+user pays), and its throughput is the timed samples over the timed time, not
+the median window.
 """
 
 from __future__ import annotations
@@ -173,10 +174,10 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
     samples_per_step = composed.plan.samples_per_step
     timed_samples = samples_per_step * steps_per_window * windows
     # A loader's stalls fall in some windows and not others: only the whole span counts them fairly.
-    basis = mean if composed.loader is not None else median
+    by_mean = composed.loader is not None
     metrics: dict[str, Any] = {
-        "samples_per_s": samples_per_step / basis,
-        "throughput_basis": "mean" if composed.loader is not None else "median",
+        "samples_per_s": samples_per_step / (mean if by_mean else median),
+        "throughput_basis": "mean" if by_mean else "median",
         "step_time_median_s": median,
         "step_time_cv": (statistics.pstdev(per_window) / mean) if len(per_window) > 1 else 0.0,
         "window_step_times_s": per_window,
