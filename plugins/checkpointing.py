@@ -12,11 +12,10 @@ Freed activation memory can then buy a larger micro-batch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torch.utils.checkpoint import checkpoint
+if TYPE_CHECKING:
+    from torch import nn
 
 from dstune import Knob, TuneContext, hookimpl
 
@@ -27,6 +26,8 @@ MARK = "_dstune_checkpointed"
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     """Children of containers holding two or more non-leaf blocks of one class."""
+    from torch import nn
+
     found: list[nn.Module] = []
 
     def visit(module: nn.Module) -> None:
@@ -49,6 +50,9 @@ def _hf_supported(model: nn.Module) -> bool:
 
 
 def _checkpoint_forward(block: nn.Module) -> None:
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
     original = block.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:

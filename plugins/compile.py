@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from dstune import Knob, TuneContext, hookimpl
 
 KNOB = "compile"
@@ -53,5 +51,7 @@ def dstune_prepare_model(model: Any, config: dict[str, Any], ctx: TuneContext) -
     mode = config.get(KNOB, "off")
     if mode == "off":
         return None
+    import torch
+
     dynamic = False if config.get(DYNAMIC) == "static" else None
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=dynamic)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from dstune import Knob, TuneContext, hookimpl
 
 KNOB = "cudnn_benchmark"
@@ -31,5 +29,7 @@ def dstune_validate(config: dict[str, Any], ctx: TuneContext) -> str | None:
 
 @hookimpl
 def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
+    import torch
+
     if KNOB in config:
         torch.backends.cudnn.benchmark = bool(config[KNOB])

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from dstune import Knob, TuneContext, hookimpl
 
 KNOB = "matmul_precision"
@@ -31,5 +29,7 @@ def dstune_knobs(ctx: TuneContext) -> list[Knob]:
 
 @hookimpl
 def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
+    import torch
+
     if config.get(KNOB, "highest") != "highest":
         torch.set_float32_matmul_precision(config[KNOB])

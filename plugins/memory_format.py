@@ -9,10 +9,10 @@ only where the model has 2-D convolutions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 from dstune import Knob, TuneContext, hookimpl
 
@@ -22,6 +22,8 @@ FACT = "memory_format.conv2d"
 
 @hookimpl
 def dstune_model_facts(model: nn.Module, workload: Any, ctx: TuneContext) -> dict[str, Any]:
+    from torch import nn
+
     return {FACT: sum(1 for m in model.modules() if isinstance(m, nn.Conv2d))}
 
 
@@ -36,4 +38,6 @@ def dstune_knobs(ctx: TuneContext) -> list[Knob]:
 def dstune_prepare_model(model: nn.Module, config: dict[str, Any], ctx: TuneContext) -> Any:
     if config.get(KNOB) != "channels_last":
         return None
+    import torch
+
     return model.to(memory_format=torch.channels_last)

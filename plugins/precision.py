@@ -8,9 +8,10 @@ gradients do not flush to zero.  TensorFloat-32 for float32 matmuls is the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from dstune import Knob, TuneContext, hookimpl
 
@@ -47,6 +48,8 @@ def dstune_validate(config: dict[str, Any], ctx: TuneContext) -> str | None:
 
 
 def _dtype(config: dict[str, Any]) -> torch.dtype | None:
+    import torch
+
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.get(KNOB, "fp32"))
 
 
@@ -55,11 +58,15 @@ def dstune_step_context(config: dict[str, Any], ctx: TuneContext) -> Any:
     dtype = _dtype(config)
     if dtype is None:
         return None
+    import torch
+
     return torch.autocast(device_type=ctx.device, dtype=dtype)
 
 
 @hookimpl
 def dstune_grad_scaler(config: dict[str, Any], ctx: TuneContext) -> Any:
     if config.get(KNOB) == "fp16" and ctx.mode == "train":
+        import torch
+
         return torch.amp.GradScaler(ctx.device)
     return None

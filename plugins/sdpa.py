@@ -15,11 +15,8 @@ context, and must pick the same kernel again.
 from __future__ import annotations
 
 import logging
+from functools import cache
 from typing import Any, Callable
-
-import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from dstune import Knob, TuneContext, hookimpl
 
@@ -37,27 +34,41 @@ HALF_ONLY = ("flash", "cudnn")
 log = logging.getLogger("dstune.plugins.sdpa")
 
 
-class _WatchSDPA(TorchFunctionMode):
-    """Notes whether scaled_dot_product_attention is called; changes nothing."""
+@cache
+def _watch_sdpa() -> type:
+    """The torch function mode that notes whether scaled_dot_product_attention is called; it changes nothing.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen = False
+    Made on first use: the process that plans trials loads this plugin but never imports torch.
+    """
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
 
-    def __torch_function__(self, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if func is F.scaled_dot_product_attention:
-            self.seen = True
-        return func(*args, **(kwargs or {}))
+    class WatchSDPA(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = False
+
+        def __torch_function__(self, func: Callable[..., Any], types: Any, args: Any = (),
+                               kwargs: Any = None) -> Any:
+            if func is F.scaled_dot_product_attention:
+                self.seen = True
+            return func(*args, **(kwargs or {}))
+
+    return WatchSDPA
 
 
 def uses_sdpa(run_once: Callable[[], Any]) -> bool:
     """Whether calling ``run_once`` (one forward pass) calls scaled_dot_product_attention."""
-    with torch.no_grad(), _WatchSDPA() as watch:
+    import torch
+
+    with torch.no_grad(), _watch_sdpa()() as watch:
         run_once()
-    return watch.seen
+    return bool(watch.seen)
 
 
 def _one_sample(workload: Any) -> Any:
+    import torch
+
     if workload.batch is not None:
         return workload.batch(1, torch.device("cpu"))
     sample = workload.dataset[0]
@@ -103,5 +114,7 @@ def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
     backend = config.get(KNOB, "auto")
     if backend == "auto":
         return
+    import torch
+
     for name, switch in BACKENDS.items():
         getattr(torch.backends.cuda, switch)(name == backend)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from dstune import Knob, TuneContext, hookimpl
 
 
@@ -31,6 +29,8 @@ def dstune_knobs(ctx: TuneContext) -> list[Knob]:
 
 @hookimpl
 def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
+    import torch
+
     if config.get("intra_op_threads") is not None:
         torch.set_num_threads(int(config["intra_op_threads"]))
     if config.get("interop_threads") is not None:

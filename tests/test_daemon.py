@@ -14,7 +14,7 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import pytest
 from croniter import croniter
@@ -27,7 +27,10 @@ FAST_RUN = ("--trials", "2", "--check-repeats", "2", "--windows", "2", "--window
 SLOW_STEPS = {"DSTUNE_TEST_SLOWDOWN": "30"}  # paced.py: every step about 0.3 s, so a trial is caught running
 
 
-def _wait_for(predicate: Callable[[], object], timeout: float, what: str, log: Path | None = None) -> object:
+T = TypeVar("T")
+
+
+def _wait_for(predicate: Callable[[], T], timeout: float, what: str, log: Path | None = None) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -59,6 +62,21 @@ def _trial_running(db: Path) -> bool:
         return bool(db_rows(db, "select 1 from dstune_trials where status = 'running'"))
     except sqlite3.OperationalError:  # tables not made yet
         return False
+
+
+def _freeze(pid: int) -> list[int]:
+    """SIGSTOP a process and all its descendants, again until no new child appears, and return them all."""
+    stopped: list[int] = []
+    while True:
+        new = [p for p in [pid, *_descendants(pid)] if p not in stopped]
+        if not new:
+            return stopped
+        for p in new:
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+            stopped.append(p)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -155,13 +173,21 @@ def test_sigkill_during_a_trial_then_restart_marks_stale_rows_and_completes(tmp_
     db = tmp_path / "sigkill.db"
     _add(capsys, db, "--cron", "0 3 * * 0", "--now", *FAST_RUN)
     proc, log = _daemon(db, tmp_path, env=SLOW_STEPS)
-    _wait_for(lambda: len(db_rows(db, "select 1 from dstune_trials")) >= 1 and _trial_running(db)
-              and db_rows(db, "select count(*) from dstune_trials where status != 'running'")[0][0] >= 1,
-              180, "a finished trial and a running one", log)
+
+    def caught() -> list[int]:
+        """The frozen family once a trial has finished and another is running; a trial may end between a look at
+        the database and the kill, so the family is stopped first and the database read while nothing moves."""
+        if not (_trial_running(db) and db_rows(db, "select count(*) from dstune_trials where status != 'running'")[0][0]):
+            return []
+        family = _freeze(proc.pid)
+        if _trial_running(db):
+            return family
+        for pid in family:
+            os.kill(pid, signal.SIGCONT)
+        return []
+
+    family = _wait_for(caught, 180, "a finished trial and a running one", log)
     # The whole service killed at once, as systemd's SIGKILL or the OOM killer would: no handler runs anywhere.
-    family = [proc.pid, *_descendants(proc.pid)]
-    for pid in family:
-        os.kill(pid, signal.SIGSTOP)
     for pid in family:
         os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=10)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from dstune import Knob, hookimpl
@@ -30,6 +33,23 @@ def test_builtins_are_registered_like_any_plugin():
     assert [m.rsplit(".", 1)[1] for m in DEFAULT_PLUGINS] == [n for n in names if n in
                                                              {m.rsplit(".", 1)[1] for m in DEFAULT_PLUGINS}]
     assert "compile" not in plugin_manager(disabled=["compile"]).names()
+
+
+def test_planning_with_the_builtins_never_imports_torch():
+    """The process that plans trials loads every plugin and asks for knobs and checks, but only trial processes
+    touch torch: importing it there would cost every ``dstune run`` its import and teardown seconds."""
+    script = ("import sys; from dstune.plugin_manager import plugin_manager; "
+              "from dstune.context import TuneContext; from dstune.tuning_run import applicable_knobs; "
+              "pm = plugin_manager().pm; "
+              "knobs = applicable_knobs(pm, TuneContext(workload='w', device='cuda', cpu_count=2, bf16_supported=True,"
+              " capability=(9, 0), facts={'sdpa.used': True, 'memory_format.conv2d': 3, 'checkpoint.blocks': 4})); "
+              "config = {k.name: k.default for k in knobs}; "
+              "pm.hook.dstune_validate(config=config, ctx=TuneContext(workload='w', device='cpu', cpu_count=2)); "
+              "print(len(knobs), 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    count, torch_imported = done.stdout.split()
+    assert int(count) >= 10 and torch_imported == "False", done.stdout
 
 
 def test_a_registered_plugin_adds_knobs_and_runs_in_order():

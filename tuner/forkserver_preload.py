@@ -10,6 +10,8 @@ why that warning is silenced here, in the fork server only.
 
 from __future__ import annotations
 
+import atexit
+import os
 import warnings
 
 warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks.*", category=DeprecationWarning)
@@ -20,3 +22,22 @@ import torch._dynamo  # noqa: E402,F401
 import dstune.measure  # noqa: E402,F401
 import dstune.plugin_manager  # noqa: E402,F401
 import dstune.trial_worker  # noqa: E402,F401
+
+_SERVER_PID = os.getpid()
+
+
+def _exit_at_once() -> None:
+    """End the fork server without tearing torch down.
+
+    It holds nothing to flush, and unloading torch's modules takes most of a
+    second, during which the server keeps dstune's stdout open: a shell
+    pipeline or ``subprocess.run`` on ``dstune run`` would wait that long after
+    dstune itself has exited.  Registered after torch is imported, it runs
+    before torch's own exit handlers; forked trials never run it (they leave
+    through ``os._exit`` and carry another pid).
+    """
+    if os.getpid() == _SERVER_PID:
+        os._exit(0)
+
+
+atexit.register(_exit_at_once)

@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--grid", type=_grid_axis, action="append", default=[],
                      help="an oracle axis for an unregistered workload file: KNOB=V1,V2 (repeatable)")
     run.add_argument("--max-warmup", type=float, help="most seconds of warm-up per trial (dstune's default: 60)")
+    run.add_argument("--windows", type=int, help="timed windows per measurement (dstune's default: 5)")
+    run.add_argument("--window-time", type=float, help="seconds per timed window (dstune's default: 0.5)")
     run.add_argument("--tag", default="", help="text put in the result file's name, e.g. the device kind")
     table = sub.add_parser("table", help="print the markdown table of result files")
     table.add_argument("files", nargs="+", type=Path)
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = RunSettings(arms=args.arms, budget=args.budget, rounds=args.rounds,
                            dstune_args=tuple(shlex.split(args.dstune_args)), reuse_oracle=not args.fresh_oracle,
                            resume=args.resume, checklist_cap=args.checklist_cap,
-                           max_warmup_s=args.max_warmup)
+                           max_warmup_s=args.max_warmup, windows=args.windows, window_s=args.window_time)
     out = args.out or REPO / ".bench" / spec.name
     result = BenchmarkRun(spec, out, args.results, settings).run()
     gpu = re.sub(r"[^a-z0-9]+", "-", (result["machine"].get("gpu") or "cpu").lower()).strip("-")

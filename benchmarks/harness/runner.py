@@ -39,6 +39,14 @@ class RunSettings:
     resume: bool = False
     checklist_cap: int | None = None
     max_warmup_s: float | None = None  # dstune's default (60 s) unless given
+    windows: int | None = None  # timed windows per measurement; dstune's default unless given
+    window_s: float | None = None  # seconds per timed window; dstune's default unless given
+
+    def measure(self) -> MeasureSettings | None:
+        """The measurement settings the arms are timed with, or None for dstune's defaults."""
+        given = {k: v for k, v in (("max_warmup_s", self.max_warmup_s), ("windows", self.windows),
+                                   ("window_s", self.window_s)) if v is not None}
+        return MeasureSettings(**given) if given else None
 
 
 def dstune_commit() -> str | None:
@@ -69,8 +77,7 @@ class BenchmarkRun:
         self.state: dict[str, Any] = (json.loads(self.state_path.read_text())
                                       if settings.resume and self.state_path.exists() else {})
         self.shared_env = cache_env(out / "cache-shared")
-        measure = MeasureSettings(max_warmup_s=settings.max_warmup_s) if settings.max_warmup_s else None
-        self.bench = Bench(spec.file, workdir=None, env=self.shared_env, measure=measure)
+        self.bench = Bench(spec.file, workdir=None, env=self.shared_env, measure=settings.measure())
 
     def _save(self) -> None:
         self.state_path.write_text(json.dumps(self.state, indent=1, default=str))
