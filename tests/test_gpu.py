@@ -29,6 +29,47 @@ GUARD = GuardSettings(tolerance=0.05)
 pytestmark = pytest.mark.gpu
 
 
+BUSY_GPU = """
+import sys, time, torch
+x = torch.randn(8192, 8192, device="cuda")
+torch.cuda.synchronize()
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    y = x @ x
+    torch.cuda.synchronize()
+open(sys.argv[2], "w").write(repr(time.time()))
+"""
+
+
+def test_idle_gate_waits_for_a_foreign_cuda_process(tmp_path):
+    """A foreign CUDA process keeps the GPU busy for 20 s: the run's first trial waits for it, then goes.
+
+    First in this file: later tests use CUDA in the pytest process itself, and a process holding a CUDA
+    context is foreign work to the gate, so after them the run would (rightly) wait out its --max-delay.
+    """
+    assert not torch.cuda.is_initialized(), "a test before this one made a CUDA context in the pytest process"
+    ended_file, db = tmp_path / "ended", tmp_path / "gate.db"
+    busy = subprocess.Popen([sys.executable, "-c", BUSY_GPU, "20", str(ended_file)], stdout=subprocess.PIPE, text=True)
+    assert busy.stdout is not None and busy.stdout.readline().strip() == "ready"
+    started = time.time()
+    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--trials", "1", "--check-repeats", "2",
+                     "--window-time", "0.05", "--disable-plugin", "compile", "--wait-idle", "--idle-window", "3s",
+                     "--idle-util", "10", "--max-delay", "120s", cwd=tmp_path)
+    busy.wait(timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    busy_line = next(line for line in result.stdout.splitlines() if "is busy:" in line)
+    (first,), = db_rows(db, "select started_at from dstune_trials order by id limit 1")
+    first_trial = datetime.fromisoformat(first).replace(tzinfo=timezone.utc).timestamp()
+    ended = float(ended_file.read_text())
+    print(f"\nidle gate: {busy_line.strip()}\n  run started {0:.1f} s, foreign process ended {ended - started:.1f} s, "
+          f"first trial started {first_trial - started:.1f} s ({first_trial - ended:.1f} s after the foreign "
+          f"process ended; idle window 3 s)")
+    assert "GPU" in busy_line and ("foreign process" in busy_line or "utilisation" in busy_line)
+    assert first_trial >= ended + 3.0 - 0.5, "the trial waited a whole idle window after the load ended"
+    assert first_trial - ended < 30, "and then went ahead"
+
+
 def test_cuda_trial_reports_event_timing_memory_and_nvml(trials):
     outcome, facts = trials.run(OBSERVE, "observe")
     print("\ncuda trial metrics:", {k: v for k, v in outcome.metrics.items() if k != "window_step_times_s"})
@@ -188,42 +229,6 @@ def test_sdpa_backend_is_forced(trials):
     forced, _ = trials.run(attention, "attention", precision="fp32", sdpa_backend="flash")
     print("sdpa_backend=flash in fp32:", forced.status, (forced.error or "").strip().splitlines()[-1])
     assert forced.status == "crash" and "RuntimeError: Invalid backend" in (forced.error or ""), forced.error
-
-
-BUSY_GPU = """
-import sys, time, torch
-x = torch.randn(8192, 8192, device="cuda")
-torch.cuda.synchronize()
-print("ready", flush=True)
-end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
-    y = x @ x
-    torch.cuda.synchronize()
-open(sys.argv[2], "w").write(repr(time.time()))
-"""
-
-
-def test_idle_gate_waits_for_a_foreign_cuda_process(tmp_path):
-    """A foreign CUDA process keeps the GPU busy for 20 s: the run's first trial waits for it, then goes."""
-    ended_file, db = tmp_path / "ended", tmp_path / "gate.db"
-    busy = subprocess.Popen([sys.executable, "-c", BUSY_GPU, "20", str(ended_file)], stdout=subprocess.PIPE, text=True)
-    assert busy.stdout is not None and busy.stdout.readline().strip() == "ready"
-    started = time.time()
-    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--trials", "1", "--check-repeats", "2",
-                     "--window-time", "0.05", "--disable-plugin", "compile", "--wait-idle", "--idle-window", "3s",
-                     "--idle-util", "10", "--max-delay", "120s", cwd=tmp_path)
-    busy.wait(timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    busy_line = next(line for line in result.stdout.splitlines() if "is busy:" in line)
-    (first,), = db_rows(db, "select started_at from dstune_trials order by id limit 1")
-    first_trial = datetime.fromisoformat(first).replace(tzinfo=timezone.utc).timestamp()
-    ended = float(ended_file.read_text())
-    print(f"\nidle gate: {busy_line.strip()}\n  run started {0:.1f} s, foreign process ended {ended - started:.1f} s, "
-          f"first trial started {first_trial - started:.1f} s ({first_trial - ended:.1f} s after the foreign "
-          f"process ended; idle window 3 s)")
-    assert "GPU" in busy_line and ("foreign process" in busy_line or "utilisation" in busy_line)
-    assert first_trial >= ended + 3.0 - 0.5, "the trial waited a whole idle window after the load ended"
-    assert first_trial - ended < 30, "and then went ahead"
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
