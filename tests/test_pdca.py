@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from dstune.act import decide
-from dstune.check import interleaved_check
+from dstune.check import CheckResult, interleaved_check
 from dstune.context import TuneContext
 from dstune.knobs import default_config
 from dstune.plugin_manager import plugin_manager
+from dstune.speedup import paired_ratio
 from dstune.trial_runner import run_in_subprocess
 from dstune.tuning_run import RunOptions, applicable_knobs, trial_spec
 
@@ -44,6 +45,21 @@ def test_aa_check_promotes_at_most_once_in_20():
     assert promotions <= 1, estimates
     # The intervals are honest about noise: most of them contain 1.
     assert sum(e.low <= 1.0 <= e.high for e in estimates) >= 16, estimates
+
+
+@pytest.mark.parametrize("incumbent_p99,challenger_p99,decision,why", [
+    (0.090, 0.040, "promoted", "the incumbent's p99 latency, 90 ms, breaks the limit of 50 ms"),
+    (0.030, 0.060, "kept", "the challenger's p99 latency in the check, 60 ms, breaks the limit of 50 ms"),
+    (0.030, 0.040, "promoted", "speed-up"),  # both in time: speed decides
+    (0.090, 0.070, "promoted", "speed-up"),  # neither in time: speed decides too
+])
+def test_a_latency_limit_decides_before_speed(incumbent_p99, challenger_p99, decision, why):
+    # The challenger is 1.5x faster in every round.
+    result = CheckResult(incumbent=[100.0, 101.0, 99.0], challenger=[150.0, 151.0, 149.0])
+    result.estimate = paired_ratio(result.incumbent, result.challenger)
+    made = decide(result, has_challenger=True, min_gain=0.02, reference=None, max_latency_s=0.05,
+                  latency_p99_s={"incumbent": incumbent_p99, "challenger": challenger_p99})
+    assert made.decision == decision and why in made.reason, made.reason
 
 
 def test_injected_slowdown_is_flagged_as_a_regression_every_time(tmp_path):

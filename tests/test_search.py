@@ -47,19 +47,36 @@ def test_failures_are_infeasible_and_crashes_failed():
     assert crash.state == optuna.trial.TrialState.FAIL
 
 
+def test_a_p99_over_the_latency_limit_is_a_violated_constraint():
+    study = _study()
+    space = SearchSpace(KNOBS)
+    for p99 in (0.02, 0.09):
+        trial = study.ask()
+        space.config_from_trial(trial)
+        tell(study, trial, "ok", {"samples_per_s": 5.0, "peak_memory_bytes": 10, "latency_p99_s": p99},
+             memory_budget=100, max_latency_s=0.05)
+    in_time, late = study.trials
+    assert max(in_time.constraints.values()) <= 0 and max(late.constraints.values()) > 0
+
+
 def test_pareto_front_and_choice_under_budget():
-    rows = [SimpleNamespace(id=i, samples_per_s=s, peak_memory_bytes=m)
-            for i, (s, m) in enumerate([(100, 50), (80, 20), (90, 60), (120, 200), (70, 20)])]
+    rows = [SimpleNamespace(id=i, samples_per_s=s, peak_memory_bytes=m, latency_p99_s=p99)
+            for i, (s, m, p99) in enumerate([(100, 50, 0.08), (80, 20, 0.03), (90, 60, 0.05), (120, 200, 0.2),
+                                             (70, 20, 0.02)])]
     front = pareto_front(rows)
     assert [r.id for r in front] == [3, 0, 1]
     fastest = parse_policy("max-throughput")
     assert fastest.choose(rows, memory_budget=100).id == 0
     assert fastest.choose(rows, memory_budget=10) is None
+    # A latency limit leaves out the faster trials that answer too late, whatever their memory.
+    assert fastest.choose(rows, memory_budget=1000, max_latency_s=0.06).id == 2
+    assert fastest.choose(rows, memory_budget=1000, max_latency_s=0.01) is None
+    assert parse_policy("knee").choose(rows, memory_budget=1000, max_latency_s=0.04).id == 1
 
 
 def test_knee_and_weighted_policies():
     # Front: 10/s at 10 B, 60/s at 20 B (the knee), 65/s at 100 B.
-    rows = [SimpleNamespace(id=i, samples_per_s=s, peak_memory_bytes=m, energy_per_sample_j=e)
+    rows = [SimpleNamespace(id=i, samples_per_s=s, peak_memory_bytes=m, energy_per_sample_j=e, latency_p99_s=None)
             for i, (s, m, e) in enumerate([(10, 10, 1.0), (60, 20, 3.0), (65, 100, 2.0), (30, 50, 9.0)])]
     assert parse_policy("knee").choose(rows, memory_budget=1000).id == 1
     assert parse_policy("max-throughput").choose(rows, memory_budget=1000).id == 2

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from .conftest import WORKLOADS, run_cli
+from .conftest import WORKLOADS, db_rows, run_cli
 
 
 def _run(tmp_path, source: str, *extra: str):
@@ -68,8 +68,20 @@ def test_workload_returning_the_wrong_thing(tmp_path):
     ("--budget", "fifteen", "is not a duration"),
     ("--trial-timeout", "0s", "must be longer than zero"),
     ("--memory-budget", "lots", "is not a size"),
+    ("--max-latency", "50", "is not a latency above zero"),
 ])
 def test_bad_option_values(tmp_path, option, value, fragment):
     result = run_cli("run", str(WORKLOADS / "faults.py"), "--db", str(tmp_path / "t.db"), option, value,
                      cwd=tmp_path)
     _assert_usage_error(result, value, fragment)
+
+
+def test_a_latency_limit_on_a_training_workload_is_refused(tmp_path):
+    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(tmp_path / "t.db"), "--max-latency", "50ms",
+                     cwd=tmp_path)
+    _assert_usage_error(result, "--max-latency", "'paced'", "trains", "mode=\"inference\"")
+    assert "--max-latency 50 ms" in " ".join(result.stderr.split())
+    db = tmp_path / "t.db"
+    if db.exists():  # refused before an iteration starts
+        tables = {name for name, in db_rows(db, "select name from sqlite_master where type = 'table'")}
+        assert "dstune_iterations" not in tables or db_rows(db, "select count(*) from dstune_iterations") == [(0,)]

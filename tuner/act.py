@@ -10,6 +10,10 @@
 - An incumbent that no longer runs (crash, OOM) where it ran before is a
   regression too; one that never ran (a default batch that never fit) is
   not.  Either way a challenger that ran in every round replaces it.
+- With a latency limit (``--max-latency``), the median p99 latency of each
+  side's check rounds counts first: a challenger within the limit replaces
+  an incumbent beyond it whatever their speeds (it was applied before the
+  limit, or before the model grew), and a challenger beyond it is kept out.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, Sequence
 
 from .check import CheckResult
 from .speedup import RatioEstimate, unpaired_ratio
+from .units import format_latency
 
 PROMOTED, KEPT = "promoted", "kept"
 
@@ -50,8 +55,12 @@ def regression_of(reference: Sequence[float] | None, now: Sequence[float], min_l
 
 
 def decide(check: CheckResult, has_challenger: bool, min_gain: float, reference: Sequence[float] | None,
-           no_challenger_reason: str = "no challenger") -> Decision:
-    """The Act phase's decision from a finished check."""
+           no_challenger_reason: str = "no challenger", max_latency_s: float | None = None,
+           latency_p99_s: dict[str, float | None] | None = None) -> Decision:
+    """The Act phase's decision from a finished check.
+
+    ``latency_p99_s`` holds the median p99 latency of the incumbent's and the challenger's check rounds.
+    """
     regression, regression_estimate = regression_of(reference, check.incumbent, min_gain)
     if "incumbent" in check.failures:
         regression = True if reference else None
@@ -65,6 +74,18 @@ def decide(check: CheckResult, has_challenger: bool, min_gain: float, reference:
     if "challenger" in check.failures:
         return Decision(KEPT, f"the challenger failed in the check ({check.failures['challenger']})",
                         regression, regression_estimate)
+    if max_latency_s is not None:
+        limit = format_latency(max_latency_s)
+        incumbent_p99, challenger_p99 = ((latency_p99_s or {}).get(role) for role in ("incumbent", "challenger"))
+        if challenger_p99 is not None and challenger_p99 > max_latency_s and not (
+                incumbent_p99 is not None and incumbent_p99 > max_latency_s):
+            return Decision(KEPT, f"the challenger's p99 latency in the check, {format_latency(challenger_p99)}, "
+                            f"breaks the limit of {limit}", regression, regression_estimate)
+        if incumbent_p99 is not None and incumbent_p99 > max_latency_s and challenger_p99 is not None \
+                and challenger_p99 <= max_latency_s:
+            return Decision(PROMOTED, f"the incumbent's p99 latency, {format_latency(incumbent_p99)}, breaks the "
+                            f"limit of {limit}; the challenger's is {format_latency(challenger_p99)}",
+                            regression, regression_estimate)
     estimate = check.estimate
     assert estimate is not None
     if estimate.exceeds(min_gain):

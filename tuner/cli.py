@@ -54,6 +54,7 @@ def run(
     budget: str = typer.Option("15m", "--budget", envvar="DSTUNE_BUDGET", help="Wall-time budget, e.g. 90s, 15m, 1h."),
     trial_timeout: str = typer.Option("10m", "--trial-timeout", envvar="DSTUNE_TRIAL_TIMEOUT", help="Kill a trial after this long."),
     memory_budget: Optional[str] = typer.Option(None, "--memory-budget", envvar="DSTUNE_MEMORY_BUDGET", help="Peak memory allowed: a size (20GiB) or a fraction of device memory (0.8). Default 0.9."),
+    max_latency: Optional[str] = typer.Option(None, "--max-latency", envvar="DSTUNE_MAX_LATENCY", help="Inference workloads: the p99 latency of one batch allowed (e.g. 50ms); trials over it are not chosen."),
     seed: int = typer.Option(0, "--seed", envvar="DSTUNE_SEED", help="Seed of the sampler and of the workload's RNG."),
     disable_plugin: List[str] = typer.Option([], "--disable-plugin", envvar="DSTUNE_DISABLE_PLUGINS", help="Leave a plugin out (repeatable)."),
     strict_plugins: bool = typer.Option(False, "--strict-plugins", help="Fail when a plugin fails to load or raises while declaring its knobs or model facts (default: leave it out with a warning)."),

@@ -19,7 +19,7 @@ from .knobs import Config, Knob, describe_config
 from .plan import Incumbent, format_change
 from .summary import IterationSummary
 from .trial_runner import TrialOutcome
-from .units import format_bytes, format_duration
+from .units import format_bytes, format_duration, format_latency
 
 
 class ConsoleReporter:
@@ -85,6 +85,8 @@ class ConsoleReporter:
         m = outcome.metrics
         if outcome.status == "ok":
             last = f"ok {m['samples_per_s']:.1f}/s, {format_bytes(m.get('peak_memory_bytes'))}, cv {m['step_time_cv']:.1%}"
+            if m.get("latency_p99_s") is not None:
+                last += f", p99 {format_latency(m['latency_p99_s'])}"
         else:
             last = f"{outcome.status}: {escape(_last_line(outcome.error))}"
         best_text = f"{best:.1f} samples/s" if best else "-"
@@ -146,20 +148,29 @@ def render_summary(console: Console, summary: IterationSummary, stop_reason: str
     console.print(f"\n[bold]Iteration {summary.iteration_id}[/] of {summary.workload}: {counts} "
                   f"(stopped: {stop_reason})")
     table = Table(title="Pareto front: throughput vs peak memory", title_justify="left")
+    rows = list(summary.front)
+    if summary.challenger is not None and all(r.id != summary.challenger.id for r in rows):
+        rows.append(summary.challenger)  # off the front: faster or leaner trials broke the latency limit
+    inference = any(r.latency_p99_s is not None for r in rows)
     for col, justify in (("trial", "right"), ("samples/s", "right"), ("peak memory", "right"),
+                         *((("p99", "right"),) if inference else ()),
                          ("cv", "right"), ("first step", "right"), ("config (vs default)", "left")):
         table.add_column(col, justify=justify)
-    for row in summary.front:
+    for row in rows:
         marker = " *" if summary.challenger is not None and row.id == summary.challenger.id else ""
+        p99 = [format_latency(row.latency_p99_s) if row.latency_p99_s is not None else "-"] if inference else []
         table.add_row(f"{row.number}{marker}", f"{row.samples_per_s:.1f}", format_bytes(row.peak_memory_bytes),
-                      f"{(row.step_time_cv or 0):.1%}", f"{(row.first_step_s or 0):.1f} s",
+                      *p99, f"{(row.step_time_cv or 0):.1%}", f"{(row.first_step_s or 0):.1f} s",
                       describe_config(row.config, summary.default_config))
     console.print(table)
+    max_latency = (iteration.options or {}).get("max_latency_s")
+    latency = f" and p99 {format_latency(max_latency)}" if max_latency else ""
     if summary.challenger is None:
-        console.print(f"[red]No trial succeeded within the memory budget ({format_bytes(summary.memory_budget)}).[/] "
-                      "See the trial errors in `dstune history`, or widen --memory-budget.")
+        console.print(f"[red]No trial succeeded within the memory budget ({format_bytes(summary.memory_budget)})"
+                      f"{latency}.[/] See the trial errors in `dstune history`, or widen --memory-budget"
+                      f"{' or --max-latency' if latency else ''}.")
     else:
-        console.print(f"Challenger ({iteration.select_policy} within {format_bytes(summary.memory_budget)}): "
+        console.print(f"Challenger ({iteration.select_policy} within {format_bytes(summary.memory_budget)}{latency}): "
                       f"trial {summary.challenger.number}: "
                       f"{describe_config(summary.challenger.config, summary.default_config)}", highlight=False)
     incumbent, challenger = summary.median("incumbent"), summary.median("challenger")

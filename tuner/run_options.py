@@ -20,7 +20,7 @@ from .idle_gate import GateSettings
 from .measure_settings import MeasureSettings
 from .numerics import parse_tolerances
 from .selection import SelectionPolicy, parse_policy
-from .units import parse_duration
+from .units import parse_duration, parse_latency
 
 
 @dataclass
@@ -32,6 +32,7 @@ class RunOptions:
     budget_s: float = 15 * 60
     trial_timeout_s: float = 600.0
     memory_budget: str | None = None
+    max_latency_s: float | None = None  # inference: the challenger's p99 step latency must stay within it
     seed: int = 0
     disabled_plugins: tuple[str, ...] = ()
     strict_plugins: bool = False
@@ -83,6 +84,8 @@ def options_from_params(params: Mapping[str, Any], label: Callable[[str], str] |
         trials=params["trials"], budget_s=parse_duration(params["budget"], where("budget")),
         trial_timeout_s=parse_duration(params["trial_timeout"], where("trial_timeout")),
         memory_budget=params["memory_budget"], seed=params["seed"],
+        max_latency_s=(parse_latency(params["max_latency"], where("max_latency"))
+                       if params.get("max_latency") else None),
         disabled_plugins=knob_names(params["disable_plugin"]), strict_plugins=params["strict_plugins"],
         study_name=params["study"],
         measure=MeasureSettings(windows=params["windows"], window_s=params["window_time"],

@@ -23,6 +23,7 @@ SEED_ATTR = "dstune_seed"
 INFEASIBLE_STATUSES = frozenset({"oom", "numerics", "timeout", "invalid"})
 CONSTRAINT_MEMORY = "memory_over_budget"
 CONSTRAINT_FAILED = "failed"
+CONSTRAINT_LATENCY = "latency_over_limit"
 
 
 def config_key(config: Config) -> str:
@@ -69,8 +70,11 @@ def enqueue_seeds(study: optuna.Study, space: SearchSpace, seeds: Sequence[tuple
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, status: str, metrics: dict[str, Any],
-         memory_budget: int) -> None:
-    """Report a trial's end to the sampler."""
+         memory_budget: int, max_latency_s: float | None = None) -> None:
+    """Report a trial's end to the sampler; with a latency limit, a slower p99 is a violated constraint too."""
+    if max_latency_s is not None:
+        p99 = metrics.get("latency_p99_s") if status == "ok" else None  # pruned: no timed steps to go on
+        trial.set_constraint(CONSTRAINT_LATENCY, float(p99) - max_latency_s if p99 is not None else 0.0)
     if status in ("ok", "pruned"):  # pruned: a warm-up estimate, enough to steer away
         peak = float(metrics.get("peak_memory_bytes") or 0)
         trial.set_constraint(CONSTRAINT_MEMORY, peak - memory_budget)

@@ -1,7 +1,10 @@
 """Selection policies: which configuration of the Pareto front is the challenger.
 
 The front trades throughput against peak memory (and energy).  A policy
-turns it into one choice, always among trials that fit the memory budget:
+turns it into one choice, always among trials that fit the memory budget
+and, for an inference workload given ``--max-latency``, whose p99 latency of
+one batch stays within it (serving has a latency target; the fastest
+throughput usually comes from a batch far too large to meet it):
 
 - ``max-throughput`` (default): the fastest.
 - ``knee``: the point of the front farthest from the line between its two
@@ -33,10 +36,10 @@ class SelectionPolicy:
             return self.name
         return "weighted:" + ",".join(f"{k}={v:g}" for k, v in self.weights)
 
-    def choose(self, rows: Sequence[Any], memory_budget: int) -> Any | None:
-        """The challenger among successful trials ``rows`` (or None when none fits the budget)."""
-        fitting = [r for r in rows if r.samples_per_s and r.peak_memory_bytes is not None
-                   and r.peak_memory_bytes <= memory_budget]
+    def choose(self, rows: Sequence[Any], memory_budget: int, max_latency_s: float | None = None) -> Any | None:
+        """The challenger among successful trials ``rows`` (or None when none fits the limits)."""
+        fitting = [r for r in rows if r.samples_per_s
+                   and fits(r.peak_memory_bytes, r.latency_p99_s, memory_budget, max_latency_s)]
         if not fitting:
             return None
         if self.name == "max-throughput":
@@ -44,6 +47,14 @@ class SelectionPolicy:
         if self.name == "knee":
             return _knee(pareto_front(fitting))
         return max(fitting, key=lambda r: _weighted_score(r, fitting, dict(self.weights)))
+
+
+def fits(peak_memory: int | None, latency_p99_s: float | None, memory_budget: int,
+         max_latency_s: float | None) -> bool:
+    """Whether a measurement keeps within the memory budget and the latency limit (when there is one)."""
+    if peak_memory is None or peak_memory > memory_budget:
+        return False
+    return max_latency_s is None or (latency_p99_s is not None and latency_p99_s <= max_latency_s)
 
 
 def parse_policy(text: str) -> SelectionPolicy:

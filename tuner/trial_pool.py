@@ -38,6 +38,7 @@ from .knobs import Config, Knob
 from .numerics import GuardSettings, trial_tolerance
 from .run_options import RunOptions
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, config_key, tell
+from .selection import fits
 from .trial_runner import KILL_GRACE_S, TrialOutcome, run_in_subprocess
 
 log = logging.getLogger("dstune.do")
@@ -231,7 +232,8 @@ class TrialPool:
         else:
             self.eager_durations.append(duration)
             self.measure_s[key] = duration
-        if (metrics.get("peak_memory_bytes") or 0) <= self.setup.memory_budget:
+        if fits(metrics.get("peak_memory_bytes") or 0, metrics.get("latency_p99_s"), self.setup.memory_budget,
+                self.setup.options.max_latency_s):
             if metrics["samples_per_s"] > (self.best or 0.0):
                 self.best_key = key
             self.best = max(self.best or 0.0, metrics["samples_per_s"])
@@ -334,7 +336,7 @@ class TrialPool:
             if key in self.seen or key in self.running:
                 if key in self.seen:
                     status, metrics = self.seen[key]
-                    tell(study, trial, status, metrics, setup.memory_budget)
+                    tell(study, trial, status, metrics, setup.memory_budget, setup.options.max_latency_s)
                 else:  # another slot or host is measuring it now
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 self.repeats += 1
@@ -348,7 +350,7 @@ class TrialPool:
             if reason:
                 setup.store.record_trial(setup.iteration_id, number=trial.number, seed_kind=seed_kind, config=config,
                                          status="invalid", error=reason, host=setup.host, pid=os.getpid())
-                tell(study, trial, "invalid", {}, setup.memory_budget)
+                tell(study, trial, "invalid", {}, setup.memory_budget, setup.options.max_latency_s)
                 self.seen[key] = ("invalid", {})
                 self.invalid_streak += 1
                 if self.invalid_streak >= MAX_INVALID_STREAK:
@@ -439,7 +441,8 @@ class TrialPool:
 
     def _tell(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
         try:
-            tell(self.setup.study, trial, outcome.status, outcome.metrics, self.setup.memory_budget)
+            tell(self.setup.study, trial, outcome.status, outcome.metrics, self.setup.memory_budget,
+                 self.setup.options.max_latency_s)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Declared stale while this process was cut off; its dstune row keeps what was measured.
             log.warning("Optuna trial %s was already failed as stale; its result is kept in dstune's table only",

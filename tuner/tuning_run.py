@@ -58,7 +58,7 @@ from .run_options import RunOptions
 from .search import SearchSpace, config_key, create_study, enqueue_seeds
 from .trial_pool import DoSetup, TrialPool, guard_for, heartbeat_settings, stale_marker, trial_spec
 from .trial_runner import TrialOutcome, run_in_subprocess
-from .units import parse_memory_budget
+from .units import format_latency, parse_memory_budget
 
 __all__ = ["RunOptions", "RunResult", "applicable_knobs", "compile_cache_env", "probe", "run_iteration", "trial_spec"]
 
@@ -214,6 +214,12 @@ class Iteration:
         probed = probe(options, env=self.slots[0].env)
         self.ctx_dict = probed["ctx"]
         self.ctx = ctx = TuneContext.from_dict(self.ctx_dict)
+        if options.max_latency_s is not None and ctx.mode != "inference":
+            raise UsageError(
+                f"--max-latency {format_latency(options.max_latency_s)}: workload {ctx.workload!r} in "
+                f"{options.workload_file} trains ({ctx.mode} mode), and only inference steps have a latency to "
+                "keep within. Leave --max-latency out, or declare a serving workload with "
+                "@dstune.workload(mode=\"inference\").")
         environment = probed["environment"]
         problems: list[str] = list(probed.get("plugin_problems", []))
         loaded = set(self.plugins.names())
@@ -258,6 +264,7 @@ class Iteration:
                      "check_repeats": options.check_repeats, "min_gain": options.min_gain,
                      "only": list(options.only), "exclude": list(options.exclude), "numerics_guard": options.numerics_guard,
                      "tolerances": options.tolerances, "memory_budget": options.memory_budget,
+                     "max_latency_s": options.max_latency_s,
                      "measure": options.measure.to_dict(), "workload_name": ctx.workload,
                      "gpus": [slot.label for slot in self.slots]},
             gpu_model=self.gpu_model,
@@ -354,13 +361,14 @@ class Iteration:
         options, store = self.options, self.store
         # Throughput means something only on the GPU model it was measured on: the check runs on this one.
         ok = [t for t in store.trials(self.iteration_id, status="ok") if self._same_model(t.gpu_model)]
-        chosen = options.select.choose(ok, self.memory_budget)
+        chosen = options.select.choose(ok, self.memory_budget, options.max_latency_s)
         store.update_iteration(self.iteration_id, phase="check", chosen_trial_id=chosen.id if chosen else None,
                                chosen_config=chosen.config if chosen else None)
         challenger: Config | None = None
         why = ""
         if chosen is None:
-            why = f"no trial succeeded within the memory budget ({self.memory_budget} bytes)"
+            why = f"no trial succeeded within the memory budget ({self.memory_budget} bytes)" + (
+                f" and a p99 latency of {format_latency(options.max_latency_s)}" if options.max_latency_s else "")
         elif config_key(chosen.config) == config_key(self.incumbent.config):
             why = f"the best trial by {options.select} is the incumbent itself"
         else:
@@ -401,7 +409,8 @@ class Iteration:
 
     def act(self, result: CheckResult, challenger: Config | None, why: str) -> Decision:
         decision = decide(result, challenger is not None, self.options.min_gain,
-                          self.reference_throughputs(self.incumbent.config), why)
+                          self.reference_throughputs(self.incumbent.config), why, self.options.max_latency_s,
+                          {role: self._median_latency(role) for role in ("incumbent", "challenger")})
         applied: dict[str, Any] | None = None
         if decision.promoted:
             applied = {"config": challenger, "reason": "promoted", "note": decision.reason,
@@ -418,6 +427,13 @@ class Iteration:
                    "min_gain": self.options.min_gain, "incumbent_notes": self.incumbent.notes},
         )
         return decision
+
+    def _median_latency(self, role: str) -> float | None:
+        """The median p99 latency of one side's check rounds (None for training, or when none ran)."""
+        values = [m.metrics.get("latency_p99_s") for m in self.store.measurements(self.iteration_id)
+                  if m.role == role and m.status == "ok"]
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
 
     def _medians(self, role: str) -> dict[str, Any]:
         rows = [m for m in self.store.measurements(self.iteration_id) if m.role == role and m.status == "ok"]

@@ -24,6 +24,22 @@ def parse_duration(text: str, option: str, allow_zero: bool = False) -> float:
     return seconds
 
 
+_LATENCY = re.compile(r"^(?P<n>\d+(?:\.\d+)?)\s*(?P<u>ms|s)$", re.IGNORECASE)
+
+
+def parse_latency(text: str, option: str) -> float:
+    """A latency limit in seconds, from '50ms' or '0.2s' (a unit is required: 50 alone is ambiguous)."""
+    match = _LATENCY.match(text.strip()) if text else None
+    seconds = float(match.group("n")) * (1e-3 if match.group("u").lower() == "ms" else 1.0) if match else 0.0
+    if seconds <= 0:
+        raise UsageError(f"{option} {text!r} is not a latency above zero. Write it with its unit, like 50ms or 0.2s.")
+    return seconds
+
+
+def format_latency(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
 def parse_memory_budget(text: str | None, device_memory: int) -> int:
     """A size ('20GiB', '512MB') or a fraction of the device's memory ('0.9'); default 90%."""
     if text is None:

@@ -84,7 +84,7 @@ def options_of(iteration: Any, workload_file: Path, db: str | None) -> RunOption
     return RunOptions(
         workload_file=workload_file, workload_name=o.get("workload_name") or iteration.workload.name, db=db,
         trials=o["trials"], budget_s=o["budget_s"], trial_timeout_s=o["trial_timeout_s"],
-        memory_budget=o.get("memory_budget"), seed=o.get("seed", 0),
+        memory_budget=o.get("memory_budget"), max_latency_s=o.get("max_latency_s"), seed=o.get("seed", 0),
         disabled_plugins=tuple(o.get("disabled_plugins", ())), study_name=iteration.study_name,
         measure=MeasureSettings(**o["measure"]) if o.get("measure") else MeasureSettings(),
         check_repeats=o.get("check_repeats", 5), numerics_guard=o.get("numerics_guard", True),
