@@ -77,12 +77,12 @@ def decide(check: CheckResult, has_challenger: bool, min_gain: float, reference:
     if max_latency_s is not None:
         limit = format_latency(max_latency_s)
         incumbent_p99, challenger_p99 = ((latency_p99_s or {}).get(role) for role in ("incumbent", "challenger"))
-        if challenger_p99 is not None and challenger_p99 > max_latency_s and not (
-                incumbent_p99 is not None and incumbent_p99 > max_latency_s):
+        incumbent_late = incumbent_p99 is not None and incumbent_p99 > max_latency_s
+        challenger_late = challenger_p99 is not None and challenger_p99 > max_latency_s
+        if challenger_late and not incumbent_late:
             return Decision(KEPT, f"the challenger's p99 latency in the check, {format_latency(challenger_p99)}, "
                             f"breaks the limit of {limit}", regression, regression_estimate)
-        if incumbent_p99 is not None and incumbent_p99 > max_latency_s and challenger_p99 is not None \
-                and challenger_p99 <= max_latency_s:
+        if incumbent_late and challenger_p99 is not None and not challenger_late:
             return Decision(PROMOTED, f"the incumbent's p99 latency, {format_latency(incumbent_p99)}, breaks the "
                             f"limit of {limit}; the challenger's is {format_latency(challenger_p99)}",
                             regression, regression_estimate)

@@ -28,7 +28,8 @@ else:  # pragma: no cover - Python 3.10
 # Key in the file -> parameter of the `run` command.  Environment variables are DSTUNE_ + the key in capitals.
 FILE_KEYS: dict[str, str] = {
     "db": "db", "budget": "budget", "trials": "trials", "trial-timeout": "trial_timeout",
-    "memory-budget": "memory_budget", "max-latency": "max_latency", "only": "only", "exclude": "exclude", "disable-plugins": "disable_plugin",
+    "memory-budget": "memory_budget", "max-latency": "max_latency", "only": "only", "exclude": "exclude",
+    "disable-plugins": "disable_plugin",
     "check-repeats": "check_repeats", "min-gain": "min_gain", "select": "select", "seed": "seed",
     "windows": "windows", "window-time": "window_time", "gpus": "gpus",
 }

@@ -428,15 +428,17 @@ class Iteration:
         )
         return decision
 
+    def _check_rows(self, role: str) -> list[Any]:
+        """One side's successful check rounds."""
+        return [m for m in self.store.measurements(self.iteration_id) if m.role == role and m.status == "ok"]
+
     def _median_latency(self, role: str) -> float | None:
         """The median p99 latency of one side's check rounds (None for training, or when none ran)."""
-        values = [m.metrics.get("latency_p99_s") for m in self.store.measurements(self.iteration_id)
-                  if m.role == role and m.status == "ok"]
-        values = [v for v in values if v is not None]
+        values = [v for m in self._check_rows(role) if (v := m.metrics.get("latency_p99_s")) is not None]
         return statistics.median(values) if values else None
 
     def _medians(self, role: str) -> dict[str, Any]:
-        rows = [m for m in self.store.measurements(self.iteration_id) if m.role == role and m.status == "ok"]
+        rows = self._check_rows(role)
         out: dict[str, Any] = {}
         for column in ("samples_per_s", "peak_memory_bytes", "energy_per_sample_j"):
             values = [getattr(m, column) for m in rows if getattr(m, column) is not None]
