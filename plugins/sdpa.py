@@ -80,7 +80,7 @@ def _one_sample(workload: Any) -> Any:
 def dstune_model_facts(model: Any, workload: Any, ctx: TuneContext) -> dict[str, Any]:
     if not ctx.is_cuda:  # the knob is CUDA-only: spare CPU runs the extra forward pass
         return {}
-    from dstune.composition import default_forward
+    from dstune.trial.composition import default_forward
 
     batch = _one_sample(workload)
     if ctx.mode == "train":

@@ -1,9 +1,17 @@
 """dstune's store: SQLAlchemy models and queries; nothing outside this package builds SQL."""
 
 from .database import resolve_url
-from .models import (SCHEMA_VERSION, AppliedRow, DaemonRow, EnvironmentRow, IterationRow, MeasurementRow, ScheduleRow,
-                     TrialRow, WorkloadRow)
+from .models import (
+    SCHEMA_VERSION,
+    AppliedRow,
+    DaemonRow,
+    EnvironmentRow,
+    IterationRow,
+    MeasurementRow,
+    ScheduleRow,
+    TrialRow,
+    WorkloadRow,
+)
 from .queries import Store
-from .schedule_queries import as_utc
 
-__all__ = ["AppliedRow", "DaemonRow", "ScheduleRow", "as_utc", "MeasurementRow", "SCHEMA_VERSION", "EnvironmentRow", "IterationRow", "Store", "TrialRow", "WorkloadRow", "resolve_url"]
+__all__ = ["AppliedRow", "DaemonRow", "ScheduleRow", "MeasurementRow", "SCHEMA_VERSION", "EnvironmentRow", "IterationRow", "Store", "TrialRow", "WorkloadRow", "resolve_url"]

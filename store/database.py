@@ -15,8 +15,14 @@ from typing import Callable, TypeVar
 
 from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import (ArgumentError, DatabaseError, IntegrityError, NoSuchModuleError, OperationalError,
-                            ProgrammingError)
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from dstune.errors import UsageError
@@ -146,7 +152,7 @@ def init_schema(engine: Engine, url: str) -> None:
                     f"{SCHEMA_VERSION}). Upgrade dstune, or point --db at another database."
                 )
             if found < SCHEMA_VERSION:
-                from .migrations import migrate  # Alembic loads only when a migration is due
+                from .migrations import migrate
 
                 with engine.begin() as connection:
                     migrate(connection, found, SCHEMA_VERSION)

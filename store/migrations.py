@@ -12,7 +12,18 @@ from typing import Callable
 
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Float, Integer, String, Text, inspect
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    inspect,
+)
 from sqlalchemy.engine import Connection
 
 

@@ -14,10 +14,11 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from .database import BUSY_TIMEOUT_S, first_use, open_engine
-from .models import AppliedRow, EnvironmentRow, IterationRow, MeasurementRow, TrialRow, WorkloadRow, utcnow
-from .schedule_queries import ScheduleQueries, as_utc
+from dstune.utc import as_utc, utcnow
 
+from .database import BUSY_TIMEOUT_S, first_use, open_engine
+from .models import AppliedRow, EnvironmentRow, IterationRow, MeasurementRow, TrialRow, WorkloadRow
+from .schedule_queries import ScheduleQueries
 
 STALE_AFTER_S = 300.0  # an iteration whose heartbeat is older than this has lost its process
 

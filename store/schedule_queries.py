@@ -8,20 +8,15 @@ released by the next daemon that starts.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Sequence
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import DaemonRow, IterationRow, ScheduleRow, TrialRow, WorkloadRow, utcnow
+from dstune.utc import as_utc, utcnow
 
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """A stored time as an aware UTC datetime (SQLite gives them back naive, in UTC)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+from .models import DaemonRow, IterationRow, ScheduleRow, TrialRow, WorkloadRow
 
 
 class ScheduleQueries:

@@ -15,11 +15,14 @@ import torch
 
 from dstune.context import TuneContext
 from dstune.knobs import default_config
-from dstune.measure_settings import MeasureSettings
-from dstune.numerics import GuardSettings
+from dstune.plugin_calls import applicable_knobs
 from dstune.plugin_manager import plugin_manager
-from dstune.trial_runner import TrialOutcome, run_in_subprocess
-from dstune.tuning_run import RunOptions, applicable_knobs, compile_cache_env, probe, trial_spec
+from dstune.run.do import trial_spec
+from dstune.run.iteration import compile_cache_env, probe
+from dstune.run.options import RunOptions
+from dstune.trial.launch import TrialOutcome, run_in_subprocess
+from dstune.trial.measure_settings import MeasureSettings
+from dstune.trial.numerics import GuardSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = Path(__file__).resolve().parent / "workloads"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from benchmarks.harness.oracle import cache_mismatch
 from benchmarks.harness.report import markdown, targets
-from dstune.measure_settings import MeasureSettings
+from dstune.trial.measure_settings import MeasureSettings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,9 @@ import sys
 import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
 from pathlib import Path
 from typing import Callable, TypeVar
+from zoneinfo import ZoneInfo
 
 import pytest
 from croniter import croniter

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from dstune.device_lock import Device, DeviceBusy, hold_device, resolve_device
-from dstune.idle_gate import CpuSampler, GateSettings, IdleGate, Reading
+from dstune.devices.idle_gate import CpuSampler, GateSettings, IdleGate, Reading
+from dstune.devices.lock import Device, DeviceBusy, hold_device, resolve_device
 
 from .conftest import WORKLOADS, db_rows, run_cli
 

@@ -14,13 +14,13 @@ from datetime import datetime, timezone
 import pytest
 import torch
 
-from dstune.composition import compose, configure_process
 from dstune.context import TuneContext
-from dstune.gpu_monitor import GpuMonitor
-from dstune.numerics import GuardSettings
+from dstune.plugin_calls import applicable_knobs
 from dstune.plugin_manager import plugin_manager
-from dstune.tuning_run import applicable_knobs
-from dstune.workload_loader import select_workload
+from dstune.trial.composition import compose, configure_process
+from dstune.trial.gpu_monitor import GpuMonitor
+from dstune.trial.numerics import GuardSettings
+from dstune.trial.workload_file import select_workload
 
 from .conftest import WORKLOADS, db_rows, parallel_seconds, probed, run_cli
 

@@ -6,14 +6,14 @@ import optuna
 import pytest
 import torch
 
-from dstune.composition import compose, configure_process
 from dstune.context import TuneContext
+from dstune.plugin_calls import applicable_knobs
 from dstune.plugin_manager import plugin_manager
 from dstune.plugins.cuda_allocator import alloc_conf
 from dstune.plugins.sdpa import uses_sdpa
-from dstune.search import SearchSpace
-from dstune.tuning_run import applicable_knobs
-from dstune.workload_loader import select_workload
+from dstune.run.search import SearchSpace
+from dstune.trial.composition import compose, configure_process
+from dstune.trial.workload_file import select_workload
 
 from .conftest import WORKLOADS
 
@@ -170,8 +170,8 @@ def test_a_loader_is_timed_over_whole_epochs_so_its_stalls_count(trials):
     """Each epoch starts new workers that stall 0.3 s; short windows between stalls must not be the figure."""
     import time
 
-    from dstune.measure import measure
-    from dstune.measure_settings import MeasureSettings
+    from dstune.trial.measure import measure
+    from dstune.trial.measure_settings import MeasureSettings
 
     ctx = trials.context(OBSERVE, "stalling_data")
     pm = plugin_manager().pm

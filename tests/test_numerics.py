@@ -8,7 +8,7 @@ import pytest
 
 from dstune.errors import UsageError
 from dstune.knobs import Knob
-from dstune.numerics import GuardSettings, parse_tolerances, trial_tolerance
+from dstune.trial.numerics import GuardSettings, parse_tolerances, trial_tolerance
 
 from .conftest import WORKLOADS, run_cli
 

@@ -13,16 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from dstune.act import decide
-from dstune.check import CheckResult, interleaved_check
 from dstune.context import TuneContext
 from dstune.knobs import default_config
+from dstune.plugin_calls import applicable_knobs
 from dstune.plugin_manager import plugin_manager
-from dstune.speedup import paired_ratio
-from dstune.trial_runner import run_in_subprocess
-from dstune.tuning_run import RunOptions, applicable_knobs, trial_spec
+from dstune.run.act import decide
+from dstune.run.check import CheckResult, interleaved_check
+from dstune.run.do import trial_spec
+from dstune.run.options import RunOptions
+from dstune.run.speedup import paired_ratio
+from dstune.trial.launch import run_in_subprocess
 
-from .conftest import FAST, QUICK_RUN as QUICK, WORKLOADS, copy_store, db_rows, probed, run_cli
+from .conftest import FAST, WORKLOADS, copy_store, db_rows, probed, run_cli
+from .conftest import QUICK_RUN as QUICK
 
 
 def test_aa_check_promotes_at_most_once_in_20():

@@ -10,8 +10,8 @@ import pytest
 from dstune import Knob, hookimpl
 from dstune.context import TuneContext
 from dstune.errors import UsageError
-from dstune.plugin_manager import DEFAULT_PLUGINS, chain_hook, plugin_manager
-from dstune.tuning_run import applicable_knobs
+from dstune.plugin_calls import applicable_knobs, chain_hook
+from dstune.plugin_manager import DEFAULT_PLUGINS, plugin_manager
 
 from .conftest import ROOT
 
@@ -39,7 +39,7 @@ def test_planning_with_the_builtins_never_imports_torch():
     """The process that plans trials loads every plugin and asks for knobs and checks, but only trial processes
     touch torch: importing it there would cost every ``dstune run`` its import and teardown seconds."""
     script = ("import sys; from dstune.plugin_manager import plugin_manager; "
-              "from dstune.context import TuneContext; from dstune.tuning_run import applicable_knobs; "
+              "from dstune.context import TuneContext; from dstune.plugin_calls import applicable_knobs; "
               "pm = plugin_manager().pm; "
               "knobs = applicable_knobs(pm, TuneContext(workload='w', device='cuda', cpu_count=2, bf16_supported=True,"
               " capability=(9, 0), facts={'sdpa.used': True, 'memory_format.conv2d': 3, 'checkpoint.blocks': 4})); "

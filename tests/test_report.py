@@ -171,8 +171,8 @@ def test_optuna_load_study_reads_dstunes_studies_from_the_same_url(store, weekly
 
 
 def test_the_default_colour_is_a_knob_that_splits_the_trials_in_a_few_groups(store):
-    from dstune.report import render_report
     from dstune.store import Store
+    from dstune.views.report import render_report
 
     page, info = render_report(Store(str(store)), "observe", 2)
     data = json.loads(re.search(r'id="dstune-report-data">(.*?)</script>', page).group(1))

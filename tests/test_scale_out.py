@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+
 import optuna
 import pytest
 

@@ -9,8 +9,9 @@ import pytest
 
 from dstune.errors import UsageError
 from dstune.knobs import Knob
-from dstune.search import CostAwareSchedule, SearchSpace, create_study, enqueue_seeds, pareto_front, tell
-from dstune.selection import parse_policy
+from dstune.pareto import pareto_front
+from dstune.run.search import CostAwareSchedule, SearchSpace, create_study, enqueue_seeds, tell
+from dstune.run.selection import parse_policy
 
 KNOBS = (
     Knob("batch", choices=(8, 16, 32), default=16, checklist=32),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dstune.plugin_calls import applicable_knobs
 from dstune.plugin_manager import plugin_manager
-from dstune.tuning_run import applicable_knobs
 
 from .conftest import WORKLOADS
 

@@ -157,9 +157,18 @@ def merge(ctx: Any, settings: FileSettings) -> tuple[dict[str, Any], dict[str, s
     return params, sources
 
 
-def default_db(db: str | None) -> str | None:
-    """``--db`` for commands without a workload file: the given one, else $DSTUNE_DB, else the file's."""
-    if db or os.environ.get("DSTUNE_DB"):
+def resolve_db(db: str | None, start: Path | None = None) -> str | None:
+    """The store every command uses, decided in this one place.
+
+    ``db`` is what the command line gave (typer has already taken
+    ``$DSTUNE_DB`` into it where the option declares that variable); then
+    ``$DSTUNE_DB``; then the ``db`` of the config file nearest ``start`` (the
+    workload's folder for ``run``, else the current folder); else None, which
+    the store reads as ``./dstune.db``.
+    """
+    if db:
         return db
-    value = find_settings(Path.cwd()).values.get("db")
+    if os.environ.get("DSTUNE_DB"):
+        return os.environ["DSTUNE_DB"]
+    value = find_settings(start or Path.cwd()).values.get("db")
     return str(value) if value is not None else None

@@ -7,6 +7,7 @@ space, the default configuration and the expert-checklist configuration.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -103,3 +104,8 @@ def describe_config(config: Mapping[str, Choice], base: Mapping[str, Choice] | N
         f"{k}={v}" for k, v in sorted(config.items()) if base is None or base.get(k) != v
     ]
     return ", ".join(items) if items else "(defaults)"
+
+
+def config_key(config: Config) -> str:
+    """A configuration as a canonical string: equal configurations, equal keys."""
+    return json.dumps(config, sort_keys=True, default=str)

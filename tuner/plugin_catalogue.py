@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from .context import TuneContext
+from .plugin_calls import PluginFailure, call_each
 from .plugin_manager import plugin_manager, plugin_version
 
 
@@ -30,10 +31,13 @@ def knob_catalogue() -> tuple[str, list[dict[str, Any]], list[str]]:
     plugin_set = plugin_manager()
     ctx = machine_context()
     rows = []
-    for impl in plugin_set.pm.hook.dstune_knobs.get_hookimpls():
-        name = impl.plugin_name
-        for knob in impl.function(ctx=ctx) or []:
+    problems = list(plugin_set.problems)
+    for name, declared in reversed(list(call_each(plugin_set.pm, "dstune_knobs", ctx=ctx))):  # as registered
+        if isinstance(declared, PluginFailure):
+            problems.append(declared.message)
+            continue
+        for knob in declared or []:
             rows.append({"plugin": name, "version": plugin_version(plugin_set.pm, name), "knob": knob.name,
                          "choices": list(knob.choices), "default": knob.default, "checklist": knob.checklist,
                          "applies": bool(knob.applicable(ctx))})
-    return ctx.device_name, rows, list(plugin_set.problems)
+    return ctx.device_name, rows, problems

@@ -13,7 +13,7 @@ import importlib.metadata
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import pluggy
 
@@ -114,25 +114,3 @@ def plugin_version(pm: pluggy.PluginManager, name: str) -> str:
     from . import __version__
 
     return __version__
-
-
-def chain_hook(pm: pluggy.PluginManager, hook_name: str, value: Any, **kwargs: Any) -> Any:
-    """Call ``hook_name`` implementations in call order, feeding each the last result.
-
-    Used for ``dstune_prepare_model``: each plugin receives the model the one
-    before it returned.  Order follows pluggy's (``tryfirst`` first,
-    ``trylast`` last).
-    """
-    caller = getattr(pm.hook, hook_name)
-    first_arg = caller.spec.argnames[0]
-    for impl in reversed(caller.get_hookimpls()):
-        args = {first_arg: value, **kwargs}
-        result = impl.function(*(args[name] for name in impl.argnames))
-        if result is not None:
-            value = result
-    return value
-
-
-def call_impl(impl: Any, **kwargs: Any) -> Any:
-    """Call one plugin's implementation of a hook, passing only the arguments it declares (as pluggy does)."""
-    return impl.function(*[kwargs[name] for name in impl.argnames])

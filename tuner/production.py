@@ -11,61 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from .best_config import BestConfig, applied_best
 from .context import TuneContext
 from .errors import UsageError
 from .workload_api import WORKLOAD_ATTR, WorkloadDef
 
 if TYPE_CHECKING:
-    from .composition import Composed
-
-
-@dataclass
-class BestConfig:
-    """The applied configuration of a workload and where it came from."""
-
-    workload: str
-    config: dict[str, Any]
-    context: dict[str, Any] | None = None
-    source: str = ""
-    applied_id: int | None = None
-    iteration_id: int | None = None
-    reason: str | None = None
-    note: str | None = None
-    applied_at: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    gpu_model: str | None = None  # the GPU model it was measured on (None: before dstune recorded it)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def best_from_row(row: Any, context: dict[str, Any] | None) -> BestConfig:
-    return BestConfig(
-        workload=row.workload.name, config=dict(row.config), context=context, source="store",
-        applied_id=row.id, iteration_id=row.iteration_id or row.source_iteration_id, reason=row.reason,
-        note=row.note, applied_at=row.applied_at.isoformat(), gpu_model=row.gpu_model,
-        metrics={"samples_per_s": row.samples_per_s, "peak_memory_bytes": row.peak_memory_bytes,
-                 "energy_per_sample_j": row.energy_per_sample_j},
-    )
-
-
-def applied_best(store: Any, workload: str, gpu_model: str | None = None) -> BestConfig | None:
-    """The applied configuration in ``store``, with the context of the iteration that measured it.
-
-    With ``gpu_model``, the one measured on that model where there is one;
-    else the newest of any model (better than the defaults on a new GPU,
-    until dstune has tuned there).
-    """
-    row = (store.applied(workload, gpu_model) if gpu_model else None) or store.applied(workload)
-    if row is None:
-        return None
-    source_id = row.iteration_id or row.source_iteration_id
-    iteration = store.iteration(source_id) if source_id else None
-    return best_from_row(row, dict(iteration.context) if iteration is not None else None)
+    from dstune.trial.composition import Composed
 
 
 def _from_file(path: str, workload: str) -> BestConfig:
@@ -94,7 +49,7 @@ def best(workload: str, db: str | None = None) -> BestConfig:
     path = os.environ.get("DSTUNE_CONFIG")
     if path:
         return _from_file(path, workload)
-    from dstune.store import Store
+    from .store import Store
 
     store = Store(db)
     found = applied_best(store, workload, _this_gpu_model())
@@ -107,7 +62,7 @@ def best(workload: str, db: str | None = None) -> BestConfig:
 
 def _this_gpu_model() -> str | None:
     """The model of the GPU this process runs on ("cpu" without one); None when it cannot be told."""
-    from .device_lock import resolve_device
+    from dstune.devices.lock import resolve_device
 
     try:
         return resolve_device().model
@@ -132,10 +87,10 @@ def apply(workload_fn: Callable[..., Any], cfg: BestConfig | dict[str, Any],
     """
     import torch
 
-    from .composition import compose, configure_process
+    from dstune.trial.composition import compose, configure_process
+
+    from .plugin_calls import applicable_knobs, probe_context
     from .plugin_manager import plugin_manager
-    from .trial_worker import probe_context
-    from .tuning_run import applicable_knobs
 
     definition = _definition(workload_fn)
     chosen = cfg if isinstance(cfg, BestConfig) else BestConfig(definition.name, dict(cfg))

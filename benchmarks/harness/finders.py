@@ -27,11 +27,11 @@ from typing import Any, Callable
 
 import torch
 
-from dstune.composition import compose, configure_process, default_forward
 from dstune.context import TuneContext
 from dstune.plugin_manager import plugin_manager
-from dstune.trial_worker import is_oom
-from dstune.workload_loader import select_workload
+from dstune.trial.composition import compose, configure_process, default_forward
+from dstune.trial.process import is_oom
+from dstune.trial.workload_file import select_workload
 
 STEPS = 3
 POOL = 64  # distinct synthetic samples behind Lightning's dataset
@@ -53,7 +53,7 @@ def _batch_maker(built: Any) -> Callable[[int, Any], Any]:
 
     def from_dataset(n: int, device: Any) -> Any:
         loader = torch.utils.data.DataLoader(built.dataset, batch_size=n, shuffle=True, collate_fn=built.collate_fn)
-        from dstune.composition import to_device
+        from dstune.trial.composition import to_device
 
         return to_device(next(iter(loader)), torch.device(device))
 

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from dstune.measure_settings import MeasureSettings
+from dstune.trial.measure_settings import MeasureSettings
 
 from .arms import Arm, checklist_arm, default_arm, dstune_arm, finder_arm, run_finder
 from .compare import side_by_side

@@ -18,12 +18,13 @@ from typing import Any, Mapping
 
 from dstune.context import TuneContext
 from dstune.knobs import Config, Knob, default_config
-from dstune.measure_settings import MeasureSettings
+from dstune.plugin_calls import applicable_knobs, invalid_reason
 from dstune.plugin_manager import plugin_manager
-from dstune.run_options import RunOptions
-from dstune.trial_pool import trial_spec
-from dstune.trial_runner import TrialOutcome, run_in_subprocess, start_early
-from dstune.tuning_run import applicable_knobs, invalid_reason, probe
+from dstune.run.do import trial_spec
+from dstune.run.iteration import probe
+from dstune.run.options import RunOptions
+from dstune.trial.launch import TrialOutcome, run_in_subprocess, start_early
+from dstune.trial.measure_settings import MeasureSettings
 
 TRIAL_TIMEOUT_S = 600.0
 

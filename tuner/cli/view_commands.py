@@ -1,0 +1,130 @@
+"""The read-only commands: ``show``, ``history``, ``report``, ``export``, ``plugins``, ``status`` (and ``rollback``).
+
+They read the store and print; none of them imports torch or the run machinery.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .app import DB_OPTION, JSON_OPTION, app, err_console, open_store, print_json
+
+
+@app.command()
+def show(
+    workload: str = typer.Argument(..., help="Workload name (as in `dstune history`)."),
+    db: Optional[str] = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """The incumbent: its configuration, numbers, since when and why; and the latest Pareto front."""
+    if as_json:
+        from dstune.views.records import show_record
+
+        return print_json(show_record(open_store(db), workload))
+    from dstune.views.history import render_show
+
+    render_show(Console(), open_store(db), workload)
+
+
+@app.command()
+def history(
+    workload: str = typer.Argument(..., help="Workload name."),
+    db: Optional[str] = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """One row per iteration: environment changes, trials, challenger, decision, speed-up with its 95% CI."""
+    if as_json:
+        from dstune.views.records import history_records
+
+        return print_json(history_records(open_store(db), workload))
+    from dstune.views.history import render_history
+
+    render_history(Console(), open_store(db), workload)
+
+
+@app.command()
+def report(
+    workload: str = typer.Argument(..., help="Workload name."),
+    output: Path = typer.Option(Path("dstune-report.html"), "--output", "-o", help="The HTML file to write."),
+    iteration: Optional[int] = typer.Option(None, "--iteration", help="Iteration whose trials to show (default: the latest completed)."),
+    color_by: Optional[str] = typer.Option(None, "--color-by", help="Knob that colours the Pareto plot (default: the most important knob with a few values)."),
+    db: Optional[str] = DB_OPTION,
+) -> None:
+    """Write one self-contained HTML file: Pareto front, knob importance, history, environment changes, trials."""
+    from dstune.views.report import write_report
+
+    info = write_report(open_store(db), workload, output, iteration, color_by)
+    Console().print(f"wrote {info.path} ({info.size_bytes / 2**20:.1f} MiB): {info.workload}, iteration "
+                    f"{info.iteration_id} ({info.trials} trials), {info.iterations} iteration(s) of history; "
+                    "opens offline in any browser", highlight=False)
+
+
+@app.command()
+def export(
+    workload: str = typer.Argument(..., help="Workload name."),
+    format: str = typer.Option("json", "--format", "-f", help="json (for DSTUNE_CONFIG) or env (KEY=VALUE lines)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    db: Optional[str] = DB_OPTION,
+) -> None:
+    """Print the applied configuration as JSON or as shell KEY=VALUE lines."""
+    from dstune.views.history import export_text
+
+    text = export_text(open_store(db), workload, format)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        err_console.print(f"wrote {output}")
+
+
+@app.command()
+def rollback(
+    workload: str = typer.Argument(..., help="Workload name."),
+    to: int = typer.Option(..., "--to", help="Iteration whose applied configuration to re-apply."),
+    db: Optional[str] = DB_OPTION,
+) -> None:
+    """Re-apply the configuration that was in production after iteration N."""
+    from dstune.views.history import rollback_to
+
+    Console().print(rollback_to(open_store(db), workload, to), highlight=False)
+
+
+@app.command()
+def plugins(as_json: bool = JSON_OPTION) -> None:
+    """List the strategy plugins, their versions and knobs, as they apply on this machine."""
+    from dstune.plugin_catalogue import knob_catalogue
+
+    device_name, rows, problems = knob_catalogue()
+    if as_json:
+        return print_json({"device": device_name, "knobs": rows, "problems": problems})
+    table = Table(title=f"dstune plugins ({device_name})", title_justify="left")
+    for col in ("plugin", "version", "knob", "choices", "default", "checklist", "applies here"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["plugin"], row["version"], row["knob"], ", ".join(map(str, row["choices"])),
+                      str(row["default"]), str(row["checklist"]), "yes" if row["applies"] else "no")
+    Console().print(table)
+    for problem in problems:
+        err_console.print(f"[yellow]warning:[/] {problem}")
+
+
+@app.command()
+def status(
+    db: Optional[str] = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Daemons (alive by heartbeat), running iterations, the queue of schedules, the last errors."""
+    from dstune.daemon.service.service import DaemonSettings
+    from dstune.views.status import render_status, status_data
+
+    data = status_data(open_store(db), DaemonSettings().stale_after_s)
+    if as_json:
+        print_json(data)
+    else:
+        render_status(Console(), data)

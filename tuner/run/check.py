@@ -1,0 +1,60 @@
+"""Check: re-measure incumbent and challenger interleaved, and estimate the speed-up.
+
+Search results are optimistic: the best of many noisy trials is, on
+average, luckier than it is fast.  So the challenger is measured again
+against the incumbent, A B A B ..., each measurement in a fresh process, and
+only the paired comparison decides.  Interleaving makes slow drift (thermal
+state, a neighbour on the host) hit both sides alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from dstune.knobs import Config
+from dstune.trial.launch import TrialOutcome
+
+from .speedup import RatioEstimate, paired_ratio
+
+Measure = Callable[[str, int, Config], TrialOutcome]
+ROLES = ("incumbent", "challenger")
+
+
+@dataclass
+class CheckResult:
+    """Throughputs per role in measurement order, and the speed-up of challenger over incumbent."""
+
+    incumbent: list[float] = field(default_factory=list)
+    challenger: list[float] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    estimate: RatioEstimate | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"incumbent": self.incumbent, "challenger": self.challenger, "failures": self.failures,
+                "estimate": self.estimate.to_dict() if self.estimate else None}
+
+
+def interleaved_check(measure: Measure, incumbent: Config, challenger: Config | None, repeats: int) -> CheckResult:
+    """Measure ``repeats`` rounds of (incumbent, challenger); with no challenger, the incumbent alone.
+
+    ``measure(role, round, config)`` runs one fresh-process measurement.  A
+    role that fails once (crash, OOM, timeout) is not measured again: its
+    failure is the finding.
+    """
+    result = CheckResult()
+    configs = {"incumbent": incumbent, "challenger": challenger}
+    for round_ in range(repeats):
+        for role in ROLES:
+            if configs[role] is None or role in result.failures:
+                continue
+            outcome = measure(role, round_, configs[role])
+            if outcome.status == "ok" and outcome.metrics.get("samples_per_s"):
+                getattr(result, role).append(float(outcome.metrics["samples_per_s"]))
+            else:
+                result.failures[role] = f"{outcome.status} in round {round_ + 1}: {(outcome.error or '').strip()[:300]}"
+        if len(result.failures) == sum(c is not None for c in configs.values()):
+            break
+    if challenger is not None and not result.failures and repeats >= 2:
+        result.estimate = paired_ratio(result.incumbent, result.challenger)
+    return result

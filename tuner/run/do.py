@@ -1,0 +1,550 @@
+"""The Do phase: trials taken from one Optuna study by every slot of every process that joins it.
+
+One loop serves a plain ``dstune run`` (one slot), ``dstune run --gpus
+0,1,2,3`` (a thread per GPU slot, each trial a process pinned to its GPU)
+and ``dstune worker`` on other hosts.  What they share lives in the
+database, not in memory:
+
+- the trial count: each trial is claimed with one conditional UPDATE
+  (:meth:`Store.claim_trial`), so all processes together run at most
+  ``--trials``;
+- what has been measured: every process folds the iteration's trial rows
+  into its view (duplicates told from what another host measured, the best
+  so far for pruning, the durations the budget is planned from);
+- the deadline: the coordinating run works out when trials must stop to
+  leave time for the check, and writes it (``do_until``) for the workers;
+- liveness: each running trial beats through Optuna's heartbeat, and any
+  process calling Optuna's ``fail_stale_trials`` marks the trial of a worker
+  that died, in Optuna and (:meth:`Store.mark_stale`) in dstune's table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable, Sequence
+
+import optuna
+
+from dstune.context import TuneContext
+from dstune.devices.slots import Slot
+from dstune.knobs import Config, Knob, config_key
+from dstune.plugin_calls import smaller_config
+from dstune.trial.launch import KILL_GRACE_S, TrialOutcome, run_in_subprocess
+from dstune.trial.numerics import GuardSettings, trial_tolerance
+
+from .options import RunOptions
+from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, tell
+from .selection import fits
+
+log = logging.getLogger("dstune.do")
+
+MAX_REPEATS = 40  # consecutive already-seen suggestions before the space counts as exhausted
+PRUNE_RATIO = 0.25  # a trial whose warm-up shows under this fraction of the best is stopped early
+CHECK_RESERVE_FACTOR = 1.25
+MAX_CHECK_SHARE = 0.35  # the most of the budget held back from the trials for the check
+MIN_CHECK_ROUNDS = 2  # an interval needs two rounds; the check does at least these, even over the budget
+MAX_INVALID_STREAK = 20  # configurations refused in a row before the trials stop (a plugin refusing everything)
+MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tenth of the budget)
+DEFAULT_HEARTBEAT_S = 10  # Optuna heartbeat of a running trial; DSTUNE_TRIAL_HEARTBEAT overrides
+GRACE_BEATS = 3  # a trial silent for this many heartbeats belongs to a worker that died
+NOT_REMEMBERED = frozenset({"running", "stale", "interrupted"})  # say nothing about the configuration itself
+UNSEEDED = frozenset({"search", "promoted"})  # trials the sampler chose: an out-of-memory one is just data
+STOP_PRIORITY = ("exhausted", "invalid", "budget", "trials", "ended")
+
+# Trials here are asked and told, not run through Study.optimize, and fail_stale_trials is the documented way
+# to use heartbeats that way; Optuna warns about both on every call.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+for _experimental in ("fail_stale_trials", "heartbeat_interval", "grace_period", "heartbeat_stale_trial_callback"):
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, message=f".*{_experimental}")
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """Optuna heartbeat interval and grace period, in seconds (``DSTUNE_TRIAL_HEARTBEAT`` sets the interval)."""
+    raw = os.environ.get("DSTUNE_TRIAL_HEARTBEAT", str(DEFAULT_HEARTBEAT_S))
+    try:
+        interval = int(raw)
+        if interval < 1:
+            raise ValueError
+    except ValueError:
+        from dstune.errors import UsageError
+
+        raise UsageError(f"DSTUNE_TRIAL_HEARTBEAT={raw!r} is not a whole number of seconds of at least 1. "
+                         f"Unset it for the default ({DEFAULT_HEARTBEAT_S}).") from None
+    return interval, GRACE_BEATS * interval
+
+
+def guard_for(options: RunOptions, knobs: Sequence[Knob], reference_dir: str
+              ) -> Callable[[Config], GuardSettings | None]:
+    """The numerics guard of each trial: its tolerance by configuration, and the folder its references share."""
+
+    def guard(config: Config) -> GuardSettings | None:
+        if not options.numerics_guard:
+            return None
+        return GuardSettings(trial_tolerance(knobs, config, options.tolerances), reference_dir)
+
+    return guard
+
+
+def optuna_trial_id(storage: optuna.storages.RDBStorage, study_name: str, number: int) -> int:
+    """Optuna's storage id of trial ``number`` of a study (its heartbeat and state are kept by that id)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
+def stale_marker(store: Any) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Optuna's stale-trial callback: the trial it failed becomes ``stale`` in dstune's table too."""
+    _, grace = heartbeat_settings()
+
+    def mark(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        store.mark_stale(study.study_name, trial.number,
+                         f"its worker sent no heartbeat for {grace} s, so Optuna marked the trial failed")
+
+    return mark
+
+
+class TrialHeartbeat:
+    """Beat for one running Optuna trial from a thread, while its process runs."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, study: optuna.Study, number: int) -> None:
+        self.storage = storage
+        self.trial_id = optuna_trial_id(storage, study.study_name, number)
+        self.interval = storage.get_heartbeat_interval()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"dstune-trial-{number}-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        """One beat now: done before the trial's row exists, so no recorded trial is ever without one
+        (Optuna never calls a trial that has not beaten stale)."""
+        if self.interval:
+            self.storage.record_heartbeat(self.trial_id)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the trial must go on
+                log.warning("heartbeat of Optuna trial %s failed: %s", self.trial_id, exc)
+
+    def __enter__(self) -> "TrialHeartbeat":
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+@dataclass
+class DoSetup:
+    """What the Do phase needs: the same for the coordinating run and for a worker."""
+
+    options: RunOptions
+    store: Any
+    storage: optuna.storages.RDBStorage
+    study: optuna.Study
+    space: SearchSpace
+    iteration_id: int
+    ctx: TuneContext
+    ctx_dict: dict[str, Any]
+    pm: Any
+    memory_budget: int
+    env: dict[str, str]
+    host: str
+    environment_id: int | None
+    reporter: Any
+    guard: Callable[[Config], GuardSettings | None]
+    invalid_reason: Callable[[Config], str | None]
+    wait_idle: Callable[[Slot], None]
+    started: Callable[[], float]  # time.monotonic() the budget counts from
+    coordinator: bool = True
+    incumbent_key: str = ""
+    past_measure_s: float | None = None  # median check measurement of the previous iteration
+
+
+@dataclass
+class TrialPool:
+    """Runs the Do phase on ``slots`` (a thread each when there are several) and says why it stopped."""
+
+    setup: DoSetup
+    slots: Sequence[Slot]
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    in_flight: dict[int, optuna.Trial] = field(default_factory=dict)  # trial row id -> its Optuna trial
+    reasons: list[str] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        options = self.setup.options
+        self.schedule = CostAwareSchedule(self.setup.space, options.trials, options.budget_s)
+        self.seen: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.running: set[str] = set()  # configurations some slot of some process is measuring now
+        self.folded: set[int] = set()
+        self.rows: list[Any] = []
+        self.iteration_row: Any = None
+        self.successes: list[tuple[Config, float]] = []
+        self.eager_durations: list[float] = []
+        self.costly_steady: list[float] = []
+        self.measure_s: dict[str, float] = {}  # what a measurement of a config costs, by config key
+        self.best: float | None = None
+        self.best_key = ""
+        self.finished = 0  # trials of every process that have ended (invalid configurations are not trials)
+        self.repeats = self.invalid_streak = 0
+        self.stop_reason: str | None = None
+        self.published_until: float | None = None  # time.time() of the deadline last written for the workers
+        self.closed = False
+
+    # -- what every process has measured --------------------------------------------
+
+    def sync(self) -> None:
+        """Fold the iteration's trial rows (this process's and every other's) into what this one knows."""
+        setup = self.setup
+        optuna.storages.fail_stale_trials(setup.study)  # marks the trials of dead workers (see stale_marker)
+        self.rows = list(setup.store.trials(setup.iteration_id))
+        self.running = {config_key(r.config) for r in self.rows if r.status == "running"}
+        for row in self.rows:
+            if row.status != "running" and row.id not in self.folded:
+                self._fold(row)
+        if not setup.coordinator:
+            self.iteration_row = setup.store.iteration(setup.iteration_id)
+
+    def _fold(self, row: Any) -> None:
+        self.folded.add(row.id)
+        key, metrics = config_key(row.config), dict(row.metrics or {})
+        if row.status not in NOT_REMEMBERED:
+            self.seen[key] = (row.status, metrics)
+        if row.status == "invalid":
+            return
+        self.finished += 1
+        duration = float(row.duration_s or 0.0)
+        self.schedule.record(row.config, duration)
+        if row.status != "ok":
+            return
+        if self.schedule.is_costly(row.config):
+            steady = duration - float(metrics.get("first_step_s") or 0.0)
+            self.costly_steady.append(steady)
+            self.measure_s[key] = 1.5 * steady
+        else:
+            self.eager_durations.append(duration)
+            self.measure_s[key] = duration
+        if fits(metrics.get("peak_memory_bytes") or 0, metrics.get("latency_p99_s"), self.setup.memory_budget,
+                self.setup.options.max_latency_s):
+            if metrics["samples_per_s"] > (self.best or 0.0):
+                self.best_key = key
+            self.best = max(self.best or 0.0, metrics["samples_per_s"])
+            self.successes.append((row.config, metrics["samples_per_s"]))
+
+    # -- the budget -------------------------------------------------------------------
+
+    def round_s(self, challenger_key: str | None = None) -> float:
+        """What one check round (the incumbent and the challenger measured once each) should take.
+
+        Best first: what this run's trials of the incumbent and of the
+        challenger (by default the best configuration so far) took, a compiled
+        one without its first step, since the check finds its compilation in
+        the shared cache; the previous iteration's check measurements; this
+        run's eager trials; its compiled trials without their first step.
+        """
+        incumbent = self.measure_s.get(self.setup.incumbent_key)
+        challenger = self.measure_s.get(self.best_key if challenger_key is None else challenger_key)
+        if incumbent is not None and challenger is not None:
+            return incumbent + challenger
+        if self.setup.past_measure_s:
+            per = self.setup.past_measure_s
+        elif self.eager_durations:
+            per = statistics.median(self.eager_durations)
+        elif self.costly_steady:
+            per = 1.5 * min(self.costly_steady)
+        else:
+            return 0.0
+        return 2 * per
+
+    def check_reserve(self) -> float:
+        """Time to keep for the check: ``--check-repeats`` rounds plus a quarter for slack.
+
+        Never more than ``MAX_CHECK_SHARE`` of the budget: with a short budget
+        and a slow workload the trials still run, and the check does the
+        rounds that the time left pays for (:meth:`check_rounds`).
+        """
+        options = self.setup.options
+        reserve = CHECK_RESERVE_FACTOR * options.check_repeats * self.round_s()
+        return min(reserve, MAX_CHECK_SHARE * options.budget_s)
+
+    def check_rounds(self, challenger_key: str | None) -> int:
+        """Rounds the check can do in the budget left: ``--check-repeats`` at most, never under 2."""
+        options = self.setup.options
+        per_round = self.round_s(challenger_key) if challenger_key else self.round_s() / 2
+        if per_round <= 0:
+            return options.check_repeats
+        left = options.budget_s - self.elapsed()
+        return max(MIN_CHECK_ROUNDS, min(options.check_repeats, int(left / per_round)))
+
+    def elapsed(self) -> float:
+        if self.setup.coordinator or self.iteration_row is None:
+            return time.monotonic() - self.setup.started()
+        from dstune.utc import as_utc
+
+        return (self._now() - as_utc(self.iteration_row.started_at)).total_seconds()
+
+    @staticmethod
+    def _now() -> Any:
+        from dstune.utc import utcnow
+
+        return utcnow()
+
+    def available(self) -> float:
+        """Seconds trials may still take; the coordinator decides it and writes it down for the workers."""
+        setup = self.setup
+        if not setup.coordinator:
+            from dstune.utc import as_utc
+
+            row = self.iteration_row
+            if row is not None and row.do_until is not None:
+                return (as_utc(row.do_until) - self._now()).total_seconds()
+            return setup.options.budget_s - self.elapsed()
+        if self.closed:
+            return 0.0
+        available = setup.options.budget_s - self.elapsed() - self.check_reserve()
+        until = time.time() + available
+        if self.published_until is None or abs(until - self.published_until) > 1.0:
+            setup.store.update_iteration(setup.iteration_id, do_until=self._now() + timedelta(seconds=available))
+            self.published_until = until
+        return available
+
+    def ended_elsewhere(self) -> bool:
+        """A worker stops when the coordinating run has left the Do phase (or ended)."""
+        row = self.iteration_row
+        return row is not None and (row.status != "running" or row.phase != "do")
+
+    # -- one slot ---------------------------------------------------------------------
+
+    def _pick(self) -> tuple[optuna.Trial, Config, str] | str:
+        """Ask until the study proposes a configuration worth running; or why the trials should stop."""
+        setup = self.setup
+        study, space = setup.study, setup.space
+        while True:
+            self.schedule.before_ask(study, self.finished, self.elapsed(), self.successes)
+            trial = study.ask()
+            config = space.config_from_trial(trial)
+            seed_kind = trial.user_attrs.get(SEED_ATTR, "search")
+            key = config_key(config)
+            if key in self.seen or key in self.running:
+                if key in self.seen:
+                    status, metrics = self.seen[key]
+                    tell(study, trial, status, metrics, setup.memory_budget, setup.options.max_latency_s)
+                else:  # another slot or host is measuring it now
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                self.repeats += 1
+                if self.repeats >= MAX_REPEATS:
+                    setup.reporter.message("every configuration the search proposes has been measured already: "
+                                           "stopping")
+                    return "exhausted"
+                continue
+            self.repeats = 0
+            reason = setup.invalid_reason(config)
+            if reason:
+                setup.store.record_trial(setup.iteration_id, number=trial.number, seed_kind=seed_kind, config=config,
+                                         status="invalid", error=reason, host=setup.host, pid=os.getpid())
+                tell(study, trial, "invalid", {}, setup.memory_budget, setup.options.max_latency_s)
+                self.seen[key] = ("invalid", {})
+                self.invalid_streak += 1
+                if self.invalid_streak >= MAX_INVALID_STREAK:
+                    setup.reporter.message(f"[warning] {self.invalid_streak} configurations in a row were refused "
+                                           f"(last: {reason}); stopping the trials")
+                    return "invalid"
+                continue
+            self.invalid_streak = 0
+            return trial, config, seed_kind
+
+    def _slot_loop(self, slot: Slot) -> str:
+        setup, options = self.setup, self.setup.options
+        while True:
+            if self.stop_reason or self.cancel.is_set():
+                return self.stop_reason or "interrupted"
+            setup.wait_idle(slot)
+            with self.lock:
+                self.sync()
+                if self.stop_reason:
+                    return self.stop_reason
+                if self.ended_elsewhere():
+                    return "ended"
+                available = self.available()
+                if available < min(MIN_TRIAL_S, options.budget_s / 10):
+                    row = self.iteration_row
+                    return "trials" if row is not None and row.trials_claimed >= options.trials else "budget"
+                claim = setup.store.claim_trial(setup.iteration_id, options.trials)
+                if claim is None:
+                    return "trials"
+                picked = self._pick()
+                if isinstance(picked, str):
+                    setup.store.release_claim(setup.iteration_id)
+                    self.stop_reason = picked
+                    return picked
+                trial, config, seed_kind = picked
+                heartbeat = TrialHeartbeat(setup.storage, setup.study, trial.number)
+                heartbeat.beat()
+                setup.reporter.trial_started(claim, config, seed_kind)
+                row_id = setup.store.begin_trial(
+                    setup.iteration_id, number=trial.number, seed_kind=seed_kind, config=config, host=setup.host,
+                    gpu=slot.label, pid=os.getpid(), gpu_model=slot.device.model,
+                    environment_id=setup.environment_id)
+                self.in_flight[row_id] = trial
+                spec = trial_spec(options, setup.ctx_dict, config, setup.guard(config))
+                if self.best and seed_kind == "search":
+                    spec["prune_below"] = self.best * PRUNE_RATIO
+            with heartbeat:
+                outcome = self._run(spec, slot, available)
+            with self.lock:
+                setup.store.end_trial(
+                    row_id, status=outcome.status, duration_s=outcome.duration_s, metrics=outcome.metrics,
+                    error=outcome.error, exit_code=outcome.exit_code, signal=outcome.signal,
+                    stderr_tail=outcome.stderr_tail if outcome.status != "ok" else None,
+                )
+                del self.in_flight[row_id]
+                self._tell(trial, outcome)
+                self.sync()
+                setup.reporter.trial_finished(self.finished, outcome, self.best, number=claim)
+                if outcome.status == "oom" and seed_kind not in UNSEEDED:
+                    self._retry_smaller(config, seed_kind)
+
+    def _retry_smaller(self, config: Config, seed_kind: str) -> None:
+        """A seed that ran out of memory is tried again as the plugins shrink it, so it settles on what fits."""
+        setup = self.setup
+        smaller = smaller_config(setup.pm, setup.space.knobs, config, setup.ctx)
+        if isinstance(smaller, str):
+            setup.reporter.message(f"[warning] {smaller}")
+            return
+        if smaller is None or config_key(smaller) in self.seen or config_key(smaller) in self.running:
+            return
+        setup.study.enqueue_trial(setup.space.params(smaller), user_attrs={SEED_ATTR: seed_kind},
+                                  skip_if_exists=True)
+        changes = ", ".join(f"{k}={smaller[k]}" for k in smaller if smaller[k] != config.get(k))
+        setup.reporter.message(f"the {seed_kind} configuration ran out of memory; trying it with {changes}")
+
+    def _run(self, spec: dict[str, Any], slot: Slot, available: float) -> TrialOutcome:
+        """Run one trial in its own process on the slot's GPU; a trial may not outlive the budget."""
+        options = self.setup.options
+        budget_bound = available < options.trial_timeout_s
+        outcome = run_in_subprocess(spec, timeout_s=min(options.trial_timeout_s, available),
+                                    env={**self.setup.env, **slot.env},
+                                    cancel=self.cancel if len(self.slots) > 1 else None)
+        if outcome.status == "timeout" and budget_bound:
+            outcome.status = "interrupted"
+            outcome.error = (f"stopped after {outcome.duration_s:.0f} s because the budget ran out; "
+                             "it says nothing about the configuration")
+        return outcome
+
+    def _tell(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        try:
+            tell(self.setup.study, trial, outcome.status, outcome.metrics, self.setup.memory_budget,
+                 self.setup.options.max_latency_s)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Declared stale while this process was cut off; its dstune row keeps what was measured.
+            log.warning("Optuna trial %s was already failed as stale; its result is kept in dstune's table only",
+                        trial.number)
+
+    def _slot_thread(self, slot: Slot) -> None:
+        try:
+            self.reasons.append(self._slot_loop(slot))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by run() in the main thread
+            self.errors.append(exc)
+            self.cancel.set()
+
+    # -- the whole phase ----------------------------------------------------------------
+
+    def run(self) -> str:
+        """Run trials until the count, the budget or the search runs out; why it stopped.
+
+        One slot runs in the calling thread, as a plain run always has.  With
+        several, an interrupt in the main thread cancels every slot's trial,
+        each recorded as interrupted, before it propagates.
+        """
+        if len(self.slots) == 1:
+            return self._slot_loop(self.slots[0])
+        threads = [threading.Thread(target=self._slot_thread, args=(slot,), name=f"dstune-slot-{slot.label}",
+                                    daemon=True) for slot in self.slots]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.5)
+        except BaseException:
+            self.cancel.set()
+            for thread in threads:
+                thread.join()
+            raise
+        if self.errors:
+            raise self.errors[0]
+        return min(self.reasons, key=lambda r: STOP_PRIORITY.index(r) if r in STOP_PRIORITY else len(STOP_PRIORITY))
+
+    def close(self) -> None:
+        """End the Do phase for every process: the deadline becomes now, so no worker starts another trial."""
+        self.closed = True
+        self.setup.store.update_iteration(self.setup.iteration_id, do_until=self._now())
+
+    def wait_for_others(self, poll_s: float = 1.0) -> None:
+        """After :meth:`close`: wait until the trials other processes run have ended or gone stale.
+
+        Workers bound their trials by the deadline the coordinator wrote and
+        by the trial timeout, so this ends soon after the slowest of them; a
+        worker that died is found by Optuna's heartbeat within the grace
+        period.  A trial still running well past its timeout (its worker
+        alive but cut off from the database) is marked stale.
+        """
+        from dstune.utc import as_utc
+
+        setup = self.setup
+        _, grace = heartbeat_settings()
+        overdue = timedelta(seconds=setup.options.trial_timeout_s + 2 * KILL_GRACE_S + grace + 30.0)
+        announced: set[int] = set()
+        while True:
+            with self.lock:
+                self.sync()
+            running = [r for r in self.rows if r.status == "running" and r.id not in self.in_flight]
+            if not running:
+                return
+            new = [r for r in running if r.id not in announced]
+            if new:
+                where = ", ".join(sorted({f"{r.host} GPU {r.gpu or '-'} (pid {r.pid})" for r in new}))
+                setup.reporter.message(f"waiting for {len(new)} trial(s) running on other workers: {where}")
+                announced.update(r.id for r in new)
+            for row in running:
+                if self._now() > as_utc(row.started_at) + overdue:
+                    setup.store.mark_stale(setup.study.study_name, row.number,
+                                           "its worker did not report it within its timeout")
+                    try:
+                        setup.storage.set_trial_state_values(
+                            optuna_trial_id(setup.storage, setup.study.study_name, row.number),
+                            state=optuna.trial.TrialState.FAIL)
+                    except optuna.exceptions.UpdateFinishedTrialError:
+                        pass  # its worker told it in the meantime
+            time.sleep(poll_s)
+
+    def interrupt(self) -> None:
+        """Record the trials still in flight as interrupted (the run was stopped), in dstune and in Optuna."""
+        for row_id, trial in list(self.in_flight.items()):
+            self.setup.store.end_trial(row_id, status="interrupted", error="dstune run was interrupted during this trial")
+            try:
+                self.setup.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            except Exception:  # noqa: BLE001 - already told by its slot, or the storage is gone
+                pass
+            del self.in_flight[row_id]
+
+
+def trial_spec(options: RunOptions, ctx: dict[str, Any], config: Config,
+               numerics: GuardSettings | None = None) -> dict[str, Any]:
+    """What a trial process needs: the workload, the config, the context, how to measure and guard."""
+    return {
+        "kind": "trial", "workload_file": str(options.workload_file),
+        "workload_name": options.workload_name or ctx["workload"], "config": config, "ctx": ctx,
+        "disabled_plugins": list(options.disabled_plugins), "measure": options.measure.to_dict(),
+        "seed": options.seed, "numerics": numerics.to_dict() if numerics else None,
+    }

@@ -1,0 +1,433 @@
+"""One ``dstune run``: a whole Plan-Do-Check-Act iteration of one workload.
+
+- Plan: probe the workload, fingerprint the environment and diff it against
+  the previous iteration, load the incumbent, seed the search.
+- Do: Optuna trials, each in a fresh process, each committed when it ends.
+- Check: pick the challenger from the Pareto front, re-measure it against the
+  incumbent interleaved, estimate the speed-up with a 95% interval.
+- Act: promote or keep, flag a regression, in one transaction.
+
+The parent process never imports the user's workload.  ``budget_s`` bounds
+the whole iteration: trials stop early enough to leave time for the check
+(estimated from the trials' own durations).  An iteration interrupted in
+any phase is recorded as interrupted in that phase and decides nothing.
+
+The run holds its devices' locks (:mod:`dstune.devices.lock`) from the probe
+to the decision, so no two iterations ever measure on one GPU at once.
+With ``--gpus`` the Do phase runs a trial on each GPU at once, and
+``dstune worker`` processes on other hosts may join it through the shared
+database (:mod:`dstune.run.do`); Plan, Check and Act stay here, on the
+first GPU, and compare only trials measured on that GPU's model.
+With an idle gate (:mod:`dstune.devices.idle_gate`, as the daemon runs it), each
+trial waits for the device to be free of foreign work; time spent waiting
+does not count against the budget, and a gate that gives up defers the
+iteration (status ``deferred``, nothing decided).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import optuna
+
+from dstune.context import TuneContext
+from dstune.devices.idle_gate import IdleGate
+from dstune.devices.lock import DeviceBusy
+from dstune.devices.processes import process_alive
+from dstune.devices.slots import Slot, hold_slots, resolve_slots
+from dstune.environment_diff import diff_facts
+from dstune.errors import UsageError
+from dstune.knobs import Config, Knob, checklist_config, config_key, default_config
+from dstune.plugin_calls import applicable_knobs, invalid_reason, pin_except
+from dstune.plugin_manager import plugin_manager
+from dstune.trial.fingerprint import fingerprint_hash
+from dstune.trial.launch import TrialOutcome, run_in_subprocess
+from dstune.trial.numerics import check_overrides
+from dstune.units import format_latency, parse_memory_budget
+
+from .act import Decision, decide
+from .check import CheckResult, interleaved_check
+from .do import DoSetup, TrialPool, guard_for, heartbeat_settings, stale_marker, trial_spec
+from .options import RunOptions
+from .plan import Incumbent, adapt_config, copy_trials
+from .search import SearchSpace, create_study, enqueue_seeds
+
+__all__ = ["RunOptions", "RunResult", "compile_cache_env", "probe", "run_iteration", "trial_spec"]
+
+log = logging.getLogger("dstune.run")
+
+PROBE_TIMEOUT_S = 600.0
+HEARTBEAT_S = 10.0  # how often a running iteration says it is alive (see Store.recover_stale)
+
+
+class Reporter(Protocol):
+    """What the run tells the user while it goes (the CLI's progress display)."""
+
+    def started(self, workload: str, ctx: TuneContext, knobs: Sequence[Knob], trials: int, budget_s: float) -> None: ...
+    def trial_started(self, index: int, config: Config, seed_kind: str) -> None: ...
+    def trial_finished(self, index: int, outcome: TrialOutcome, best_samples_per_s: float | None,
+                       number: int | None = None) -> None: ...
+    def message(self, text: str) -> None: ...
+    def check_started(self, incumbent: Config, challenger: Config | None, repeats: int, why: str) -> None: ...
+    def check_measured(self, role: str, round_: int, outcome: TrialOutcome) -> None: ...
+    def planned(self, previous_id: int | None, diff: list[dict[str, Any]], incumbent: Incumbent, copied: int
+                ) -> None: ...
+
+
+@dataclass
+class RunResult:
+    iteration_id: int
+    workload: str
+    stop_reason: str
+    decision: Decision | None = None
+
+
+def compile_cache_env(workload: str) -> dict[str, str]:
+    """Share inductor/Triton caches among a workload's trials, unless the user set them."""
+    root = Path(os.environ.get("DSTUNE_CACHE_DIR", Path.home() / ".cache" / "dstune")) / workload
+    env = {}
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
+    if "TRITON_CACHE_DIR" not in os.environ:
+        env["TRITON_CACHE_DIR"] = str(root / "triton")
+    return env
+
+
+def probe(options: RunOptions, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Import and build the workload once in a fresh process (on the GPU ``env`` gives); its context and environment."""
+    spec = {
+        "kind": "probe",
+        "workload_file": str(options.workload_file),
+        "workload_name": options.workload_name,
+        "disabled_plugins": list(options.disabled_plugins),
+        "strict_plugins": options.strict_plugins,
+    }
+    outcome = run_in_subprocess(spec, timeout_s=PROBE_TIMEOUT_S, env=env)
+    if outcome.status == "usage_error":
+        raise UsageError(outcome.error or "the workload file could not be used")
+    if outcome.status != "ok":
+        detail = (outcome.error or "").strip() or outcome.stderr_tail.strip()
+        raise UsageError(
+            f"building workload from {options.workload_file} failed ({outcome.status}): {detail[-1500:]}\n"
+            "Fix the workload so that its function builds on this machine, then run again."
+        )
+    return outcome.payload
+
+
+class Iteration:
+    """One iteration while it runs: the phases are methods, the state they share is attributes."""
+
+    def __init__(self, options: RunOptions, reporter: Reporter, slots: list[Slot]) -> None:
+        from dstune.store import Store
+
+        self.options, self.reporter, self.slots = options, reporter, slots
+        self.gates = {slot: IdleGate(slot.device, options.gate) for slot in slots} if options.gate else {}
+        self.gpu_model = slots[0].device.model
+        self.pool: TrialPool | None = None
+        self.check_repeats = options.check_repeats  # the check's rounds: fewer when the budget left is short
+        self._beating = threading.Event()
+        self.store = Store(options.db)
+        self.plugins = plugin_manager(options.disabled_plugins, strict=options.strict_plugins)
+        self.host = socket.gethostname()
+        self.started = time.monotonic()
+        self.phase = "plan"
+        self.env: dict[str, str] = {}
+        self.reference_dir = tempfile.mkdtemp(prefix="dstune-references-")
+
+    # -- Plan -------------------------------------------------------------------
+
+    def plan(self) -> None:
+        options, store = self.options, self.store
+        for problem in self.plugins.problems:
+            self.reporter.message(f"[warning] {problem}")
+        probed = probe(options, env=self.slots[0].env)
+        self.ctx_dict = probed["ctx"]
+        self.ctx = ctx = TuneContext.from_dict(self.ctx_dict)
+        if options.max_latency_s is not None and ctx.mode != "inference":
+            raise UsageError(
+                f"--max-latency {format_latency(options.max_latency_s)}: workload {ctx.workload!r} in "
+                f"{options.workload_file} trains ({ctx.mode} mode), and only inference steps have a latency to "
+                "keep within. Leave --max-latency out, or declare a serving workload with "
+                "@dstune.workload(mode=\"inference\").")
+        environment = probed["environment"]
+        problems: list[str] = list(probed.get("plugin_problems", []))
+        loaded = set(self.plugins.names())
+        for name in probed.get("failed_plugins", []):
+            self.plugins.pm.unregister(name=name)
+        self.knobs = knobs = applicable_knobs(self.plugins.pm, ctx, None if options.strict_plugins else problems)
+        for problem in problems:
+            self.reporter.message(f"[warning] {problem}")
+        # Plugins that failed (to load, or in a hook above) are left out of the trial processes too.
+        failed = [*self.plugins.failed, *sorted(loaded - set(self.plugins.names()))]
+        disabled = tuple(dict.fromkeys([*options.disabled_plugins, *failed]))
+        self.options = options = dataclasses.replace(options, disabled_plugins=disabled)
+        if options.numerics_guard:
+            check_overrides(knobs, options.tolerances)
+        self.guard = guard_for(options, knobs, self.reference_dir)
+        self.memory_budget = parse_memory_budget(options.memory_budget, ctx.device_memory)
+        self.defaults, checklist = default_config(knobs), checklist_config(knobs)
+
+        for stale in store.recover_stale(self.host, process_alive):
+            self.reporter.message(f"[warning] iteration {stale} was left running by a dstune process that died; "
+                                  "it is now marked interrupted (its finished trials are kept)")
+        workload_id = store.workload_id(ctx.workload, str(options.workload_file.resolve()))
+        environment_id = store.environment_id(fingerprint_hash(environment), environment)
+        previous = store.last_iteration(ctx.workload)
+        diff = diff_facts(previous.environment.facts if previous and previous.environment else None, environment)
+        self.incumbent = incumbent = self._incumbent()
+        if options.only or options.exclude:
+            knobs = pin_except(knobs, options.only, options.exclude, incumbent.config)
+            checklist = {**checklist_config(knobs)}
+        self.space = SearchSpace(tuple(knobs))
+        past = [m.metrics.get("duration_s") for m in store.measurements(previous.id)] if previous else []
+        past = [d for d in past if d]
+        self.past_measure_s = statistics.median(past) if past else None
+        self.iteration_id = store.start_iteration(
+            workload_id=workload_id, environment_id=environment_id, study_name="", phase="plan",
+            host=self.host, pid=os.getpid(), context=self.ctx_dict, memory_budget_bytes=self.memory_budget,
+            knobs=[{"name": k.name, "plugin": k.plugin, "choices": list(k.choices), "default": k.default,
+                    "checklist": k.checklist} for k in knobs],
+            default_config=self.defaults, checklist_config=checklist,
+            options={"trials": options.trials, "budget_s": options.budget_s, "seed": options.seed,
+                     "trial_timeout_s": options.trial_timeout_s, "disabled_plugins": list(options.disabled_plugins),
+                     "check_repeats": options.check_repeats, "min_gain": options.min_gain,
+                     "only": list(options.only), "exclude": list(options.exclude), "numerics_guard": options.numerics_guard,
+                     "tolerances": options.tolerances, "memory_budget": options.memory_budget,
+                     "max_latency_s": options.max_latency_s,
+                     "measure": options.measure.to_dict(), "workload_name": ctx.workload,
+                     "gpus": [slot.label for slot in self.slots]},
+            gpu_model=self.gpu_model,
+            previous_iteration_id=previous.id if previous else None, fingerprint_diff=diff,
+            incumbent_config=incumbent.config, incumbent_source=incumbent.source, select_policy=str(options.select),
+            schedule_id=options.schedule_id,
+        )
+        threading.Thread(target=self._heartbeat, name="dstune-heartbeat", daemon=True).start()
+        study_name = options.study_name or f"{ctx.workload}-it{self.iteration_id}"
+        store.update_iteration(self.iteration_id, study_name=study_name)
+        self.environment_id = environment_id
+        heartbeat, grace = heartbeat_settings()
+        self.storage = store.optuna_storage(heartbeat, grace, stale_marker(store))
+        self.study = create_study(self.storage, study_name, options.seed, options.trials)
+        seeds: list[tuple[str, Config]] = []
+        if incumbent.applied_id is not None:
+            seeds.append(("incumbent", incumbent.config))
+        if previous is not None and previous.chosen_config:
+            seeds.append(("previous", adapt_config(previous.chosen_config, knobs)[0]))
+        seeds += [("default", default_config(knobs)), ("checklist", checklist)]
+        enqueue_seeds(self.study, self.space, seeds)
+        copied = 0
+        if previous is not None and not diff and previous.study_name:
+            copied = self._copy_previous_trials(previous.study_name)
+        self.env = {**compile_cache_env(ctx.workload), "DSTUNE_ITERATION": str(self.iteration_id)}
+        # Only now may workers join (they wait for this phase): the study exists and its seeds come first.
+        store.update_iteration(self.iteration_id, phase="do")
+        self.reporter.planned(previous.id if previous else None, diff, incumbent, copied)
+        self.reporter.started(ctx.workload, ctx, knobs, options.trials, options.budget_s)
+
+    def _heartbeat(self) -> None:
+        while not self._beating.wait(HEARTBEAT_S):
+            try:
+                self.store.iteration_heartbeat(self.iteration_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the run must go on
+                log.warning("heartbeat of iteration %s failed: %s", self.iteration_id, exc)
+
+    def wait_idle(self, slot: Slot) -> None:
+        """Hold the slot's next trial until its device is idle; the wait does not use up the budget."""
+        gate = self.gates.get(slot)
+        if gate is None:
+            return
+        before = time.monotonic()
+        try:
+            gate.wait(self.reporter.message)
+        finally:
+            self.started += time.monotonic() - before
+
+    def _same_model(self, gpu_model: str | None) -> bool:
+        """Whether a row measured on ``gpu_model`` compares with this run (rows from before schema 6 name none)."""
+        return gpu_model in (None, self.gpu_model)
+
+    def _incumbent(self) -> Incumbent:
+        applied = self.store.applied(self.ctx.workload, self.gpu_model)
+        if applied is None:
+            return Incumbent(dict(self.defaults), "default configuration (nothing applied yet)")
+        config, notes = adapt_config(applied.config, self.knobs)
+        from_iteration = applied.iteration_id or applied.source_iteration_id
+        where = f" of iteration {from_iteration}" if from_iteration else ""
+        source = f"applied #{applied.id} ({applied.reason}{where}, {applied.applied_at:%Y-%m-%d %H:%M})"
+        return Incumbent(config, source, applied.id, notes)
+
+    def _copy_previous_trials(self, study_name: str) -> int:
+        try:
+            source = optuna.load_study(study_name=study_name, storage=self.store.optuna_storage())
+        except KeyError:
+            return 0
+        distributions = {k.name: optuna.distributions.CategoricalDistribution(list(k.choices))
+                         for k in self.space.knobs if k.tunable}
+        return copy_trials(source, self.study, distributions)
+
+    # -- Do ---------------------------------------------------------------------
+
+    def do(self) -> str:
+        """Trials on every slot (and on the workers that join), until the count, budget or search runs out."""
+        setup = DoSetup(
+            options=self.options, store=self.store, storage=self.storage, study=self.study, space=self.space,
+            iteration_id=self.iteration_id, ctx=self.ctx, ctx_dict=self.ctx_dict, pm=self.plugins.pm,
+            memory_budget=self.memory_budget, env=self.env, host=self.host, environment_id=self.environment_id,
+            reporter=self.reporter, guard=self.guard,
+            invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, self.ctx),
+            wait_idle=self.wait_idle, started=lambda: self.started, coordinator=True,
+            incumbent_key=config_key(self.incumbent.config), past_measure_s=self.past_measure_s,
+        )
+        self.pool = pool = TrialPool(setup, self.slots)
+        stop_reason = pool.run()
+        pool.close()
+        pool.wait_for_others()
+        return stop_reason
+
+    # -- Check ------------------------------------------------------------------
+
+    def check(self) -> tuple[CheckResult, Config | None, str]:
+        options, store = self.options, self.store
+        # Throughput means something only on the GPU model it was measured on: the check runs on this one.
+        ok = [t for t in store.trials(self.iteration_id, status="ok") if self._same_model(t.gpu_model)]
+        chosen = options.select.choose(ok, self.memory_budget, options.max_latency_s)
+        store.update_iteration(self.iteration_id, phase="check", chosen_trial_id=chosen.id if chosen else None,
+                               chosen_config=chosen.config if chosen else None)
+        challenger: Config | None = None
+        why = ""
+        if chosen is None:
+            why = f"no trial succeeded within the memory budget ({self.memory_budget} bytes)" + (
+                f" and a p99 latency of {format_latency(options.max_latency_s)}" if options.max_latency_s else "")
+        elif config_key(chosen.config) == config_key(self.incumbent.config):
+            why = f"the best trial by {options.select} is the incumbent itself"
+        else:
+            challenger = chosen.config
+        repeats = (self.pool.check_rounds(config_key(challenger) if challenger else None)
+                   if self.pool is not None else options.check_repeats)
+        self.check_repeats = repeats
+        self.reporter.check_started(self.incumbent.config, challenger, repeats, why)
+
+        slot = self.slots[0]
+
+        def measure(role: str, round_: int, config: Config) -> TrialOutcome:
+            self.wait_idle(slot)
+            outcome = run_in_subprocess(trial_spec(options, self.ctx_dict, config, self.guard(config)),
+                                        timeout_s=options.trial_timeout_s, env={**self.env, **slot.env})
+            store.record_measurement(self.iteration_id, role=role, round=round_, config=config,
+                                     status=outcome.status, metrics={**outcome.metrics, "duration_s": outcome.duration_s},
+                                     error=outcome.error)
+            self.reporter.check_measured(role, round_, outcome)
+            return outcome
+
+        return interleaved_check(measure, self.incumbent.config, challenger, repeats), challenger, why
+
+    # -- Act --------------------------------------------------------------------
+
+    def reference_throughputs(self, config: Config) -> list[float] | None:
+        """The incumbent's throughputs in the newest earlier iteration that re-measured this very config."""
+        key = config_key(config)
+        for iteration in reversed(self.store.iterations_of(self.ctx.workload)):
+            if (iteration.id >= self.iteration_id or iteration.status != "completed"
+                    or not self._same_model(iteration.gpu_model)):
+                continue
+            values = [m.samples_per_s for m in self.store.measurements(iteration.id)
+                      if m.status == "ok" and m.samples_per_s and config_key(m.config) == key]
+            if len(values) >= 2:
+                return values
+        return None
+
+    def act(self, result: CheckResult, challenger: Config | None, why: str) -> Decision:
+        decision = decide(result, challenger is not None, self.options.min_gain,
+                          self.reference_throughputs(self.incumbent.config), why, self.options.max_latency_s,
+                          {role: self._median_latency(role) for role in ("incumbent", "challenger")})
+        applied: dict[str, Any] | None = None
+        if decision.promoted:
+            applied = {"config": challenger, "reason": "promoted", "note": decision.reason,
+                       "gpu_model": self.gpu_model, **self._medians("challenger")}
+        elif self.incumbent.applied_id is None and "incumbent" not in result.failures:
+            applied = {"config": self.incumbent.config, "reason": "baseline", "note": decision.reason,
+                       "gpu_model": self.gpu_model, **self._medians("incumbent")}
+        estimate = result.estimate
+        self.store.conclude_iteration(
+            self.iteration_id, applied, decision=decision.decision, reason=decision.reason,
+            speedup=estimate.ratio if estimate else None, speedup_low=estimate.low if estimate else None,
+            speedup_high=estimate.high if estimate else None, regression=decision.regression,
+            check={**result.to_dict(), **decision.to_dict(), "repeats": self.check_repeats,
+                   "min_gain": self.options.min_gain, "incumbent_notes": self.incumbent.notes},
+        )
+        return decision
+
+    def _check_rows(self, role: str) -> list[Any]:
+        """One side's successful check rounds."""
+        return [m for m in self.store.measurements(self.iteration_id) if m.role == role and m.status == "ok"]
+
+    def _median_latency(self, role: str) -> float | None:
+        """The median p99 latency of one side's check rounds (None for training, or when none ran)."""
+        values = [v for m in self._check_rows(role) if (v := m.metrics.get("latency_p99_s")) is not None]
+        return statistics.median(values) if values else None
+
+    def _medians(self, role: str) -> dict[str, Any]:
+        rows = self._check_rows(role)
+        out: dict[str, Any] = {}
+        for column in ("samples_per_s", "peak_memory_bytes", "energy_per_sample_j"):
+            values = [getattr(m, column) for m in rows if getattr(m, column) is not None]
+            out[column] = statistics.median(values) if values else None
+        if out["peak_memory_bytes"] is not None:
+            out["peak_memory_bytes"] = int(out["peak_memory_bytes"])
+        return out
+
+    # -- the whole iteration ------------------------------------------------------
+
+    def run(self) -> RunResult:
+        try:
+            self.plan()
+            try:
+                self.phase = "do"
+                stop_reason = self.do()
+                self.phase = "check"
+                result, challenger, why = self.check()
+                self.phase = "act"
+                decision = self.act(result, challenger, why)
+            except BaseException as exc:
+                self._record_interruption(exc)
+                raise
+        finally:
+            self._beating.set()
+            shutil.rmtree(self.reference_dir, ignore_errors=True)
+        return RunResult(self.iteration_id, self.ctx.workload, stop_reason, decision)
+
+    def _record_interruption(self, exc: BaseException) -> None:
+        if self.pool is not None:
+            self.pool.interrupt()
+        if isinstance(exc, DeviceBusy):
+            self.store.finish_iteration(self.iteration_id, "deferred", phase=self.phase,
+                                        error=f"deferred during the {self.phase} phase: {exc}; nothing was promoted")
+        elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            self.store.finish_iteration(self.iteration_id, "interrupted", phase=self.phase,
+                                        error=f"interrupted during the {self.phase} phase; nothing was promoted")
+        else:
+            self.store.finish_iteration(self.iteration_id, "failed", phase=self.phase,
+                                        error=f"{type(exc).__name__} during the {self.phase} phase: {exc}")
+
+
+def run_iteration(options: RunOptions, reporter: Reporter) -> RunResult:
+    """Run one full Plan-Do-Check-Act iteration, holding the device's lock; return what it decided.
+
+    Raises :class:`DeviceBusy` when the lock or the idle gate waited longer than allowed.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    slots = resolve_slots(options.gpus, reporter.message)
+    what = f"dstune run {options.workload_file}" + (f" for schedule {options.schedule_id}" if options.schedule_id else "")
+    with hold_slots(slots, what, options.lock_timeout_s, reporter.message):
+        return Iteration(options, reporter, slots).run()

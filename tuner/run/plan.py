@@ -1,0 +1,68 @@
+"""Plan: what changed since the last iteration, what is in production, where the search starts.
+
+A later iteration starts from what the earlier ones learned: the incumbent
+(the applied configuration) and the previous iteration's challenger are
+enqueued as seeds, and when the environment is unchanged the previous
+iteration's trials are copied into the new study so the sampler does not
+start from scratch.  Stored configurations are mapped onto today's knobs
+(a plugin may have been added, removed or given other choices), with a note
+for everything that had to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import optuna
+
+from dstune.knobs import Config, Knob
+
+
+@dataclass
+class Incumbent:
+    """The configuration a challenger must beat: the applied one, or the default before any."""
+
+    config: Config
+    source: str
+    applied_id: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def adapt_config(config: Config, knobs: Sequence[Knob]) -> tuple[Config, list[str]]:
+    """Map a stored config onto today's knobs; knobs it lacks (or values no longer offered) take their default."""
+    adapted: Config = {}
+    notes: list[str] = []
+    for knob in knobs:
+        if knob.name not in config:
+            notes.append(f"{knob.name} is new: {knob.default!r} (its default)")
+            adapted[knob.name] = knob.default
+        elif config[knob.name] not in knob.choices:
+            notes.append(f"{knob.name}={config[knob.name]!r} is not offered here: {knob.default!r} (its default)")
+            adapted[knob.name] = knob.default
+        else:
+            adapted[knob.name] = config[knob.name]
+    names = {k.name for k in knobs}
+    notes += [f"{name} no longer exists (or does not apply here): dropped" for name in sorted(set(config) - names)]
+    return adapted, notes
+
+
+def copy_trials(source: optuna.Study, target: optuna.Study, params_of: dict[str, optuna.distributions.BaseDistribution]
+                ) -> int:
+    """Copy finished trials whose parameters fit today's space into ``target``; return how many.
+
+    A trial may lack parameters that were inactive in it (conditional knobs);
+    one with a parameter today's space lacks, or with other choices, is left out.
+    """
+    copied = []
+    for trial in source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if not set(trial.distributions) <= set(params_of) or any(
+                trial.distributions[name] != params_of[name] for name in trial.distributions):
+            continue
+        copied.append(optuna.trial.create_trial(
+            params=trial.params, distributions=trial.distributions, values=trial.values,
+            user_attrs={"dstune_copied_from": f"{source.study_name}#{trial.number}"},
+            system_attrs={k: v for k, v in trial.system_attrs.items() if k != "fixed_params"},  # keeps constraints
+        ))
+    target.add_trials(copied)
+    return len(copied)

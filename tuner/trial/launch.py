@@ -1,0 +1,257 @@
+"""Run one trial (or the probe) in a fresh subprocess and classify how it ended.
+
+The child gets its own process group, so a timeout or an interrupt kills the
+workload and anything it started.  Its output goes to files, not pipes, so a
+workload that floods stdout cannot deadlock the parent; only the tail is kept.
+
+How children start: by default they are forked from a fork server, a clean
+interpreter started once per ``dstune`` process that has imported torch and
+nothing else (no CUDA, no thread pools, no workload).  Each trial is a new
+process forked from that same clean state, so nothing leaks from one trial to
+the next, yet it skips the seconds that importing torch costs.  That matters
+because the Check phase re-measures configurations in many fresh processes.
+``DSTUNE_START_METHOD=exec`` starts each child as a new interpreter instead
+(``python -m dstune.trial.process``), for platforms where forking after
+importing torch is not safe.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from dstune.devices.processes import die_with_parent
+from dstune.errors import UsageError
+
+STATUSES = ("ok", "pruned", "oom", "crash", "timeout", "numerics", "invalid", "interrupted")
+TAIL_BYTES = 4000
+KILL_GRACE_S = 5.0
+
+
+@dataclass
+class TrialOutcome:
+    """How a trial process ended, and what it measured."""
+
+    status: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    duration_s: float = 0.0
+    stderr_tail: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def _tail(path: Path, limit: int = TAIL_BYTES) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+START_METHODS = ("forkserver", "exec")
+
+
+def start_method() -> str:
+    method = os.environ.get("DSTUNE_START_METHOD", "forkserver")
+    if method not in START_METHODS:
+        raise UsageError(f"DSTUNE_START_METHOD={method!r} is not one of {', '.join(START_METHODS)}; "
+                         "unset it to use the default (forkserver).")
+    return method
+
+
+def _kill_group(pgid: int, wait: Callable[[float], bool]) -> None:
+    """SIGTERM the group, then SIGKILL whatever is left after a grace period.
+
+    ``wait(seconds)`` waits for the leader to exit and says whether it has.
+    """
+    for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):  # no such group yet (setsid not reached): the leader alone
+            try:
+                os.kill(pgid, sig)
+            except ProcessLookupError:
+                return
+        if grace:
+            wait(grace)
+    wait(KILL_GRACE_S)
+
+
+CANCEL_POLL_S = 0.2
+
+
+def _wait_ending(wait: Callable[[float], bool], timeout_s: float, cancel: threading.Event | None) -> str:
+    """Wait for the child: ``done``, ``timeout``, or ``cancelled`` (when ``cancel`` is set first)."""
+    if cancel is None:
+        return "done" if wait(timeout_s) else "timeout"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "timeout"
+        if wait(min(left, CANCEL_POLL_S)):
+            return "done"
+        if cancel.is_set():
+            return "cancelled"
+
+
+def _forkserver() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["dstune.trial.preload"])
+    return context
+
+
+def start_early() -> None:
+    """Start the fork server now, so that it imports torch while the caller does its own imports."""
+    if start_method() == "forkserver":
+        _forkserver()
+        multiprocessing.forkserver.ensure_running()
+
+
+def _forked_child(spec_path: str, result_path: str, out_path: str, err_path: str, env: dict[str, str]) -> None:
+    """Runs in the forked child: become a process group, redirect output, apply env, run the worker.
+
+    Its parent is the fork server, which exits when the dstune process does; the
+    child is then killed too.
+    """
+    os.setsid()
+    die_with_parent()
+    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                            (2, err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        opened = os.open(path, flags, 0o600)
+        os.dup2(opened, fd)
+        os.close(opened)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.reconfigure(write_through=True)  # type: ignore[union-attr]
+    os.environ.clear()
+    os.environ.update(env)
+    # A forkserver child inherits "forkserver" as its default start method; a
+    # workload (DataLoader workers) must see the platform's default, as in a plain script.
+    multiprocessing.set_start_method(None, force=True)
+    from dstune.trial.process import main
+
+    sys.exit(main([spec_path, result_path]))
+
+
+def _start_without_main(process: multiprocessing.process.BaseProcess) -> None:
+    """Start ``process`` so that it does not re-import the caller's ``__main__`` script.
+
+    multiprocessing re-runs the parent's main module in every child so that
+    pickled functions defined there resolve; a trial needs none of that, and a
+    caller's script (or ``python -`` reading stdin) must not run again.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        process.start()
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _run_forked(paths: list[str], env: dict[str, str], timeout_s: float,
+                cancel: threading.Event | None) -> tuple[int | None, str]:
+    process = _forkserver().Process(target=_forked_child, args=(*paths, env), daemon=False)
+    _start_without_main(process)
+
+    def wait(seconds: float) -> bool:
+        process.join(seconds)
+        return process.exitcode is not None
+
+    try:
+        ending = _wait_ending(wait, timeout_s, cancel)
+    finally:
+        # Also on success or interrupt: a child the workload left behind dies with the group.
+        _kill_group(process.pid, wait)
+    return process.exitcode, ending
+
+
+def _run_exec(paths: list[str], env: dict[str, str], timeout_s: float,
+              cancel: threading.Event | None) -> tuple[int | None, str]:
+    spec_path, result_path, out_path, err_path = paths
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dstune.trial.process", spec_path, result_path],
+            stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+
+        def wait(seconds: float) -> bool:
+            try:
+                proc.wait(timeout=seconds)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+
+        try:
+            ending = _wait_ending(wait, timeout_s, cancel)
+        finally:
+            _kill_group(proc.pid, wait)
+    return proc.returncode, ending
+
+
+def run_in_subprocess(spec: dict[str, Any], timeout_s: float, env: dict[str, str] | None = None,
+                      workdir: Path | None = None, cancel: threading.Event | None = None) -> TrialOutcome:
+    """Run ``dstune.trial.process`` on ``spec``; kill its process group after ``timeout_s``.
+
+    Setting ``cancel`` (from another thread: a run with several GPU slots
+    being interrupted) kills it too, and the trial is ``interrupted``.
+    """
+    with tempfile.TemporaryDirectory(prefix="dstune-trial-", dir=workdir) as tmp:
+        tmpdir = Path(tmp)
+        spec_path, result_path = tmpdir / "spec.json", tmpdir / "result.json"
+        out_path, err_path = tmpdir / "stdout.log", tmpdir / "stderr.log"
+        spec_path.write_text(json.dumps(spec))
+        child_env = dict(os.environ)
+        child_env.update(env or {})
+        child_env["PYTHONUNBUFFERED"] = "1"
+        paths = [str(spec_path), str(result_path), str(out_path), str(err_path)]
+        runner = _run_forked if start_method() == "forkserver" else _run_exec
+        started = time.perf_counter()
+        returncode, ending = runner(paths, child_env, timeout_s, cancel)
+        duration = time.perf_counter() - started
+        stderr_tail = _tail(err_path)
+        if ending == "cancelled":
+            return TrialOutcome("interrupted", error="dstune run was interrupted during this trial",
+                                duration_s=duration, stderr_tail=stderr_tail, exit_code=returncode)
+        if ending == "timeout":
+            return TrialOutcome("timeout", error=f"no result after {timeout_s:.0f} s; process group killed",
+                                duration_s=duration, stderr_tail=stderr_tail, exit_code=returncode)
+        return classify_exit(returncode, result_path, duration, stderr_tail)
+
+
+def classify_exit(returncode: int | None, result_path: Path, duration: float, stderr_tail: str) -> TrialOutcome:
+    """Turn an exit status and an optional result file into a :class:`TrialOutcome`."""
+    signame = None
+    if returncode is not None and returncode < 0:
+        try:
+            signame = signal.Signals(-returncode).name
+        except ValueError:
+            signame = f"signal {-returncode}"
+    if result_path.exists():
+        payload = json.loads(result_path.read_text())
+        return TrialOutcome(
+            status=payload.get("status", "crash"), metrics=payload.get("metrics") or {},
+            error=payload.get("error"), exit_code=returncode, signal=signame, duration_s=duration,
+            stderr_tail=stderr_tail, payload=payload,
+        )
+    how = f"killed by {signame}" if signame else f"exited with code {returncode} without a result"
+    return TrialOutcome("crash", error=f"trial process {how}", exit_code=returncode, signal=signame,
+                        duration_s=duration, stderr_tail=stderr_tail)

@@ -1,0 +1,137 @@
+"""The trial process: ``python -m dstune.trial.process SPEC.json RESULT.json``.
+
+Every trial runs here, in a fresh interpreter, so process-global state
+(thread pools, cuDNN flags, allocator settings, a CUDA context poisoned by an
+out-of-memory error) never leaks into the next trial.  The same entry point
+runs the probe that opens each run.  The outcome is written to RESULT.json;
+a process that dies before writing it is classified by the parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+STDERR_TAIL_CHARS = 4000
+
+
+def write_result(path: str | Path, result: dict[str, Any]) -> None:
+    """Write atomically: the parent sees a whole result or none."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(result, default=str))
+    os.replace(tmp, path)
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text.lower() or "CUBLAS_STATUS_ALLOC_FAILED" in text
+        or "DefaultCPUAllocator: can't allocate memory" in text  # the host's RAM, on the CPU
+    )
+
+
+def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
+    """Import and build the workload once; report the context and environment."""
+    from dstune.plugin_calls import probe_context
+    from dstune.plugin_manager import plugin_manager
+
+    from .fingerprint import environment_facts
+    from .workload_file import select_workload
+
+    plugins = plugin_manager(spec.get("disabled_plugins", ()))
+    definition = select_workload(spec["workload_file"], spec.get("workload_name"))
+    ctx, failed, problems = probe_context(definition, plugins.pm, strict=bool(spec.get("strict_plugins")))
+    for name in failed:
+        plugins.pm.unregister(name=name)
+    return {
+        "status": "ok",
+        "ctx": json.loads(ctx.to_json()),
+        "environment": environment_facts(plugins.pm, spec["workload_file"]),
+        "plugin_problems": problems,
+        "failed_plugins": failed,
+    }
+
+
+def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
+    """Configure the process, build, measure."""
+    import torch
+
+    from dstune.context import TuneContext
+    from dstune.plugin_manager import plugin_manager
+
+    from .composition import compose, configure_process
+    from .measure import measure
+    from .measure_settings import MeasureSettings
+    from .numerics import Guard, GuardSettings
+    from .workload_file import select_workload
+
+    ctx = TuneContext.from_dict(spec["ctx"])
+    config = spec["config"]
+    plugins = plugin_manager(spec.get("disabled_plugins", ()))
+    configure_process(plugins.pm, config, ctx)
+    seed = int(spec.get("seed", 0))
+    random.seed(seed)
+    torch.manual_seed(seed)
+    definition = select_workload(spec["workload_file"], spec.get("workload_name"))
+    guard = Guard(GuardSettings(**spec["numerics"])) if spec.get("numerics") else None
+    composed = compose(plugins.pm, definition, config, ctx, guard)
+    metrics = measure(composed, MeasureSettings(**spec.get("measure", {})), prune_below=spec.get("prune_below"))
+    return {"status": "ok", "metrics": metrics}
+
+
+def _partial_memory() -> dict[str, Any]:
+    try:
+        import torch
+
+        from .measure import peak_memory
+
+        device = torch.device("cuda", 0) if torch.cuda.is_available() and torch.cuda.is_initialized() else torch.device("cpu")
+        return peak_memory(device)
+    except Exception:  # noqa: BLE001 - best effort after a failure
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec_path, result_path = argv
+    spec = json.loads(Path(spec_path).read_text())
+    from dstune.errors import UsageError
+
+    from .measure import HopelessTrial
+    from .numerics import NumericsError
+
+    try:
+        result = run_probe(spec) if spec.get("kind") == "probe" else run_trial(spec)
+    except UsageError as exc:
+        write_result(result_path, {"status": "usage_error", "error": str(exc)})
+        return 2
+    except HopelessTrial as exc:
+        write_result(result_path, {"status": "pruned", "error": str(exc), "metrics": exc.metrics})
+        return 0
+    except NumericsError as exc:
+        write_result(result_path, {"status": "numerics", "error": str(exc), "metrics": _partial_memory()})
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every end is classified
+        if isinstance(exc, Exception) and is_oom(exc):
+            write_result(result_path, {"status": "oom", "error": f"{type(exc).__name__}: {exc}"[:STDERR_TAIL_CHARS],
+                                       "metrics": _partial_memory()})
+            return 0
+        tb = traceback.format_exc()
+        sys.stderr.write(tb)
+        write_result(result_path, {"status": "crash", "error": tb[-STDERR_TAIL_CHARS:]})
+        return 1
+    write_result(result_path, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

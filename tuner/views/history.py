@@ -1,0 +1,132 @@
+"""``dstune show``, ``history``, ``export`` and ``rollback``: the store, read for people and launchers."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from dstune.best_config import applied_best
+from dstune.environment_diff import format_change
+from dstune.errors import UsageError
+from dstune.knobs import describe_config
+from dstune.units import format_bytes
+
+from .records import fronts_by_model, iterations_of
+from .summary import format_speedup
+
+EXPORT_FORMATS = ("json", "env")
+
+
+def _energy(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g} J/sample"
+
+
+def render_show(console: Console, store: Any, workload: str) -> None:
+    iterations = iterations_of(store, workload)
+    current = applied_best(store, workload)
+    if current is None:
+        console.print(f"[yellow]{workload}: nothing applied yet[/] ({len(iterations)} iteration(s), none completed). "
+                      "Run `dstune run` to completion.")
+        return
+    metrics = current.metrics
+    since = (current.applied_at or "")[:16].replace("T", " ")
+    on = f", measured on {current.gpu_model}" if current.gpu_model else ""
+    console.print(f"[bold]{workload}[/]: incumbent applied #{current.applied_id} since {since} UTC "
+                  f"({current.reason}, iteration {current.iteration_id}{on})")
+    console.print(f"  {metrics.get('samples_per_s') or 0:.1f} samples/s (check median), peak memory "
+                  f"{format_bytes(metrics.get('peak_memory_bytes'))}, energy {_energy(metrics.get('energy_per_sample_j'))}")
+    console.print(f"  why: {current.note}", highlight=False)
+    for model in store.applied_models(workload):
+        other = applied_best(store, workload, model) if model and model != current.gpu_model else None
+        if other is not None and other.applied_id != current.applied_id:
+            console.print(f"  on {model}: its own incumbent, applied #{other.applied_id} "
+                          f"({other.metrics.get('samples_per_s') or 0:.1f} samples/s); `dstune.best` picks by the GPU it runs on",
+                          highlight=False)
+    latest = next((i for i in reversed(iterations) if i.status == "completed"), None)
+    defaults = latest.default_config if latest is not None else {}
+    table = Table(title="Configuration", title_justify="left")
+    for col in ("knob", "value", "default"):
+        table.add_column(col)
+    for name, value in sorted(current.config.items()):
+        default = defaults.get(name, "-")
+        table.add_row(name, f"[bold]{value}[/]" if value != default else str(value), str(default))
+    console.print(table)
+    if latest is None:
+        return
+    fronts = fronts_by_model(store, latest)
+    for model, rows in fronts.items():
+        on = f" on {model}" if len(fronts) > 1 else ""
+        front = Table(title=f"Pareto front of iteration {latest.id}{on}", title_justify="left")
+        for col, justify in (("trial", "right"), ("samples/s", "right"), ("peak memory", "right"), ("energy", "right"),
+                             ("config (vs default)", "left")):
+            front.add_column(col, justify=justify)
+        for row in rows:
+            front.add_row(str(row.number), f"{row.samples_per_s:.1f}", format_bytes(row.peak_memory_bytes),
+                          _energy(row.energy_per_sample_j), describe_config(row.config, defaults))
+        console.print(front)
+
+
+def render_history(console: Console, store: Any, workload: str) -> None:
+    table = Table(title=f"{workload}: iterations", title_justify="left", show_lines=True)
+    for col in ("it", "started", "status", "environment changes", "trials", "challenger (vs incumbent)",
+                "decision", "speed-up [95% CI]", "regression"):
+        table.add_column(col, overflow="fold")
+    for iteration in iterations_of(store, workload):
+        counts = store.status_counts(iteration.id)
+        trials = f"{sum(counts.values())} ({counts.get('ok', 0)} ok)"
+        if iteration.previous_iteration_id is None:
+            changes = "first" if iteration.decision or iteration.status != "completed" else "-"
+        else:
+            changes = "\n".join(format_change(c) for c in iteration.fingerprint_diff or []) or "none"
+        challenger = "-"
+        if iteration.chosen_config is not None:
+            same = iteration.chosen_config == iteration.incumbent_config
+            challenger = "= incumbent" if same else describe_config(iteration.chosen_config, iteration.incumbent_config)
+        status = iteration.status if iteration.status == "completed" else f"{iteration.status} ({iteration.phase})"
+        regression = {True: "[red]yes[/]", False: "no", None: "-"}[iteration.regression]
+        table.add_row(str(iteration.id), f"{iteration.started_at:%Y-%m-%d %H:%M}", status, changes, trials,
+                      challenger, iteration.decision or "-", format_speedup(iteration), regression)
+    console.print(table)
+
+
+def export_text(store: Any, workload: str, fmt: str) -> str:
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}. Use json for "
+                         "DSTUNE_CONFIG, env for KEY=VALUE lines.")
+    iterations_of(store, workload)
+    current = applied_best(store, workload)
+    if current is None:
+        raise UsageError(f"nothing has been applied to {workload!r} yet: no iteration has completed. "
+                         "Run `dstune run` to completion first.")
+    if fmt == "json":
+        return json.dumps(current.to_dict(), indent=2, sort_keys=True) + "\n"
+    lines = [f"DSTUNE_WORKLOAD={shlex.quote(workload)}", f"DSTUNE_APPLIED_ID={current.applied_id}"]
+    for name, value in sorted(current.config.items()):
+        text = "" if value is None else (json.dumps(value) if not isinstance(value, str) else value)
+        lines.append(f"DSTUNE_{name.upper()}={shlex.quote(text)}")
+    return "\n".join(lines) + "\n"
+
+
+def rollback_to(store: Any, workload: str, iteration_id: int) -> str:
+    iterations = iterations_of(store, workload)
+    completed = [i for i in iterations if i.status == "completed"]
+    target = next((i for i in completed if i.id == iteration_id), None)
+    if target is None:
+        ids = ", ".join(str(i.id) for i in completed) or "none"
+        raise UsageError(f"--to {iteration_id}: {workload!r} has no completed iteration {iteration_id} "
+                         f"(completed iterations: {ids}). Pick one from `dstune history {workload}`.")
+    rows = [row for row in store.applied_history(workload) if row.iteration_id == target.id]
+    if rows:
+        row = rows[-1]
+        config, metrics = row.config, {"samples_per_s": row.samples_per_s, "peak_memory_bytes": row.peak_memory_bytes,
+                                       "energy_per_sample_j": row.energy_per_sample_j}
+    else:
+        config, metrics = target.incumbent_config, {}
+    applied_id = store.apply_config(workload, iteration_id=None, source_iteration_id=target.id, config=config,
+                                    reason="rollback", note=f"rolled back to the configuration applied after "
+                                    f"iteration {target.id}", gpu_model=target.gpu_model, **metrics)
+    return f"{workload}: applied #{applied_id} = configuration of iteration {target.id}: {describe_config(config, {})}"
