@@ -6,24 +6,21 @@ killed run loses at most the trial in flight.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any, Callable, Sequence
 
 import optuna
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
 
-from dstune.utc import as_utc, utcnow
+from dstune.utc import utcnow
 
 from .database import BUSY_TIMEOUT_S, first_use, open_engine
+from .iteration_queries import IterationQueries
 from .models import AppliedRow, EnvironmentRow, IterationRow, MeasurementRow, TrialRow, WorkloadRow
 from .schedule_queries import ScheduleQueries
 
-STALE_AFTER_S = 300.0  # an iteration whose heartbeat is older than this has lost its process
 
-
-class Store(ScheduleQueries):
+class Store(IterationQueries, ScheduleQueries):
     """dstune's tables and Optuna's storage on one database URL."""
 
     def __init__(self, db: str | None = None) -> None:
@@ -54,54 +51,34 @@ class Store(ScheduleQueries):
 
     # -- writes ---------------------------------------------------------------
 
-    def _get_or_create(self, find_or_add: Callable[[Session], int]) -> int:
-        """Run ``find_or_add`` in a transaction, again if a concurrent run inserted the same row first."""
+    def _row_id(self, model: type[Any], key: Any, new: dict[str, Any], refresh: dict[str, Any] | None = None) -> int:
+        """The id of the ``model`` row where ``key`` holds, inserting one with ``new`` if there is none.
+
+        ``refresh`` is set on a row found.  When a concurrent run inserted the
+        same row first, the transaction is tried again and finds it.
+        """
 
         def attempt() -> int:
             with self.sessions.begin() as session:
-                return find_or_add(session)
+                row = session.scalar(select(model).where(key))
+                if row is None:
+                    row = model(**new)
+                    session.add(row)
+                    session.flush()
+                else:
+                    for name, value in (refresh or {}).items():
+                        setattr(row, name, value)
+                return int(row.id)
 
         return first_use(attempt)
 
     def workload_id(self, name: str, source_path: str) -> int:
-        def find_or_add(session: Session) -> int:
-            row = session.scalar(select(WorkloadRow).where(WorkloadRow.name == name))
-            if row is None:
-                row = WorkloadRow(name=name, source_path=source_path)
-                session.add(row)
-                session.flush()
-            else:
-                row.source_path = source_path
-            return row.id
-
-        return self._get_or_create(find_or_add)
+        return self._row_id(WorkloadRow, WorkloadRow.name == name, {"name": name, "source_path": source_path},
+                            refresh={"source_path": source_path})
 
     def environment_id(self, fingerprint: str, facts: dict[str, Any]) -> int:
-        def find_or_add(session: Session) -> int:
-            row = session.scalar(select(EnvironmentRow).where(EnvironmentRow.fingerprint == fingerprint))
-            if row is None:
-                row = EnvironmentRow(fingerprint=fingerprint, facts=facts)
-                session.add(row)
-                session.flush()
-            return row.id
-
-        return self._get_or_create(find_or_add)
-
-    def start_iteration(self, **fields: Any) -> int:
-        with self.sessions.begin() as session:
-            row = IterationRow(heartbeat_at=utcnow(), **fields)
-            session.add(row)
-            session.flush()
-            return row.id
-
-    def update_iteration(self, iteration_id: int, **fields: Any) -> None:
-        with self.sessions.begin() as session:
-            row = session.get(IterationRow, iteration_id)
-            for key, value in fields.items():
-                setattr(row, key, value)
-
-    def finish_iteration(self, iteration_id: int, status: str, **fields: Any) -> None:
-        self.update_iteration(iteration_id, status=status, ended_at=utcnow(), **fields)
+        return self._row_id(EnvironmentRow, EnvironmentRow.fingerprint == fingerprint,
+                            {"fingerprint": fingerprint, "facts": facts})
 
     @staticmethod
     def _with_metric_columns(fields: dict[str, Any]) -> dict[str, Any]:
@@ -115,77 +92,15 @@ class Store(ScheduleQueries):
 
     def record_trial(self, iteration_id: int, **fields: Any) -> int:
         """Insert one finished trial and commit it at once."""
-        with self.sessions.begin() as session:
-            row = TrialRow(iteration_id=iteration_id, ended_at=utcnow(), **self._with_metric_columns(fields))
-            session.add(row)
-            session.flush()
-            return row.id
+        return self._insert(TrialRow(iteration_id=iteration_id, ended_at=utcnow(), **self._with_metric_columns(fields)))
 
     def begin_trial(self, iteration_id: int, **fields: Any) -> int:
         """Insert a trial as ``running`` before it starts, so a killed run leaves a trace of it."""
-        with self.sessions.begin() as session:
-            row = TrialRow(iteration_id=iteration_id, status="running", **fields)
-            session.add(row)
-            session.flush()
-            return row.id
+        return self._insert(TrialRow(iteration_id=iteration_id, status="running", **fields))
 
     def end_trial(self, trial_id: int, **fields: Any) -> None:
         """Record how a trial begun with :meth:`begin_trial` ended, and commit at once."""
-        with self.sessions.begin() as session:
-            row = session.get(TrialRow, trial_id)
-            for key, value in dict(self._with_metric_columns(fields), ended_at=utcnow()).items():
-                setattr(row, key, value)
-
-    def recover_stale(self, host: str, alive: Callable[[int], bool], stale_after_s: float = STALE_AFTER_S
-                      ) -> list[int]:
-        """Mark running iterations whose process is gone as interrupted, with their running trials.
-
-        Gone: on ``host`` with no live process of its pid, or (any host) no
-        heartbeat for ``stale_after_s``.  Returns the ids of the iterations recovered.
-        """
-        recovered = []
-        cutoff = utcnow() - timedelta(seconds=stale_after_s)
-        with self.sessions.begin() as session:
-            for iteration in session.scalars(select(IterationRow).where(IterationRow.status == "running")).all():
-                beat = as_utc(iteration.heartbeat_at)
-                if iteration.host == host and iteration.pid is not None and not alive(iteration.pid):
-                    why = f"the dstune process (pid {iteration.pid} on {host}) ended"
-                elif beat is not None and beat < cutoff:
-                    why = (f"the dstune process (pid {iteration.pid} on {iteration.host}) stopped beating "
-                           f"at {beat:%Y-%m-%d %H:%M:%S} UTC")
-                else:
-                    continue
-                iteration.status, iteration.ended_at = "interrupted", utcnow()
-                iteration.error = (f"{why} without finishing the {iteration.phase} phase; recovered by a later "
-                                   "run; nothing was promoted")
-                for trial in session.scalars(select(TrialRow).where(
-                        TrialRow.iteration_id == iteration.id, TrialRow.status == "running")):
-                    trial.status, trial.ended_at = "interrupted", utcnow()
-                    trial.error = "the dstune process died while this trial ran"
-                recovered.append(iteration.id)
-        return recovered
-
-    def claim_trial(self, iteration_id: int, limit: int) -> int | None:
-        """Take one of the iteration's ``limit`` trials for this process: its number (1-based), or None.
-
-        One conditional UPDATE, so processes on several hosts never take more
-        than ``limit`` between them; None once all are taken or the Do phase
-        has ended.
-        """
-        with self.sessions.begin() as session:
-            return session.execute(
-                update(IterationRow)
-                .where(IterationRow.id == iteration_id, IterationRow.trials_claimed < limit,
-                       IterationRow.phase == "do", IterationRow.status == "running")
-                .values(trials_claimed=IterationRow.trials_claimed + 1)
-                .returning(IterationRow.trials_claimed)
-            ).scalar()
-
-    def release_claim(self, iteration_id: int) -> None:
-        """Give back a claim that ran no trial (the search had nothing new to offer)."""
-        with self.sessions.begin() as session:
-            session.execute(update(IterationRow).where(IterationRow.id == iteration_id, IterationRow.trials_claimed > 0)
-                            .values(trials_claimed=IterationRow.trials_claimed - 1))
+        self._update(TrialRow, trial_id, **self._with_metric_columns(fields), ended_at=utcnow())
 
     def mark_stale(self, study_name: str, number: int, why: str) -> int | None:
         """Mark the running trial ``number`` of the study's iteration as ``stale``; its row id, or None."""
@@ -205,29 +120,13 @@ class Store(ScheduleQueries):
         for column in ("samples_per_s", "peak_memory_bytes", "energy_per_sample_j"):
             if column not in fields and metrics.get(column) is not None:
                 fields[column] = int(metrics[column]) if column == "peak_memory_bytes" else metrics[column]
-        with self.sessions.begin() as session:
-            row = MeasurementRow(iteration_id=iteration_id, **fields)
-            session.add(row)
-            session.flush()
-            return row.id
-
-    def conclude_iteration(self, iteration_id: int, applied: dict[str, Any] | None, **fields: Any) -> None:
-        """Act, atomically: the iteration's decision and (if any) the newly applied config commit together."""
-        with self.sessions.begin() as session:
-            row = session.get(IterationRow, iteration_id)
-            for key, value in dict(fields, status="completed", phase="done", ended_at=utcnow()).items():
-                setattr(row, key, value)
-            if applied is not None:
-                session.add(AppliedRow(workload_id=row.workload_id, iteration_id=iteration_id, **applied))
+        return self._insert(MeasurementRow(iteration_id=iteration_id, **fields))
 
     def apply_config(self, workload: str, **fields: Any) -> int:
         """Add an applied-config row outside an iteration (a rollback)."""
-        with self.sessions.begin() as session:
-            workload_row = session.scalar(select(WorkloadRow).where(WorkloadRow.name == workload))
-            row = AppliedRow(workload_id=workload_row.id, **fields)
-            session.add(row)
-            session.flush()
-            return row.id
+        with self.sessions() as session:
+            workload_id = session.scalar(select(WorkloadRow.id).where(WorkloadRow.name == workload))
+        return self._insert(AppliedRow(workload_id=workload_id, **fields))
 
     # -- reads ----------------------------------------------------------------
 
@@ -270,25 +169,6 @@ class Store(ScheduleQueries):
                 query = query.limit(limit)
             return session.scalars(query).all()
 
-    def last_iteration(self, workload: str, before: int | None = None, status: str = "completed") -> IterationRow | None:
-        """The newest iteration of ``workload`` with that status (older than iteration ``before``, if given)."""
-        with self.sessions() as session:
-            query = (select(IterationRow).join(WorkloadRow)
-                     .where(WorkloadRow.name == workload, IterationRow.status == status))
-            if before is not None:
-                query = query.where(IterationRow.id < before)
-            return session.scalar(query.order_by(IterationRow.id.desc()).limit(1))
-
-    def iteration_of_study(self, study_name: str) -> IterationRow | None:
-        """The newest iteration whose Optuna study is ``study_name`` (what a worker joins)."""
-        with self.sessions() as session:
-            return session.scalar(select(IterationRow).where(IterationRow.study_name == study_name)
-                                  .order_by(IterationRow.id.desc()).limit(1))
-
-    def iteration(self, iteration_id: int) -> IterationRow | None:
-        with self.sessions() as session:
-            return session.get(IterationRow, iteration_id)
-
     def trials(self, iteration_id: int, status: str | None = None) -> Sequence[TrialRow]:
         with self.sessions() as session:
             query = select(TrialRow).where(TrialRow.iteration_id == iteration_id).order_by(TrialRow.id)
@@ -304,8 +184,3 @@ class Store(ScheduleQueries):
             ).all()
             return {status: count for status, count in rows}
 
-    def iterations_of(self, workload: str) -> Sequence[IterationRow]:
-        with self.sessions() as session:
-            query = (select(IterationRow).join(WorkloadRow).where(WorkloadRow.name == workload)
-                     .order_by(IterationRow.id))
-            return session.scalars(query).all()

@@ -11,27 +11,21 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import select, update
 
 from dstune.utc import as_utc, utcnow
 
-from .models import DaemonRow, IterationRow, ScheduleRow, TrialRow, WorkloadRow
+from .models import DaemonRow, ScheduleRow
+from .tables import Tables
 
 
-class ScheduleQueries:
-    """Mixed into :class:`dstune.store.Store`; needs its ``sessions``."""
-
-    sessions: sessionmaker[Session]
+class ScheduleQueries(Tables):
+    """Mixed into :class:`dstune.store.Store`."""
 
     # -- schedules --------------------------------------------------------------
 
     def add_schedule(self, **fields: Any) -> int:
-        with self.sessions.begin() as session:
-            row = ScheduleRow(**fields)
-            session.add(row)
-            session.flush()
-            return row.id
+        return self._insert(ScheduleRow(**fields))
 
     def schedules(self) -> Sequence[ScheduleRow]:
         with self.sessions() as session:
@@ -42,13 +36,7 @@ class ScheduleQueries:
             return session.get(ScheduleRow, schedule_id)
 
     def update_schedule(self, schedule_id: int, **fields: Any) -> bool:
-        with self.sessions.begin() as session:
-            row = session.get(ScheduleRow, schedule_id)
-            if row is None:
-                return False
-            for key, value in fields.items():
-                setattr(row, key, value)
-            return True
+        return self._update(ScheduleRow, schedule_id, **fields) is not None
 
     def remove_schedule(self, schedule_id: int) -> bool:
         """Delete a schedule; its iterations stay (they keep its id in ``schedule_id``)."""
@@ -100,11 +88,7 @@ class ScheduleQueries:
     # -- daemons ----------------------------------------------------------------
 
     def register_daemon(self, host: str, pid: int, gpu: str | None) -> int:
-        with self.sessions.begin() as session:
-            row = DaemonRow(host=host, pid=pid, gpu=gpu, status="running")
-            session.add(row)
-            session.flush()
-            return row.id
+        return self._insert(DaemonRow(host=host, pid=pid, gpu=gpu, status="running"))
 
     def daemon_heartbeat(self, daemon_id: int, **fields: Any) -> None:
         with self.sessions.begin() as session:
@@ -139,59 +123,3 @@ class ScheduleQueries:
                 session.execute(update(ScheduleRow).where(ScheduleRow.claimed_by.in_(dead))
                                 .values(claimed_by=None, claimed_at=None))
         return dead
-
-    # -- iteration heartbeats ------------------------------------------------------
-
-    def iteration_heartbeat(self, iteration_id: int) -> None:
-        with self.sessions.begin() as session:
-            session.execute(update(IterationRow).where(IterationRow.id == iteration_id)
-                            .values(heartbeat_at=utcnow()))
-
-    def iteration_of_process(self, host: str, pid: int, since: datetime) -> IterationRow | None:
-        """The newest iteration that process ``pid`` on ``host`` started after ``since``."""
-        with self.sessions() as session:
-            return session.scalar(select(IterationRow).where(
-                IterationRow.host == host, IterationRow.pid == pid, IterationRow.started_at >= since)
-                .order_by(IterationRow.id.desc()).limit(1))
-
-    def running_iterations(self) -> Sequence[tuple[IterationRow, int]]:
-        """Iterations marked running, each with its number of finished trials."""
-        with self.sessions() as session:
-            rows = session.scalars(select(IterationRow).where(IterationRow.status == "running")
-                                   .order_by(IterationRow.id)).all()
-            out = []
-            for row in rows:
-                done = session.scalar(select(func.count()).select_from(TrialRow).where(
-                    TrialRow.iteration_id == row.id, TrialRow.status != "running")) or 0
-                out.append((row, int(done)))
-            return out
-
-    def recent_problems(self, limit: int = 5) -> Sequence[IterationRow]:
-        """The newest iterations that failed, were interrupted or deferred."""
-        with self.sessions() as session:
-            return session.scalars(select(IterationRow).where(
-                IterationRow.status.in_(("failed", "interrupted", "deferred")))
-                .order_by(IterationRow.id.desc()).limit(limit)).all()
-
-    # -- metrics ------------------------------------------------------------------
-
-    def iteration_results(self) -> list[tuple[str, str, int]]:
-        """(workload, result, count): result is the decision of completed iterations, else their status."""
-        with self.sessions() as session:
-            rows = session.execute(
-                select(WorkloadRow.name, IterationRow.status, IterationRow.decision, func.count())
-                .join(WorkloadRow).group_by(WorkloadRow.name, IterationRow.status, IterationRow.decision)).all()
-        counts: dict[tuple[str, str], int] = {}
-        for name, status, decision, count in rows:
-            key = (name, decision if status == "completed" and decision else status)
-            counts[key] = counts.get(key, 0) + count
-        return [(name, result, count) for (name, result), count in sorted(counts.items())]
-
-    def trial_counts(self) -> list[tuple[str, str, int]]:
-        """(workload, status, count) over every trial in the database."""
-        with self.sessions() as session:
-            rows = session.execute(
-                select(WorkloadRow.name, TrialRow.status, func.count()).select_from(TrialRow)
-                .join(IterationRow, TrialRow.iteration_id == IterationRow.id).join(WorkloadRow)
-                .group_by(WorkloadRow.name, TrialRow.status).order_by(WorkloadRow.name, TrialRow.status)).all()
-        return [(name, status, count) for name, status, count in rows]

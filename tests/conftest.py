@@ -17,12 +17,12 @@ from dstune.context import TuneContext
 from dstune.knobs import default_config
 from dstune.plugin_calls import applicable_knobs
 from dstune.plugin_manager import plugin_manager
-from dstune.run.do import trial_spec
-from dstune.run.iteration import compile_cache_env, probe
-from dstune.run.options import RunOptions
-from dstune.trial.launch import TrialOutcome, run_in_subprocess
+from dstune.run.options import RunOptions, trial_spec
+from dstune.run.plan import compile_cache_env, probe
+from dstune.trial.launch import run_in_subprocess
 from dstune.trial.measure_settings import MeasureSettings
 from dstune.trial.numerics import GuardSettings
+from dstune.trial.records import TrialOutcome
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = Path(__file__).resolve().parent / "workloads"

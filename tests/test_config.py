@@ -145,3 +145,22 @@ def test_shell_completion_and_version():
     assert "--budget" in completed.stdout.split(), completed
     printed = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert printed.stdout.strip() == f"dstune {version('dstune')}"
+
+
+def test_schedule_add_daemon_worker_and_status_in_a_folder_with_a_config_file_use_its_store(project):
+    """Every command resolves the store the same way: a ``db`` in the config file holds for all of them."""
+    (project / "runs").mkdir()
+    added = run_cli("schedule", "add", "models/observe.py", "--cron", "0 3 * * 0", cwd=project)
+    assert added.returncode == 0, added.stderr
+    daemon = run_cli("daemon", "--once", "--idle-window", "0", cwd=project, timeout=120)
+    assert daemon.returncode == 0, daemon.stderr
+    store = project / "runs" / "tuning.db"
+    assert "runs/tuning.db" in daemon.stderr  # the daemon's log names the store it serves
+    assert [r[0] for r in db_rows(store, "select workload_file from dstune_schedules")] == \
+        [str(project / "models" / "observe.py")]
+    assert [r[0] for r in db_rows(store, "select status from dstune_daemons")] == ["stopped"]
+    worker = run_cli("worker", "--study", "nobody-runs-this", "--wait", "0", cwd=project, timeout=120)
+    assert worker.returncode == 2 and "runs/tuning.db" in worker.stderr, worker.stderr
+    status = run_cli("status", "--json", cwd=project)
+    assert status.returncode == 0 and len(json.loads(status.stdout)["queue"]) == 1, status.stdout
+    assert not (project / "dstune.db").exists()

@@ -19,8 +19,7 @@ from dstune.plugin_calls import applicable_knobs
 from dstune.plugin_manager import plugin_manager
 from dstune.run.act import decide
 from dstune.run.check import CheckResult, interleaved_check
-from dstune.run.do import trial_spec
-from dstune.run.options import RunOptions
+from dstune.run.options import RunOptions, trial_spec
 from dstune.run.speedup import paired_ratio
 from dstune.trial.launch import run_in_subprocess
 

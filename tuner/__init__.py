@@ -5,12 +5,11 @@ Public API for workload files and plugins.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .context import TuneContext
 from .errors import UsageError
 from .hookspecs import hookimpl
 from .knobs import BatchPlan, Knob
+from .version import __version__
 from .workload_api import Workload, workload
 
 __all__ = ["BatchPlan", "BestConfig", "Knob", "TuneContext", "UsageError", "Workload", "__version__", "apply", "best",
@@ -19,7 +18,11 @@ __all__ = ["BatchPlan", "BestConfig", "Knob", "TuneContext", "UsageError", "Work
 
 def __getattr__(name: str) -> object:
     """``best``, ``apply`` and ``BestConfig`` load on first use: they import torch, the CLI need not."""
-    if name in ("BestConfig", "apply", "best"):
+    if name == "BestConfig":
+        from .best_config import BestConfig
+
+        return BestConfig
+    if name in ("apply", "best"):
         from . import production
 
         return getattr(production, name)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from .context import TuneContext
+if TYPE_CHECKING:
+    from .context import TuneContext
 
 Choice = Any  # None, bool, int, float or str: what Optuna's categorical takes
 Config = dict[str, Choice]

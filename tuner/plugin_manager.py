@@ -111,6 +111,6 @@ def plugin_version(pm: pluggy.PluginManager, name: str) -> str:
     """Version of the distribution that provides plugin ``name`` (dstune's own for built-in ones)."""
     if name in getattr(pm, "distributions", {}):
         return pm.distributions[name][1]
-    from . import __version__
+    from .version import __version__
 
     return __version__

@@ -20,11 +20,11 @@ from dstune.context import TuneContext
 from dstune.knobs import Config, Knob, default_config
 from dstune.plugin_calls import applicable_knobs, invalid_reason
 from dstune.plugin_manager import plugin_manager
-from dstune.run.do import trial_spec
-from dstune.run.iteration import probe
-from dstune.run.options import RunOptions
-from dstune.trial.launch import TrialOutcome, run_in_subprocess, start_early
+from dstune.run.options import RunOptions, trial_spec
+from dstune.run.plan import probe
+from dstune.trial.launch import run_in_subprocess, start_early
 from dstune.trial.measure_settings import MeasureSettings
+from dstune.trial.records import TrialOutcome
 
 TRIAL_TIMEOUT_S = 600.0
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
-from dstune import __version__
+from dstune.version import __version__
 
 if TYPE_CHECKING:
     from dstune.store import Store

@@ -24,7 +24,7 @@ from dstune.context import TuneContext
 from dstune.environment_diff import format_change
 from dstune.knobs import Config, Knob, describe_config
 from dstune.run.plan import Incumbent
-from dstune.trial.launch import TrialOutcome
+from dstune.trial.records import TrialOutcome
 from dstune.units import format_bytes, format_duration, format_latency
 
 

@@ -35,7 +35,7 @@ def schedule_add(
     db: Optional[str] = DB_OPTION,
 ) -> None:
     """Tune WORKLOAD_FILE by a cron schedule; any further options are `dstune run` options (e.g. --budget 30m)."""
-    from dstune.daemon.service.schedules import add_schedule
+    from dstune.daemon.schedules import add_schedule
 
     run_command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
     row = add_schedule(open_store(db), run_command, workload_file, cron, timezone, gpu, now, list(ctx.args))
@@ -59,7 +59,7 @@ def schedule_list(
 
 
 def _schedule_change(schedule_id: int, db: str | None, action: str) -> None:
-    from dstune.daemon.service.schedules import find_schedule
+    from dstune.daemon.schedules import find_schedule
 
     store = open_store(db)
     row = find_schedule(store, schedule_id)
@@ -107,7 +107,7 @@ def daemon(
     """Run due schedules, one iteration per GPU at a time; stop cleanly on SIGTERM or SIGINT."""
     import logging
 
-    from dstune.daemon.service.service import Daemon, DaemonSettings
+    from dstune.daemon.service import Daemon, DaemonSettings
     from dstune.devices.idle_gate import GateSettings
     from dstune.units import parse_duration
 

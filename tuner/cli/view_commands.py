@@ -23,13 +23,7 @@ def show(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The incumbent: its configuration, numbers, since when and why; and the latest Pareto front."""
-    if as_json:
-        from dstune.views.records import show_record
-
-        return print_json(show_record(open_store(db), workload))
-    from dstune.views.history import render_show
-
-    render_show(Console(), open_store(db), workload)
+    _record_or_table("show", workload, db, as_json)
 
 
 @app.command()
@@ -39,13 +33,18 @@ def history(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """One row per iteration: environment changes, trials, challenger, decision, speed-up with its 95% CI."""
+    _record_or_table("history", workload, db, as_json)
+
+
+def _record_or_table(view: str, workload: str, db: str | None, as_json: bool) -> None:
+    """``show`` and ``history``: the records as JSON, or rendered as tables."""
+    from dstune.views import history, records
+
+    store = open_store(db)
     if as_json:
-        from dstune.views.records import history_records
-
-        return print_json(history_records(open_store(db), workload))
-    from dstune.views.history import render_history
-
-    render_history(Console(), open_store(db), workload)
+        print_json({"show": records.show_record, "history": records.history_records}[view](store, workload))
+    else:
+        {"show": history.render_show, "history": history.render_history}[view](Console(), store, workload)
 
 
 @app.command()
@@ -120,7 +119,7 @@ def status(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Daemons (alive by heartbeat), running iterations, the queue of schedules, the last errors."""
-    from dstune.daemon.service.service import DaemonSettings
+    from dstune.daemon.settings import DaemonSettings
     from dstune.views.status import render_status, status_data
 
     data = status_data(open_store(db), DaemonSettings().stale_after_s)

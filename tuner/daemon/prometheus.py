@@ -8,16 +8,19 @@ and survive restarts: nothing is counted in the daemon's memory.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from dstune.utc import as_utc
 
+if TYPE_CHECKING:
+    from dstune.store import Store
+
 
 class StoreCollector(Collector):
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
@@ -58,7 +61,7 @@ class StoreCollector(Collector):
         yield due
 
 
-def serve_metrics(store: Any, addr: str, port: int) -> int:
+def serve_metrics(store: Store, addr: str, port: int) -> int:
     """Serve /metrics on ``addr:port`` in a background thread; return the port (0 picks a free one)."""
     from prometheus_client import start_http_server
 

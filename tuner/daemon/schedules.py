@@ -14,12 +14,15 @@ import os
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
 from dstune.errors import UsageError
+
+if TYPE_CHECKING:
+    from dstune.store import Store
 
 RESERVED_OPTIONS = {"--db": "the schedule's runs record in the database that holds the schedule (give --db to "
                             "`schedule add` itself)",
@@ -82,7 +85,7 @@ def check_run_args(run_command: Any, workload_file: Path, args: Sequence[str]) -
     return list(args)
 
 
-def add_schedule(store: Any, run_command: Any, workload_file: Path, cron: str, zone_name: str | None,
+def add_schedule(store: Store, run_command: Any, workload_file: Path, cron: str, zone_name: str | None,
                  gpu: str | None, now: bool, args: Sequence[str]) -> Any:
     """Check everything, store the schedule, return its row."""
     if not workload_file.is_file():
@@ -100,7 +103,7 @@ def add_schedule(store: Any, run_command: Any, workload_file: Path, cron: str, z
     return store.schedule(schedule_id)
 
 
-def find_schedule(store: Any, schedule_id: int) -> Any:
+def find_schedule(store: Store, schedule_id: int) -> Any:
     row = store.schedule(schedule_id)
     if row is None:
         known = ", ".join(str(s.id) for s in store.schedules()) or "none"

@@ -31,41 +31,22 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from dstune.config_file import resolve_db
-from dstune.devices.idle_gate import GateSettings
 from dstune.devices.lock import resolve_device
 from dstune.devices.processes import die_with_parent, process_alive
 from dstune.errors import EXIT_DEFERRED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, EXIT_USAGE
+from dstune.heartbeat import Heartbeat
 from dstune.utc import as_utc
 
 from .schedules import next_due
+from .settings import DaemonSettings
 
-log = logging.getLogger("dstune.daemon.service.service")
+log = logging.getLogger("dstune.daemon")
 
 TAIL_LINES = 30
-
-
-@dataclass
-class DaemonSettings:
-    db: str | None = None
-    gpu: str | None = None
-    poll_s: float = 30.0
-    heartbeat_s: float = 10.0
-    gate: GateSettings = field(default_factory=GateSettings)
-    retry_after_s: float = 3600.0
-    stop_grace_s: float = 8.0
-    metrics_port: int | None = None
-    metrics_addr: str = "127.0.0.1"
-    once: bool = False
-
-    @property
-    def stale_after_s(self) -> float:
-        """A daemon whose heartbeat is older than this is dead."""
-        return max(30.0, 6 * self.heartbeat_s)
 
 
 def _seconds(value: float) -> str:
@@ -90,13 +71,6 @@ class Daemon:
             log.info("%s received: stopping", signal.Signals(signum).name)
         self.stopping.set()
 
-    def _heartbeat(self) -> None:
-        while not self.stopping.wait(self.settings.heartbeat_s):
-            try:
-                self.store.daemon_heartbeat(self.daemon_id)
-            except Exception as exc:  # noqa: BLE001 - retried at the next beat
-                log.warning("heartbeat failed: %s", exc)
-
     # -- the loop ----------------------------------------------------------------
 
     def run(self) -> int:
@@ -108,7 +82,8 @@ class Daemon:
         log.info("daemon %d (pid %d) on %s serving %s; store %s", self.daemon_id, os.getpid(), self.host,
                  device.label, self.store.shown_url)
         self._recover()
-        threading.Thread(target=self._heartbeat, name="dstune-daemon-heartbeat", daemon=True).start()
+        heartbeat = Heartbeat(lambda: self.store.daemon_heartbeat(self.daemon_id), settings.heartbeat_s,
+                              f"daemon {self.daemon_id}").start()
         if settings.metrics_port is not None:
             from .prometheus import serve_metrics
 
@@ -125,6 +100,7 @@ class Daemon:
                     break
                 self.stopping.wait(self._sleep_s())
         finally:
+            heartbeat.stop()
             self.store.stop_daemon(self.daemon_id)
             log.info("daemon %d stopped", self.daemon_id)
         return EXIT_OK

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dstune.knobs import Config
-from dstune.trial.launch import TrialOutcome
+from dstune.trial.records import TrialOutcome
 
 from .speedup import RatioEstimate, paired_ratio
 

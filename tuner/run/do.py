@@ -22,132 +22,47 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import optuna
 
 from dstune.context import TuneContext
 from dstune.devices.slots import Slot
-from dstune.knobs import Config, Knob, config_key
+from dstune.knobs import Config, config_key
 from dstune.plugin_calls import smaller_config
-from dstune.trial.launch import KILL_GRACE_S, TrialOutcome, run_in_subprocess
-from dstune.trial.numerics import GuardSettings, trial_tolerance
+from dstune.trial.launch import KILL_GRACE_S, run_in_subprocess
+from dstune.trial.numerics import GuardSettings
+from dstune.trial.records import TrialOutcome, TrialSpec
 
-from .options import RunOptions
+from .budget import Budget
+from .heartbeats import heartbeat_settings, optuna_trial_id, trial_heartbeat
+from .options import RunOptions, trial_spec
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, tell
 from .selection import fits
+
+if TYPE_CHECKING:
+    from dstune.store import Store
 
 log = logging.getLogger("dstune.do")
 
 MAX_REPEATS = 40  # consecutive already-seen suggestions before the space counts as exhausted
 PRUNE_RATIO = 0.25  # a trial whose warm-up shows under this fraction of the best is stopped early
-CHECK_RESERVE_FACTOR = 1.25
-MAX_CHECK_SHARE = 0.35  # the most of the budget held back from the trials for the check
-MIN_CHECK_ROUNDS = 2  # an interval needs two rounds; the check does at least these, even over the budget
 MAX_INVALID_STREAK = 20  # configurations refused in a row before the trials stop (a plugin refusing everything)
 MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tenth of the budget)
-DEFAULT_HEARTBEAT_S = 10  # Optuna heartbeat of a running trial; DSTUNE_TRIAL_HEARTBEAT overrides
-GRACE_BEATS = 3  # a trial silent for this many heartbeats belongs to a worker that died
 NOT_REMEMBERED = frozenset({"running", "stale", "interrupted"})  # say nothing about the configuration itself
 UNSEEDED = frozenset({"search", "promoted"})  # trials the sampler chose: an out-of-memory one is just data
 STOP_PRIORITY = ("exhausted", "invalid", "budget", "trials", "ended")
-
-# Trials here are asked and told, not run through Study.optimize, and fail_stale_trials is the documented way
-# to use heartbeats that way; Optuna warns about both on every call.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-for _experimental in ("fail_stale_trials", "heartbeat_interval", "grace_period", "heartbeat_stale_trial_callback"):
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, message=f".*{_experimental}")
-
-
-def heartbeat_settings() -> tuple[int, int]:
-    """Optuna heartbeat interval and grace period, in seconds (``DSTUNE_TRIAL_HEARTBEAT`` sets the interval)."""
-    raw = os.environ.get("DSTUNE_TRIAL_HEARTBEAT", str(DEFAULT_HEARTBEAT_S))
-    try:
-        interval = int(raw)
-        if interval < 1:
-            raise ValueError
-    except ValueError:
-        from dstune.errors import UsageError
-
-        raise UsageError(f"DSTUNE_TRIAL_HEARTBEAT={raw!r} is not a whole number of seconds of at least 1. "
-                         f"Unset it for the default ({DEFAULT_HEARTBEAT_S}).") from None
-    return interval, GRACE_BEATS * interval
-
-
-def guard_for(options: RunOptions, knobs: Sequence[Knob], reference_dir: str
-              ) -> Callable[[Config], GuardSettings | None]:
-    """The numerics guard of each trial: its tolerance by configuration, and the folder its references share."""
-
-    def guard(config: Config) -> GuardSettings | None:
-        if not options.numerics_guard:
-            return None
-        return GuardSettings(trial_tolerance(knobs, config, options.tolerances), reference_dir)
-
-    return guard
-
-
-def optuna_trial_id(storage: optuna.storages.RDBStorage, study_name: str, number: int) -> int:
-    """Optuna's storage id of trial ``number`` of a study (its heartbeat and state are kept by that id)."""
-    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
-
-
-def stale_marker(store: Any) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    """Optuna's stale-trial callback: the trial it failed becomes ``stale`` in dstune's table too."""
-    _, grace = heartbeat_settings()
-
-    def mark(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        store.mark_stale(study.study_name, trial.number,
-                         f"its worker sent no heartbeat for {grace} s, so Optuna marked the trial failed")
-
-    return mark
-
-
-class TrialHeartbeat:
-    """Beat for one running Optuna trial from a thread, while its process runs."""
-
-    def __init__(self, storage: optuna.storages.RDBStorage, study: optuna.Study, number: int) -> None:
-        self.storage = storage
-        self.trial_id = optuna_trial_id(storage, study.study_name, number)
-        self.interval = storage.get_heartbeat_interval()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name=f"dstune-trial-{number}-heartbeat", daemon=True)
-
-    def beat(self) -> None:
-        """One beat now: done before the trial's row exists, so no recorded trial is ever without one
-        (Optuna never calls a trial that has not beaten stale)."""
-        if self.interval:
-            self.storage.record_heartbeat(self.trial_id)
-
-    def _beat(self) -> None:
-        while not self.stop.wait(self.interval):
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the trial must go on
-                log.warning("heartbeat of Optuna trial %s failed: %s", self.trial_id, exc)
-
-    def __enter__(self) -> "TrialHeartbeat":
-        if self.interval:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join()
-
 
 @dataclass
 class DoSetup:
     """What the Do phase needs: the same for the coordinating run and for a worker."""
 
     options: RunOptions
-    store: Any
+    store: Store
     storage: optuna.storages.RDBStorage
     study: optuna.Study
     space: SearchSpace
@@ -163,10 +78,8 @@ class DoSetup:
     guard: Callable[[Config], GuardSettings | None]
     invalid_reason: Callable[[Config], str | None]
     wait_idle: Callable[[Slot], None]
-    started: Callable[[], float]  # time.monotonic() the budget counts from
+    budget: Budget  # the coordinator's clock and check costs; a worker's clock is the coordinator's deadline
     coordinator: bool = True
-    incumbent_key: str = ""
-    past_measure_s: float | None = None  # median check measurement of the previous iteration
 
 
 @dataclass
@@ -190,9 +103,6 @@ class TrialPool:
         self.rows: list[Any] = []
         self.iteration_row: Any = None
         self.successes: list[tuple[Config, float]] = []
-        self.eager_durations: list[float] = []
-        self.costly_steady: list[float] = []
-        self.measure_s: dict[str, float] = {}  # what a measurement of a config costs, by config key
         self.best: float | None = None
         self.best_key = ""
         self.finished = 0  # trials of every process that have ended (invalid configurations are not trials)
@@ -227,13 +137,8 @@ class TrialPool:
         self.schedule.record(row.config, duration)
         if row.status != "ok":
             return
-        if self.schedule.is_costly(row.config):
-            steady = duration - float(metrics.get("first_step_s") or 0.0)
-            self.costly_steady.append(steady)
-            self.measure_s[key] = 1.5 * steady
-        else:
-            self.eager_durations.append(duration)
-            self.measure_s[key] = duration
+        self.setup.budget.record_success(key, duration, float(metrics.get("first_step_s") or 0.0),
+                                         self.schedule.is_costly(row.config))
         if fits(metrics.get("peak_memory_bytes") or 0, metrics.get("latency_p99_s"), self.setup.memory_budget,
                 self.setup.options.max_latency_s):
             if metrics["samples_per_s"] > (self.best or 0.0):
@@ -243,52 +148,13 @@ class TrialPool:
 
     # -- the budget -------------------------------------------------------------------
 
-    def round_s(self, challenger_key: str | None = None) -> float:
-        """What one check round (the incumbent and the challenger measured once each) should take.
-
-        Best first: what this run's trials of the incumbent and of the
-        challenger (by default the best configuration so far) took, a compiled
-        one without its first step, since the check finds its compilation in
-        the shared cache; the previous iteration's check measurements; this
-        run's eager trials; its compiled trials without their first step.
-        """
-        incumbent = self.measure_s.get(self.setup.incumbent_key)
-        challenger = self.measure_s.get(self.best_key if challenger_key is None else challenger_key)
-        if incumbent is not None and challenger is not None:
-            return incumbent + challenger
-        if self.setup.past_measure_s:
-            per = self.setup.past_measure_s
-        elif self.eager_durations:
-            per = statistics.median(self.eager_durations)
-        elif self.costly_steady:
-            per = 1.5 * min(self.costly_steady)
-        else:
-            return 0.0
-        return 2 * per
-
-    def check_reserve(self) -> float:
-        """Time to keep for the check: ``--check-repeats`` rounds plus a quarter for slack.
-
-        Never more than ``MAX_CHECK_SHARE`` of the budget: with a short budget
-        and a slow workload the trials still run, and the check does the
-        rounds that the time left pays for (:meth:`check_rounds`).
-        """
-        options = self.setup.options
-        reserve = CHECK_RESERVE_FACTOR * options.check_repeats * self.round_s()
-        return min(reserve, MAX_CHECK_SHARE * options.budget_s)
-
     def check_rounds(self, challenger_key: str | None) -> int:
-        """Rounds the check can do in the budget left: ``--check-repeats`` at most, never under 2."""
-        options = self.setup.options
-        per_round = self.round_s(challenger_key) if challenger_key else self.round_s() / 2
-        if per_round <= 0:
-            return options.check_repeats
-        left = options.budget_s - self.elapsed()
-        return max(MIN_CHECK_ROUNDS, min(options.check_repeats, int(left / per_round)))
+        """Rounds the check can do in the budget left (see :meth:`Budget.check_rounds`)."""
+        return self.setup.budget.check_rounds(challenger_key, self.best_key)
 
     def elapsed(self) -> float:
         if self.setup.coordinator or self.iteration_row is None:
-            return time.monotonic() - self.setup.started()
+            return self.setup.budget.elapsed()
         from dstune.utc import as_utc
 
         return (self._now() - as_utc(self.iteration_row.started_at)).total_seconds()
@@ -311,7 +177,7 @@ class TrialPool:
             return setup.options.budget_s - self.elapsed()
         if self.closed:
             return 0.0
-        available = setup.options.budget_s - self.elapsed() - self.check_reserve()
+        available = setup.budget.for_trials(self.best_key)
         until = time.time() + available
         if self.published_until is None or abs(until - self.published_until) > 1.0:
             setup.store.update_iteration(setup.iteration_id, do_until=self._now() + timedelta(seconds=available))
@@ -388,17 +254,15 @@ class TrialPool:
                     self.stop_reason = picked
                     return picked
                 trial, config, seed_kind = picked
-                heartbeat = TrialHeartbeat(setup.storage, setup.study, trial.number)
-                heartbeat.beat()
+                heartbeat = trial_heartbeat(setup.storage, setup.study, trial.number)
                 setup.reporter.trial_started(claim, config, seed_kind)
                 row_id = setup.store.begin_trial(
                     setup.iteration_id, number=trial.number, seed_kind=seed_kind, config=config, host=setup.host,
                     gpu=slot.label, pid=os.getpid(), gpu_model=slot.device.model,
                     environment_id=setup.environment_id)
                 self.in_flight[row_id] = trial
-                spec = trial_spec(options, setup.ctx_dict, config, setup.guard(config))
-                if self.best and seed_kind == "search":
-                    spec["prune_below"] = self.best * PRUNE_RATIO
+                spec = trial_spec(options, setup.ctx_dict, config, setup.guard(config),
+                                  prune_below=self.best * PRUNE_RATIO if self.best and seed_kind == "search" else None)
             with heartbeat:
                 outcome = self._run(spec, slot, available)
             with self.lock:
@@ -428,7 +292,7 @@ class TrialPool:
         changes = ", ".join(f"{k}={smaller[k]}" for k in smaller if smaller[k] != config.get(k))
         setup.reporter.message(f"the {seed_kind} configuration ran out of memory; trying it with {changes}")
 
-    def _run(self, spec: dict[str, Any], slot: Slot, available: float) -> TrialOutcome:
+    def _run(self, spec: TrialSpec, slot: Slot, available: float) -> TrialOutcome:
         """Run one trial in its own process on the slot's GPU; a trial may not outlive the budget."""
         options = self.setup.options
         budget_bound = available < options.trial_timeout_s
@@ -537,14 +401,3 @@ class TrialPool:
             except Exception:  # noqa: BLE001 - already told by its slot, or the storage is gone
                 pass
             del self.in_flight[row_id]
-
-
-def trial_spec(options: RunOptions, ctx: dict[str, Any], config: Config,
-               numerics: GuardSettings | None = None) -> dict[str, Any]:
-    """What a trial process needs: the workload, the config, the context, how to measure and guard."""
-    return {
-        "kind": "trial", "workload_file": str(options.workload_file),
-        "workload_name": options.workload_name or ctx["workload"], "config": config, "ctx": ctx,
-        "disabled_plugins": list(options.disabled_plugins), "measure": options.measure.to_dict(),
-        "seed": options.seed, "numerics": numerics.to_dict() if numerics else None,
-    }

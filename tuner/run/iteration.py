@@ -33,10 +33,7 @@ import shutil
 import socket
 import statistics
 import tempfile
-import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import optuna
@@ -48,26 +45,29 @@ from dstune.devices.processes import process_alive
 from dstune.devices.slots import Slot, hold_slots, resolve_slots
 from dstune.environment_diff import diff_facts
 from dstune.errors import UsageError
+from dstune.heartbeat import Heartbeat
 from dstune.knobs import Config, Knob, checklist_config, config_key, default_config
 from dstune.plugin_calls import applicable_knobs, invalid_reason, pin_except
 from dstune.plugin_manager import plugin_manager
 from dstune.trial.fingerprint import fingerprint_hash
-from dstune.trial.launch import TrialOutcome, run_in_subprocess
+from dstune.trial.launch import run_in_subprocess
 from dstune.trial.numerics import check_overrides
+from dstune.trial.records import TrialOutcome
 from dstune.units import format_latency, parse_memory_budget
 
 from .act import Decision, decide
+from .budget import Budget
 from .check import CheckResult, interleaved_check
-from .do import DoSetup, TrialPool, guard_for, heartbeat_settings, stale_marker, trial_spec
-from .options import RunOptions
-from .plan import Incumbent, adapt_config, copy_trials
+from .do import DoSetup, TrialPool
+from .heartbeats import study_storage
+from .options import RunOptions, guard_for, trial_spec
+from .plan import Incumbent, adapt_config, compile_cache_env, copy_trials, probe
 from .search import SearchSpace, create_study, enqueue_seeds
 
-__all__ = ["RunOptions", "RunResult", "compile_cache_env", "probe", "run_iteration", "trial_spec"]
+__all__ = ["RunOptions", "RunResult", "compile_cache_env", "probe", "run_iteration"]
 
 log = logging.getLogger("dstune.run")
 
-PROBE_TIMEOUT_S = 600.0
 HEARTBEAT_S = 10.0  # how often a running iteration says it is alive (see Store.recover_stale)
 
 
@@ -93,38 +93,6 @@ class RunResult:
     decision: Decision | None = None
 
 
-def compile_cache_env(workload: str) -> dict[str, str]:
-    """Share inductor/Triton caches among a workload's trials, unless the user set them."""
-    root = Path(os.environ.get("DSTUNE_CACHE_DIR", Path.home() / ".cache" / "dstune")) / workload
-    env = {}
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        env["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
-    if "TRITON_CACHE_DIR" not in os.environ:
-        env["TRITON_CACHE_DIR"] = str(root / "triton")
-    return env
-
-
-def probe(options: RunOptions, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Import and build the workload once in a fresh process (on the GPU ``env`` gives); its context and environment."""
-    spec = {
-        "kind": "probe",
-        "workload_file": str(options.workload_file),
-        "workload_name": options.workload_name,
-        "disabled_plugins": list(options.disabled_plugins),
-        "strict_plugins": options.strict_plugins,
-    }
-    outcome = run_in_subprocess(spec, timeout_s=PROBE_TIMEOUT_S, env=env)
-    if outcome.status == "usage_error":
-        raise UsageError(outcome.error or "the workload file could not be used")
-    if outcome.status != "ok":
-        detail = (outcome.error or "").strip() or outcome.stderr_tail.strip()
-        raise UsageError(
-            f"building workload from {options.workload_file} failed ({outcome.status}): {detail[-1500:]}\n"
-            "Fix the workload so that its function builds on this machine, then run again."
-        )
-    return outcome.payload
-
-
 class Iteration:
     """One iteration while it runs: the phases are methods, the state they share is attributes."""
 
@@ -136,11 +104,11 @@ class Iteration:
         self.gpu_model = slots[0].device.model
         self.pool: TrialPool | None = None
         self.check_repeats = options.check_repeats  # the check's rounds: fewer when the budget left is short
-        self._beating = threading.Event()
+        self.heartbeat: Heartbeat | None = None
         self.store = Store(options.db)
         self.plugins = plugin_manager(options.disabled_plugins, strict=options.strict_plugins)
         self.host = socket.gethostname()
-        self.started = time.monotonic()
+        self.budget = Budget(options.budget_s, options.check_repeats)
         self.phase = "plan"
         self.env: dict[str, str] = {}
         self.reference_dir = tempfile.mkdtemp(prefix="dstune-references-")
@@ -192,32 +160,26 @@ class Iteration:
         self.space = SearchSpace(tuple(knobs))
         past = [m.metrics.get("duration_s") for m in store.measurements(previous.id)] if previous else []
         past = [d for d in past if d]
-        self.past_measure_s = statistics.median(past) if past else None
+        self.budget.incumbent_key = config_key(incumbent.config)
+        self.budget.past_measure_s = statistics.median(past) if past else None
         self.iteration_id = store.start_iteration(
             workload_id=workload_id, environment_id=environment_id, study_name="", phase="plan",
             host=self.host, pid=os.getpid(), context=self.ctx_dict, memory_budget_bytes=self.memory_budget,
             knobs=[{"name": k.name, "plugin": k.plugin, "choices": list(k.choices), "default": k.default,
                     "checklist": k.checklist} for k in knobs],
             default_config=self.defaults, checklist_config=checklist,
-            options={"trials": options.trials, "budget_s": options.budget_s, "seed": options.seed,
-                     "trial_timeout_s": options.trial_timeout_s, "disabled_plugins": list(options.disabled_plugins),
-                     "check_repeats": options.check_repeats, "min_gain": options.min_gain,
-                     "only": list(options.only), "exclude": list(options.exclude), "numerics_guard": options.numerics_guard,
-                     "tolerances": options.tolerances, "memory_budget": options.memory_budget,
-                     "max_latency_s": options.max_latency_s,
-                     "measure": options.measure.to_dict(), "workload_name": ctx.workload,
-                     "gpus": [slot.label for slot in self.slots]},
+            options=options.to_record(ctx.workload, [slot.label for slot in self.slots]),
             gpu_model=self.gpu_model,
             previous_iteration_id=previous.id if previous else None, fingerprint_diff=diff,
             incumbent_config=incumbent.config, incumbent_source=incumbent.source, select_policy=str(options.select),
             schedule_id=options.schedule_id,
         )
-        threading.Thread(target=self._heartbeat, name="dstune-heartbeat", daemon=True).start()
+        self.heartbeat = Heartbeat(lambda: store.iteration_heartbeat(self.iteration_id), HEARTBEAT_S,
+                                   f"iteration {self.iteration_id}").start()
         study_name = options.study_name or f"{ctx.workload}-it{self.iteration_id}"
         store.update_iteration(self.iteration_id, study_name=study_name)
         self.environment_id = environment_id
-        heartbeat, grace = heartbeat_settings()
-        self.storage = store.optuna_storage(heartbeat, grace, stale_marker(store))
+        self.storage = study_storage(store)
         self.study = create_study(self.storage, study_name, options.seed, options.trials)
         seeds: list[tuple[str, Config]] = []
         if incumbent.applied_id is not None:
@@ -235,23 +197,13 @@ class Iteration:
         self.reporter.planned(previous.id if previous else None, diff, incumbent, copied)
         self.reporter.started(ctx.workload, ctx, knobs, options.trials, options.budget_s)
 
-    def _heartbeat(self) -> None:
-        while not self._beating.wait(HEARTBEAT_S):
-            try:
-                self.store.iteration_heartbeat(self.iteration_id)
-            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the run must go on
-                log.warning("heartbeat of iteration %s failed: %s", self.iteration_id, exc)
-
     def wait_idle(self, slot: Slot) -> None:
         """Hold the slot's next trial until its device is idle; the wait does not use up the budget."""
         gate = self.gates.get(slot)
         if gate is None:
             return
-        before = time.monotonic()
-        try:
+        with self.budget.not_counting():
             gate.wait(self.reporter.message)
-        finally:
-            self.started += time.monotonic() - before
 
     def _same_model(self, gpu_model: str | None) -> bool:
         """Whether a row measured on ``gpu_model`` compares with this run (rows from before schema 6 name none)."""
@@ -286,8 +238,7 @@ class Iteration:
             memory_budget=self.memory_budget, env=self.env, host=self.host, environment_id=self.environment_id,
             reporter=self.reporter, guard=self.guard,
             invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, self.ctx),
-            wait_idle=self.wait_idle, started=lambda: self.started, coordinator=True,
-            incumbent_key=config_key(self.incumbent.config), past_measure_s=self.past_measure_s,
+            wait_idle=self.wait_idle, budget=self.budget, coordinator=True,
         )
         self.pool = pool = TrialPool(setup, self.slots)
         stop_reason = pool.run()
@@ -403,7 +354,8 @@ class Iteration:
                 self._record_interruption(exc)
                 raise
         finally:
-            self._beating.set()
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
             shutil.rmtree(self.reference_dir, ignore_errors=True)
         return RunResult(self.iteration_id, self.ctx.workload, stop_reason, decision)
 

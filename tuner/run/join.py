@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import optuna
 
@@ -37,13 +37,17 @@ from dstune.knobs import Knob, config_key
 from dstune.plugin_calls import applicable_knobs, invalid_reason, pin_except
 from dstune.plugin_manager import plugin_manager
 from dstune.trial.fingerprint import fingerprint_hash
-from dstune.trial.measure_settings import MeasureSettings
 from dstune.units import parse_memory_budget
 
-from .do import DoSetup, TrialPool, guard_for, heartbeat_settings, stale_marker
-from .iteration import compile_cache_env, probe
-from .options import RunOptions
+from .budget import Budget
+from .do import DoSetup, TrialPool
+from .heartbeats import study_storage
+from .options import RunOptions, guard_for
+from .plan import compile_cache_env, probe
 from .search import SearchSpace, sampler
+
+if TYPE_CHECKING:
+    from dstune.store import Store
 
 POLL_S = 1.0
 
@@ -57,7 +61,7 @@ class WorkerResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def find_iteration(store: Any, study: str, wait_s: float, say: Callable[[str], None]) -> Any:
+def find_iteration(store: Store, study: str, wait_s: float, say: Callable[[str], None]) -> Any:
     """The running iteration of ``study`` once it is in its Do phase; None if it has already left it."""
     deadline = time.monotonic() + wait_s
     said = ""
@@ -81,20 +85,6 @@ def find_iteration(store: Any, study: str, wait_s: float, say: Callable[[str], N
         time.sleep(POLL_S)
 
 
-def options_of(iteration: Any, workload_file: Path, db: str | None) -> RunOptions:
-    """The coordinating run's options, as it recorded them with its iteration."""
-    o = iteration.options or {}
-    return RunOptions(
-        workload_file=workload_file, workload_name=o.get("workload_name") or iteration.workload.name, db=db,
-        trials=o["trials"], budget_s=o["budget_s"], trial_timeout_s=o["trial_timeout_s"],
-        memory_budget=o.get("memory_budget"), max_latency_s=o.get("max_latency_s"), seed=o.get("seed", 0),
-        disabled_plugins=tuple(o.get("disabled_plugins", ())), study_name=iteration.study_name,
-        measure=MeasureSettings(**o["measure"]) if o.get("measure") else MeasureSettings(),
-        check_repeats=o.get("check_repeats", 5), numerics_guard=o.get("numerics_guard", True),
-        tolerances=o.get("tolerances") or {}, only=tuple(o.get("only", ())), exclude=tuple(o.get("exclude", ())),
-    )
-
-
 def knob_differences(knobs: Sequence[Knob], recorded: Sequence[dict[str, Any]]) -> list[str]:
     """How this host's knobs differ from those the coordinator searches (name: choices here vs there)."""
     here = {k.name: json.dumps(list(k.choices), default=str) for k in knobs}
@@ -106,7 +96,7 @@ def knob_differences(knobs: Sequence[Knob], recorded: Sequence[dict[str, Any]]) 
 class Worker:
     """One worker process on this host's slots, joined to one iteration."""
 
-    def __init__(self, store: Any, iteration: Any, options: RunOptions, slots: list[Slot], reporter: Any) -> None:
+    def __init__(self, store: Store, iteration: Any, options: RunOptions, slots: list[Slot], reporter: Any) -> None:
         self.store, self.iteration, self.options, self.slots, self.reporter = store, iteration, options, slots, reporter
         self.host = socket.gethostname()
         self.plugins = plugin_manager(options.disabled_plugins)
@@ -139,12 +129,10 @@ class Worker:
                 "A worker must offer the same choices as the coordinator: install the same plugins and versions, "
                 "or run workers only on GPUs that support the same features.")
         self.knobs = knobs
-        heartbeat, grace = heartbeat_settings()
-        storage = store.optuna_storage(heartbeat, grace, stale_marker(store))
+        storage = study_storage(store)
         # No seed: workers with the coordinator's seed would propose the same configurations as it does.
         study = optuna.load_study(study_name=iteration.study_name, storage=storage,
                                   sampler=sampler(options.trials, seed=None))
-        self.started = time.monotonic()
         return DoSetup(
             options=options, store=store, storage=storage, study=study, space=SearchSpace(tuple(knobs)),
             iteration_id=iteration.id, ctx=ctx, ctx_dict=ctx_dict, pm=self.plugins.pm,
@@ -153,8 +141,8 @@ class Worker:
             environment_id=store.environment_id(fingerprint_hash(environment), environment),
             reporter=self.reporter, guard=guard_for(options, knobs, self.reference_dir),
             invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, ctx),
-            wait_idle=lambda slot: None, started=lambda: self.started, coordinator=False,
-            incumbent_key=config_key(iteration.incumbent_config or {}),
+            wait_idle=lambda slot: None, coordinator=False,
+            budget=Budget(options.budget_s, options.check_repeats, config_key(iteration.incumbent_config or {})),
         )
 
     def run(self) -> WorkerResult:
@@ -189,7 +177,7 @@ def run_worker(db: str | None, study: str, gpus: tuple[str, ...], workload_file:
         raise UsageError(
             f"workload file {path} (where the coordinator of study {study} has it) does not exist on this host. "
             "Copy the workload here and name it with --workload-file PATH.")
-    options = options_of(iteration, path, db)
+    options = RunOptions.from_record(iteration.options or {}, path, db, iteration.study_name, iteration.workload.name)
     slots = resolve_slots(gpus, reporter.message)
     with hold_slots(slots, f"dstune worker --study {study}", lock_timeout_s, reporter.message):
         return Worker(store, iteration, options, slots, reporter).run()

@@ -18,8 +18,10 @@ from dstune.config_file import ENV_VARS, find_settings, merge, resolve_db
 from dstune.devices.idle_gate import GateSettings
 from dstune.devices.slots import parse_gpus
 from dstune.errors import UsageError
+from dstune.knobs import Config, Knob
 from dstune.trial.measure_settings import MeasureSettings
-from dstune.trial.numerics import parse_tolerances
+from dstune.trial.numerics import GuardSettings, parse_tolerances, trial_tolerance
+from dstune.trial.records import TrialSpec
 from dstune.units import parse_duration, parse_latency
 
 from .selection import SelectionPolicy, parse_policy
@@ -51,6 +53,38 @@ class RunOptions:
     lock_timeout_s: float | None = None  # give up waiting for the device lock after this long (None: never)
     schedule_id: int | None = None  # the schedule a daemon ran this iteration for
     gpus: tuple[str, ...] = ()  # one trial slot per GPU (empty: the one GPU the process was given)
+
+    def to_record(self, workload_name: str, slots: Sequence[str]) -> dict[str, Any]:
+        """The options as the iteration row keeps them (JSON): what a joining worker and the views read back.
+
+        ``workload_name`` is the probed workload's and ``slots`` the labels of
+        the GPUs the run took; the file, store and study are recorded apart.
+        """
+        record: dict[str, Any] = {name: getattr(self, name) for name in RECORDED}
+        for name, value in record.items():
+            if isinstance(value, tuple):
+                record[name] = list(value)
+        return {**record, "measure": self.measure.to_dict(), "workload_name": workload_name, "gpus": list(slots)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], workload_file: Path, db: str | None, study_name: str | None,
+                    workload_name: str) -> "RunOptions":
+        """The options a coordinating run recorded, for a worker that joins its study.
+
+        Keys an older dstune did not record take their defaults.
+        """
+        values = {name: record[name] for name in RECORDED if name in record}
+        for name in ("disabled_plugins", "only", "exclude"):
+            if name in values:
+                values[name] = tuple(values[name])
+        values["tolerances"] = dict(values.get("tolerances") or {})
+        return cls(workload_file=workload_file, workload_name=record.get("workload_name") or workload_name, db=db,
+                   study_name=study_name, measure=MeasureSettings(**(record.get("measure") or {})), **values)
+
+
+# What an iteration records of its options (besides its measure settings, workload name and GPUs).
+RECORDED = ("trials", "budget_s", "seed", "trial_timeout_s", "disabled_plugins", "check_repeats", "min_gain", "only",
+            "exclude", "numerics_guard", "tolerances", "memory_budget", "max_latency_s")
 
 
 def knob_names(values: Any) -> tuple[str, ...]:
@@ -145,3 +179,24 @@ def resolve_args(run_command: Any, workload_file: Path, args: Sequence[str], pro
             raise
         raise UsageError(f"{problem}{exc.format_message().rstrip('.')}. Give options that `dstune run --help` "
                          "lists.") from None
+
+
+def trial_spec(options: RunOptions, ctx: dict[str, Any], config: Config, numerics: GuardSettings | None = None,
+               prune_below: float | None = None) -> TrialSpec:
+    """What a trial process needs: the workload, the config, the context, how to measure and guard."""
+    return TrialSpec(workload_file=str(options.workload_file), workload_name=options.workload_name or ctx["workload"],
+                     config=dict(config), ctx=ctx, disabled_plugins=options.disabled_plugins,
+                     measure=options.measure.to_dict(), seed=options.seed,
+                     numerics=numerics.to_dict() if numerics else None, prune_below=prune_below)
+
+
+def guard_for(options: RunOptions, knobs: Sequence[Knob], reference_dir: str
+              ) -> Callable[[Config], GuardSettings | None]:
+    """The numerics guard of each trial: its tolerance by configuration, and the folder its references share."""
+
+    def guard(config: Config) -> GuardSettings | None:
+        if not options.numerics_guard:
+            return None
+        return GuardSettings(trial_tolerance(knobs, config, options.tolerances), reference_dir)
+
+    return guard

@@ -6,17 +6,25 @@ enqueued as seeds, and when the environment is unchanged the previous
 iteration's trials are copied into the new study so the sampler does not
 start from scratch.  Stored configurations are mapped onto today's knobs
 (a plugin may have been added, removed or given other choices), with a note
-for everything that had to change.
+for everything that had to change.  The probe, a first process that builds
+the workload and describes it, opens every run and every worker's join.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import optuna
 
+from dstune.errors import UsageError
 from dstune.knobs import Config, Knob
+from dstune.trial.launch import run_in_subprocess
+from dstune.trial.records import PROBE, TrialSpec
+
+from .options import RunOptions
 
 
 @dataclass
@@ -66,3 +74,33 @@ def copy_trials(source: optuna.Study, target: optuna.Study, params_of: dict[str,
         ))
     target.add_trials(copied)
     return len(copied)
+
+
+PROBE_TIMEOUT_S = 600.0
+
+
+def compile_cache_env(workload: str) -> dict[str, str]:
+    """Share inductor/Triton caches among a workload's trials, unless the user set them."""
+    root = Path(os.environ.get("DSTUNE_CACHE_DIR", Path.home() / ".cache" / "dstune")) / workload
+    env = {}
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
+    if "TRITON_CACHE_DIR" not in os.environ:
+        env["TRITON_CACHE_DIR"] = str(root / "triton")
+    return env
+
+
+def probe(options: RunOptions, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Import and build the workload once in a fresh process (on the GPU ``env`` gives); its context and environment."""
+    spec = TrialSpec(kind=PROBE, workload_file=str(options.workload_file), workload_name=options.workload_name,
+                     disabled_plugins=options.disabled_plugins, strict_plugins=options.strict_plugins)
+    outcome = run_in_subprocess(spec, timeout_s=PROBE_TIMEOUT_S, env=env)
+    if outcome.status == "usage_error":
+        raise UsageError(outcome.error or "the workload file could not be used")
+    if outcome.status != "ok":
+        detail = (outcome.error or "").strip() or outcome.stderr_tail.strip()
+        raise UsageError(
+            f"building workload from {options.workload_file} failed ({outcome.status}): {detail[-1500:]}\n"
+            "Fix the workload so that its function builds on this machine, then run again."
+        )
+    return outcome.payload

@@ -30,7 +30,7 @@ def environment_facts(pm: pluggy.PluginManager, workload_file: str | Path) -> di
     """Read in the probe process; the parent, which only hashes and compares facts, never imports torch here."""
     import torch
 
-    from dstune import __version__
+    from dstune.version import __version__
 
     cuda = torch.cuda.is_available()
     facts: dict[str, Any] = {

@@ -28,30 +28,16 @@ import tempfile
 import threading
 import time
 import types
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from dstune.devices.processes import die_with_parent
 from dstune.errors import UsageError
 
-STATUSES = ("ok", "pruned", "oom", "crash", "timeout", "numerics", "invalid", "interrupted")
+from .records import TrialOutcome, TrialSpec
+
 TAIL_BYTES = 4000
 KILL_GRACE_S = 5.0
-
-
-@dataclass
-class TrialOutcome:
-    """How a trial process ended, and what it measured."""
-
-    status: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    exit_code: int | None = None
-    signal: str | None = None
-    duration_s: float = 0.0
-    stderr_tail: str = ""
-    payload: dict[str, Any] = field(default_factory=dict)
 
 
 def _tail(path: Path, limit: int = TAIL_BYTES) -> str:
@@ -207,7 +193,7 @@ def _run_exec(paths: list[str], env: dict[str, str], timeout_s: float,
     return proc.returncode, ending
 
 
-def run_in_subprocess(spec: dict[str, Any], timeout_s: float, env: dict[str, str] | None = None,
+def run_in_subprocess(spec: TrialSpec, timeout_s: float, env: dict[str, str] | None = None,
                       workdir: Path | None = None, cancel: threading.Event | None = None) -> TrialOutcome:
     """Run ``dstune.trial.process`` on ``spec``; kill its process group after ``timeout_s``.
 
@@ -218,7 +204,7 @@ def run_in_subprocess(spec: dict[str, Any], timeout_s: float, env: dict[str, str
         tmpdir = Path(tmp)
         spec_path, result_path = tmpdir / "spec.json", tmpdir / "result.json"
         out_path, err_path = tmpdir / "stdout.log", tmpdir / "stderr.log"
-        spec_path.write_text(json.dumps(spec))
+        spec_path.write_text(spec.to_json())
         child_env = dict(os.environ)
         child_env.update(env or {})
         child_env["PYTHONUNBUFFERED"] = "1"

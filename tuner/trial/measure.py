@@ -22,11 +22,13 @@ import math
 import resource
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .composition import Composed
+if TYPE_CHECKING:
+    from .composition import Composed
+
 from .gpu_monitor import GpuMonitor
 from .measure_settings import MeasureSettings
 from .numerics import NumericsError

@@ -17,6 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .records import TrialSpec
+
 STDERR_TAIL_CHARS = 4000
 
 
@@ -39,7 +41,7 @@ def is_oom(exc: BaseException) -> bool:
     )
 
 
-def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
+def run_probe(spec: TrialSpec) -> dict[str, Any]:
     """Import and build the workload once; report the context and environment."""
     from dstune.plugin_calls import probe_context
     from dstune.plugin_manager import plugin_manager
@@ -47,21 +49,21 @@ def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
     from .fingerprint import environment_facts
     from .workload_file import select_workload
 
-    plugins = plugin_manager(spec.get("disabled_plugins", ()))
-    definition = select_workload(spec["workload_file"], spec.get("workload_name"))
-    ctx, failed, problems = probe_context(definition, plugins.pm, strict=bool(spec.get("strict_plugins")))
+    plugins = plugin_manager(spec.disabled_plugins)
+    definition = select_workload(spec.workload_file, spec.workload_name)
+    ctx, failed, problems = probe_context(definition, plugins.pm, strict=spec.strict_plugins)
     for name in failed:
         plugins.pm.unregister(name=name)
     return {
         "status": "ok",
         "ctx": json.loads(ctx.to_json()),
-        "environment": environment_facts(plugins.pm, spec["workload_file"]),
+        "environment": environment_facts(plugins.pm, spec.workload_file),
         "plugin_problems": problems,
         "failed_plugins": failed,
     }
 
 
-def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
+def run_trial(spec: TrialSpec) -> dict[str, Any]:
     """Configure the process, build, measure."""
     import torch
 
@@ -74,17 +76,16 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     from .numerics import Guard, GuardSettings
     from .workload_file import select_workload
 
-    ctx = TuneContext.from_dict(spec["ctx"])
-    config = spec["config"]
-    plugins = plugin_manager(spec.get("disabled_plugins", ()))
+    ctx = TuneContext.from_dict(spec.ctx)
+    config = spec.config
+    plugins = plugin_manager(spec.disabled_plugins)
     configure_process(plugins.pm, config, ctx)
-    seed = int(spec.get("seed", 0))
-    random.seed(seed)
-    torch.manual_seed(seed)
-    definition = select_workload(spec["workload_file"], spec.get("workload_name"))
-    guard = Guard(GuardSettings(**spec["numerics"])) if spec.get("numerics") else None
+    random.seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    definition = select_workload(spec.workload_file, spec.workload_name)
+    guard = Guard(GuardSettings(**spec.numerics)) if spec.numerics else None
     composed = compose(plugins.pm, definition, config, ctx, guard)
-    metrics = measure(composed, MeasureSettings(**spec.get("measure", {})), prune_below=spec.get("prune_below"))
+    metrics = measure(composed, MeasureSettings(**spec.measure), prune_below=spec.prune_below)
     return {"status": "ok", "metrics": metrics}
 
 
@@ -103,14 +104,14 @@ def _partial_memory() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec_path, result_path = argv
-    spec = json.loads(Path(spec_path).read_text())
+    spec = TrialSpec.from_json(Path(spec_path).read_text())
     from dstune.errors import UsageError
 
     from .measure import HopelessTrial
     from .numerics import NumericsError
 
     try:
-        result = run_probe(spec) if spec.get("kind") == "probe" else run_trial(spec)
+        result = run_probe(spec) if spec.is_probe else run_trial(spec)
     except UsageError as exc:
         write_result(result_path, {"status": "usage_error", "error": str(exc)})
         return 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -18,6 +18,9 @@ from dstune.units import format_bytes
 from .records import fronts_by_model, iterations_of
 from .summary import format_speedup
 
+if TYPE_CHECKING:
+    from dstune.store import Store
+
 EXPORT_FORMATS = ("json", "env")
 
 
@@ -25,7 +28,7 @@ def _energy(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g} J/sample"
 
 
-def render_show(console: Console, store: Any, workload: str) -> None:
+def render_show(console: Console, store: Store, workload: str) -> None:
     iterations = iterations_of(store, workload)
     current = applied_best(store, workload)
     if current is None:
@@ -70,7 +73,7 @@ def render_show(console: Console, store: Any, workload: str) -> None:
         console.print(front)
 
 
-def render_history(console: Console, store: Any, workload: str) -> None:
+def render_history(console: Console, store: Store, workload: str) -> None:
     table = Table(title=f"{workload}: iterations", title_justify="left", show_lines=True)
     for col in ("it", "started", "status", "environment changes", "trials", "challenger (vs incumbent)",
                 "decision", "speed-up [95% CI]", "regression"):
@@ -93,7 +96,7 @@ def render_history(console: Console, store: Any, workload: str) -> None:
     console.print(table)
 
 
-def export_text(store: Any, workload: str, fmt: str) -> str:
+def export_text(store: Store, workload: str, fmt: str) -> str:
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}. Use json for "
                          "DSTUNE_CONFIG, env for KEY=VALUE lines.")
@@ -111,7 +114,7 @@ def export_text(store: Any, workload: str, fmt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rollback_to(store: Any, workload: str, iteration_id: int) -> str:
+def rollback_to(store: Store, workload: str, iteration_id: int) -> str:
     iterations = iterations_of(store, workload)
     completed = [i for i in iterations if i.status == "completed"]
     target = next((i for i in completed if i.id == iteration_id), None)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import statistics
 from datetime import datetime
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from dstune.best_config import applied_best
 from dstune.environment_diff import format_change
 from dstune.errors import UsageError
 from dstune.knobs import describe_config
 from dstune.pareto import pareto_front
+
+if TYPE_CHECKING:
+    from dstune.store import Store
 
 
 def iso(value: datetime | None) -> str | None:
@@ -29,7 +32,7 @@ def first_line(text: str | None) -> str | None:
     return lines[-1].strip()[:300] if lines else None
 
 
-def iterations_of(store: Any, workload: str) -> list[Any]:
+def iterations_of(store: Store, workload: str) -> list[Any]:
     """The workload's iterations, oldest first; an unknown name is a usage error listing the known ones."""
     iterations = list(store.iterations_of(workload))
     if not iterations:
@@ -61,7 +64,7 @@ def _median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def iteration_record(store: Any, iteration: Any) -> dict[str, Any]:
+def iteration_record(store: Store, iteration: Any) -> dict[str, Any]:
     measurements = list(store.measurements(iteration.id))
     medians = {role: _median([m.samples_per_s for m in measurements if m.role == role and m.samples_per_s])
                for role in ("incumbent", "challenger")}
@@ -85,12 +88,12 @@ def iteration_record(store: Any, iteration: Any) -> dict[str, Any]:
     }
 
 
-def history_records(store: Any, workload: str) -> list[dict[str, Any]]:
+def history_records(store: Store, workload: str) -> list[dict[str, Any]]:
     """One record per iteration, oldest first (``dstune history --json``)."""
     return [iteration_record(store, iteration) for iteration in iterations_of(store, workload)]
 
 
-def latest_with_trials(store: Any, iterations: Sequence[Any]) -> Any | None:
+def latest_with_trials(store: Store, iterations: Sequence[Any]) -> Any | None:
     """The newest completed iteration, else the newest with any trials recorded."""
     completed = [i for i in iterations if i.status == "completed"]
     if completed:
@@ -98,19 +101,19 @@ def latest_with_trials(store: Any, iterations: Sequence[Any]) -> Any | None:
     return next((i for i in reversed(iterations) if store.status_counts(i.id)), None)
 
 
-def fronts_by_model(store: Any, iteration: Any) -> dict[str | None, list[Any]]:
+def fronts_by_model(store: Store, iteration: Any) -> dict[str | None, list[Any]]:
     """The iteration's Pareto front per GPU model: throughput on one model says nothing about another."""
     ok = [t for t in store.trials(iteration.id, status="ok") if t.samples_per_s and t.peak_memory_bytes is not None]
     models = sorted({t.gpu_model for t in ok}, key=lambda m: (m is None, m or ""))
     return {model: pareto_front([t for t in ok if t.gpu_model == model]) for model in models}
 
 
-def front_records(store: Any, iteration: Any) -> list[dict[str, Any]]:
+def front_records(store: Store, iteration: Any) -> list[dict[str, Any]]:
     defaults = dict(iteration.default_config or {})
     return [trial_record(row, defaults) for front in fronts_by_model(store, iteration).values() for row in front]
 
 
-def show_record(store: Any, workload: str) -> dict[str, Any]:
+def show_record(store: Store, workload: str) -> dict[str, Any]:
     """The incumbent and the latest Pareto front (``dstune show --json``)."""
     iterations = iterations_of(store, workload)
     current = applied_best(store, workload)

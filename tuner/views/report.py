@@ -19,15 +19,18 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from dstune import __version__
 from dstune.errors import UsageError
 from dstune.knobs import describe_config
 from dstune.pareto import pareto_front
 from dstune.units import format_bytes
+from dstune.version import __version__
 
 from .records import history_records, iterations_of, latest_with_trials, trial_record
+
+if TYPE_CHECKING:
+    from dstune.store import Store
 
 GIB = 1024**3
 MAX_COLOURS = 8  # a knob with more distinct values among the trials makes an unreadable legend
@@ -48,7 +51,7 @@ class ReportInfo:
     size_bytes: int
 
 
-def _choose_iteration(store: Any, iterations: Sequence[Any], iteration_id: int | None) -> Any:
+def _choose_iteration(store: Store, iterations: Sequence[Any], iteration_id: int | None) -> Any:
     if iteration_id is None:
         chosen = latest_with_trials(store, iterations)
         if chosen is None:
@@ -81,7 +84,7 @@ def _color_knob(iteration: Any, color_by: str | None, trials: list[dict[str, Any
     return max(readable, key=lambda name: (importance.get(name, 0.0), spread[name], -names.index(name)))
 
 
-def importances(store: Any, study_name: str) -> tuple[dict[str, float], str]:
+def importances(store: Store, study_name: str) -> tuple[dict[str, float], str]:
     """Per-knob importance for throughput in ``study_name``, and a note on how (or why not) it was computed."""
     import optuna
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
@@ -237,7 +240,7 @@ def _number(value: float | None, fmt: str = "{:.1f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _incumbent_section(store: Any, workload: str, records: list[dict[str, Any]]) -> str:
+def _incumbent_section(store: Store, workload: str, records: list[dict[str, Any]]) -> str:
     from dstune.best_config import applied_best
 
     current = applied_best(store, workload)
@@ -295,7 +298,7 @@ def _history_table(records: list[dict[str, Any]]) -> str:
                    "decision", "speed-up [95% CI]", "regression"), rows, numeric=(3, 4, 5), table_id="iterations")
 
 
-def render_report(store: Any, workload: str, iteration_id: int | None = None, color_by: str | None = None) -> tuple[str, ReportInfo]:
+def render_report(store: Store, workload: str, iteration_id: int | None = None, color_by: str | None = None) -> tuple[str, ReportInfo]:
     """The report's HTML, and what it covers."""
     from plotly.offline import get_plotlyjs
 
@@ -359,7 +362,7 @@ iteration started from, the ring the challenger it picked.</p>
     return page, info
 
 
-def write_report(store: Any, workload: str, output: Path, iteration_id: int | None = None,
+def write_report(store: Store, workload: str, output: Path, iteration_id: int | None = None,
                  color_by: str | None = None) -> ReportInfo:
     page, info = render_report(store, workload, iteration_id, color_by)
     if not output.parent.exists():

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from dstune.utc import as_utc
+
+if TYPE_CHECKING:
+    from dstune.store import Store
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -44,7 +47,7 @@ def _short_path(path: str) -> str:
         return path
 
 
-def schedule_rows(store: Any) -> list[dict[str, Any]]:
+def schedule_rows(store: Store) -> list[dict[str, Any]]:
     return [{
         "id": s.id, "workload_file": s.workload_file, "cron": s.cron, "timezone": s.timezone, "host": s.host,
         "gpu": s.gpu, "enabled": s.enabled, "next_due": _iso(s.next_due_at), "running": s.claimed_by is not None,
@@ -73,7 +76,7 @@ def render_schedules(console: Console, rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-def status_data(store: Any, stale_after_s: float) -> dict[str, Any]:
+def status_data(store: Store, stale_after_s: float) -> dict[str, Any]:
     now = datetime.now(timezone.utc)
     daemons = []
     for d in store.daemons():

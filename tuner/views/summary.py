@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -18,6 +18,9 @@ from rich.table import Table
 from dstune.knobs import describe_config
 from dstune.pareto import pareto_front
 from dstune.units import format_bytes, format_latency
+
+if TYPE_CHECKING:
+    from dstune.store import Store
 
 
 @dataclass
@@ -49,7 +52,7 @@ class IterationSummary:
         return statistics.median(values) if values else None
 
 
-def summarize(store: Any, iteration_id: int) -> IterationSummary:
+def summarize(store: Store, iteration_id: int) -> IterationSummary:
     iteration = store.iteration(iteration_id)
     ok = [t for t in store.trials(iteration_id, status="ok") if t.samples_per_s]
     challenger = next((t for t in ok if t.id == iteration.chosen_trial_id), None)

@@ -1,0 +1,118 @@
+"""The budget of one iteration: what is spent, what the check will need, what the trials may still take.
+
+``--budget`` covers the whole iteration.  The Do phase stops its trials
+early enough for the check, which measures incumbent and challenger again
+in rounds; what a round costs is learned from the trials themselves.  Time
+spent waiting for an idle device (the daemon's gate) is not counted: the
+budget is for tuning, not for waiting on somebody else's job.
+
+One :class:`Budget` is made when the iteration starts and handed to every
+phase, so the accounting lives in one object rather than in the phases.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+CHECK_RESERVE_FACTOR = 1.25  # the check's reserve is its rounds' cost plus a quarter for slack
+MAX_CHECK_SHARE = 0.35  # the most of the budget held back from the trials for the check
+MIN_CHECK_ROUNDS = 2  # an interval needs two rounds; the check does at least these, even over the budget
+COSTLY_MEASURE_FACTOR = 1.5  # a compiled trial re-measured: its steady part, plus half again for the cache load
+
+
+@dataclass
+class Budget:
+    """Seconds of one iteration, and the measured costs the check is planned from."""
+
+    budget_s: float
+    check_repeats: int
+    incumbent_key: str = ""
+    past_measure_s: float | None = None  # median check measurement of the previous iteration
+    started: float = field(default_factory=time.monotonic)
+    waited_s: float = 0.0  # time spent waiting for an idle device: not counted
+    measure_s: dict[str, float] = field(default_factory=dict)  # what re-measuring a config costs, by config key
+    eager_s: list[float] = field(default_factory=list)  # durations of successful cheap trials
+    costly_steady_s: list[float] = field(default_factory=list)  # successful costly trials, first step left out
+
+    # -- the clock ----------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        """Seconds of the iteration so far, waits for an idle device left out."""
+        return time.monotonic() - self.started - self.waited_s
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    @contextmanager
+    def not_counting(self) -> Iterator[None]:
+        """Time spent inside is not charged to the budget (the idle gate's wait)."""
+        before = time.monotonic()
+        try:
+            yield
+        finally:
+            self.waited_s += time.monotonic() - before
+
+    # -- what measurements cost -----------------------------------------------------------
+
+    def record_success(self, key: str, duration_s: float, first_step_s: float, costly: bool) -> None:
+        """A trial of config ``key`` succeeded in ``duration_s``; a costly one re-measures from the compile cache."""
+        if costly:
+            steady = duration_s - first_step_s
+            self.costly_steady_s.append(steady)
+            self.measure_s[key] = COSTLY_MEASURE_FACTOR * steady
+        else:
+            self.eager_s.append(duration_s)
+            self.measure_s[key] = duration_s
+
+    def round_s(self, challenger_key: str) -> float:
+        """What one check round (the incumbent and the challenger measured once each) should take.
+
+        Best first: what this run's trials of the incumbent and of the
+        challenger took, a compiled one without its first step, since the
+        check finds its compilation in the shared cache; the previous
+        iteration's check measurements; this run's eager trials; its compiled
+        trials without their first step.  0 while nothing is known.
+        """
+        incumbent = self.measure_s.get(self.incumbent_key)
+        challenger = self.measure_s.get(challenger_key)
+        if incumbent is not None and challenger is not None:
+            return incumbent + challenger
+        if self.past_measure_s:
+            per = self.past_measure_s
+        elif self.eager_s:
+            per = statistics.median(self.eager_s)
+        elif self.costly_steady_s:
+            per = COSTLY_MEASURE_FACTOR * min(self.costly_steady_s)
+        else:
+            return 0.0
+        return 2 * per
+
+    # -- what the check needs, and what is left for trials ------------------------------------
+
+    def check_reserve(self, best_key: str) -> float:
+        """Time to keep for the check: ``--check-repeats`` rounds plus a quarter for slack.
+
+        Never more than ``MAX_CHECK_SHARE`` of the budget: with a short budget
+        and a slow workload the trials still run, and the check does the
+        rounds that the time left pays for (:meth:`check_rounds`).
+        """
+        reserve = CHECK_RESERVE_FACTOR * self.check_repeats * self.round_s(best_key)
+        return min(reserve, MAX_CHECK_SHARE * self.budget_s)
+
+    def for_trials(self, best_key: str) -> float:
+        """Seconds trials may still take, the check's reserve kept back."""
+        return self.left() - self.check_reserve(best_key)
+
+    def check_rounds(self, challenger_key: str | None, best_key: str) -> int:
+        """Rounds the check can do in the budget left: ``--check-repeats`` at most, never under 2.
+
+        Without a challenger only the incumbent is measured: half a round each.
+        """
+        per_round = self.round_s(challenger_key) if challenger_key else self.round_s(best_key) / 2
+        if per_round <= 0:
+            return self.check_repeats
+        return max(MIN_CHECK_ROUNDS, min(self.check_repeats, int(self.left() / per_round)))
