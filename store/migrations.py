@@ -100,7 +100,13 @@ def _to_6(op: Operations, connection: Connection) -> None:
             _add_columns(op, connection, table, columns)
 
 
-STEPS: dict[int, Callable[[Operations, Connection], None]] = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6}
+def _to_7(op: Operations, connection: Connection) -> None:
+    """Schema 7 (search): the knob values an iteration stopped proposing after they crashed."""
+    _add_columns(op, connection, "dstune_iterations", [Column("learned", JSON)])
+
+
+STEPS: dict[int, Callable[[Operations, Connection], None]] = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6,
+                                                             7: _to_7}
 
 
 def migrate(connection: Connection, found: int, target: int) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from dstune.utc import utcnow
 
-SCHEMA_VERSION = 6  # store/migrations.py brings older databases up to it
+SCHEMA_VERSION = 7  # store/migrations.py brings older databases up to it
 
 
 class Base(DeclarativeBase):
@@ -101,6 +101,8 @@ class IterationRow(Base):
     trials_claimed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     do_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     gpu_model: Mapped[str | None] = mapped_column(String(200))
+    # Schema 7: what the Do phase learned and acted on: knob values banned after crashes (run/failures.py).
+    learned: Mapped[list[Any] | None] = mapped_column(JSON)
 
     workload: Mapped[WorkloadRow] = relationship(lazy="joined")
     environment: Mapped[EnvironmentRow | None] = relationship(lazy="joined")

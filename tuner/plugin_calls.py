@@ -34,7 +34,13 @@ class PluginFailure:
 
     @property
     def message(self) -> str:
+        """For a hook whose failure leaves the plugin out of the run (knobs, model facts)."""
         return f"plugin {self.plugin!r} failed in {self.hook}: {type(self.error).__name__}: {self.error}"
+
+    @property
+    def raised(self) -> str:
+        """For a hook asked about one configuration (validate, smaller config): the plugin stays in."""
+        return f"plugin {self.plugin!r} raised in {self.hook}: {type(self.error).__name__}: {self.error}"
 
     def refuse_or_note(self, problems: list[str] | None) -> None:
         """Strict (``problems`` is None): a usage error naming the fix; else a note for the run's warnings."""
@@ -119,7 +125,7 @@ def pin_except(knobs: Sequence[Knob], only: Sequence[str], exclude: Sequence[str
 
 def invalid_reason(pm: "pluggy.PluginManager", config: Config, ctx: TuneContext) -> str | None:
     """Why plugins refuse ``config``; a plugin that raises refuses it too, and is named."""
-    reasons = [reason.message if isinstance(reason, PluginFailure) else reason
+    reasons = [reason.raised if isinstance(reason, PluginFailure) else reason
                for _, reason in call_each(pm, "dstune_validate", config=config, ctx=ctx)]
     return "; ".join(r for r in reasons if r) or None
 
@@ -135,7 +141,7 @@ def smaller_config(pm: "pluggy.PluginManager", knobs: Sequence[Knob], config: Co
     choices = {k.name: k.choices for k in knobs if k.tunable}
     for _, changes in call_each(pm, "dstune_smaller_config", config=dict(config), ctx=ctx):
         if isinstance(changes, PluginFailure):
-            return changes.message
+            return changes.raised
         if changes and all(k in choices and v in choices[k] for k, v in changes.items()):
             return {**config, **changes}
     return None

@@ -88,7 +88,9 @@ def decide(check: CheckResult, has_challenger: bool, min_gain: float, reference:
                             f"limit of {limit}; the challenger's is {format_latency(challenger_p99)}",
                             regression, regression_estimate)
     estimate = check.estimate
-    assert estimate is not None
+    if estimate is None:
+        return Decision(KEPT, f"the check measured {len(check.challenger)} round(s) ({check.cut or 'no more'}); "
+                        "an interval needs two", regression, regression_estimate)
     if estimate.exceeds(min_gain):
         reason = f"speed-up {estimate} (95% CI) exceeds the minimum gain of {min_gain:.0%}"
         return Decision(PROMOTED, reason, regression, regression_estimate)

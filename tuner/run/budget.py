@@ -22,6 +22,7 @@ CHECK_RESERVE_FACTOR = 1.25  # the check's reserve is its rounds' cost plus a qu
 MAX_CHECK_SHARE = 0.35  # the most of the budget held back from the trials for the check
 MIN_CHECK_ROUNDS = 2  # an interval needs two rounds; the check does at least these, even over the budget
 COSTLY_MEASURE_FACTOR = 1.5  # a compiled trial re-measured: its steady part, plus half again for the cache load
+OVERRUN_SHARE, OVERRUN_MIN_S = 0.05, 30.0  # what a run may end past its budget: 5% of it, or 30 s if more
 
 
 @dataclass
@@ -46,6 +47,19 @@ class Budget:
 
     def left(self) -> float:
         return self.budget_s - self.elapsed()
+
+    @property
+    def overrun_s(self) -> float:
+        """How far past ``budget_s`` the iteration may end: the promise is the budget plus this."""
+        return max(OVERRUN_SHARE * self.budget_s, OVERRUN_MIN_S)
+
+    def pays_for(self, seconds: float) -> bool:
+        """Whether something taking ``seconds`` still ends within the budget and its overrun."""
+        return seconds <= self.left() + self.overrun_s
+
+    def timeout_within(self, timeout_s: float) -> float:
+        """``timeout_s``, shortened so a process started now ends within the budget and its overrun."""
+        return max(1.0, min(timeout_s, self.left() + self.overrun_s))
 
     @contextmanager
     def not_counting(self) -> Iterator[None]:
@@ -96,12 +110,15 @@ class Budget:
     def check_reserve(self, best_key: str) -> float:
         """Time to keep for the check: ``--check-repeats`` rounds plus a quarter for slack.
 
-        Never more than ``MAX_CHECK_SHARE`` of the budget: with a short budget
-        and a slow workload the trials still run, and the check does the
-        rounds that the time left pays for (:meth:`check_rounds`).
+        Never more than ``MAX_CHECK_SHARE`` of the budget, so that with a short
+        budget and a slow workload the trials still run and the check does
+        the rounds the time left pays for (:meth:`check_rounds`); never less
+        than the check's minimum of two rounds, so trials stop soon enough
+        for those.
         """
-        reserve = CHECK_RESERVE_FACTOR * self.check_repeats * self.round_s(best_key)
-        return min(reserve, MAX_CHECK_SHARE * self.budget_s)
+        round_s = self.round_s(best_key)
+        reserve = min(CHECK_RESERVE_FACTOR * self.check_repeats * round_s, MAX_CHECK_SHARE * self.budget_s)
+        return max(reserve, MIN_CHECK_ROUNDS * round_s)  # the check's minimum is never left unpaid
 
     def for_trials(self, best_key: str) -> float:
         """Seconds trials may still take, the check's reserve kept back."""

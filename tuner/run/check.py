@@ -18,6 +18,7 @@ from dstune.trial.records import TrialOutcome
 from .speedup import RatioEstimate, paired_ratio
 
 Measure = Callable[[str, int, Config], TrialOutcome]
+MayStart = Callable[[int], bool]  # whether round r (0-based) may start: the budget can still pay for it
 ROLES = ("incumbent", "challenger")
 
 
@@ -29,32 +30,46 @@ class CheckResult:
     challenger: list[float] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     estimate: RatioEstimate | None = None
+    cut: str | None = None  # why the check stopped before its rounds were done (the budget ran out)
 
     def to_dict(self) -> dict[str, Any]:
         return {"incumbent": self.incumbent, "challenger": self.challenger, "failures": self.failures,
-                "estimate": self.estimate.to_dict() if self.estimate else None}
+                "estimate": self.estimate.to_dict() if self.estimate else None, "cut": self.cut}
 
 
-def interleaved_check(measure: Measure, incumbent: Config, challenger: Config | None, repeats: int) -> CheckResult:
+def interleaved_check(measure: Measure, incumbent: Config, challenger: Config | None, repeats: int,
+                      may_start: MayStart = lambda round_: True) -> CheckResult:
     """Measure ``repeats`` rounds of (incumbent, challenger); with no challenger, the incumbent alone.
 
     ``measure(role, round, config)`` runs one fresh-process measurement.  A
     role that fails once (crash, OOM, timeout) is not measured again: its
-    failure is the finding.
+    failure is the finding.  A round starts only if ``may_start(round)``
+    says the budget pays for it, and a measurement the budget cut short
+    (status ``interrupted``) ends the check with the rounds done: neither is
+    a failure of either configuration.
     """
     result = CheckResult()
     configs = {"incumbent": incumbent, "challenger": challenger}
     for round_ in range(repeats):
+        if not may_start(round_):
+            result.cut = f"the budget paid for {round_} of {repeats} rounds"
+            break
         for role in ROLES:
             if configs[role] is None or role in result.failures:
                 continue
             outcome = measure(role, round_, configs[role])
+            if outcome.status == "interrupted":
+                result.cut = f"the budget ran out in round {round_ + 1} of {repeats}"
+                break
             if outcome.status == "ok" and outcome.metrics.get("samples_per_s"):
                 getattr(result, role).append(float(outcome.metrics["samples_per_s"]))
             else:
                 result.failures[role] = f"{outcome.status} in round {round_ + 1}: {(outcome.error or '').strip()[:300]}"
-        if len(result.failures) == sum(c is not None for c in configs.values()):
+        if result.cut or len(result.failures) == sum(c is not None for c in configs.values()):
             break
-    if challenger is not None and not result.failures and repeats >= 2:
-        result.estimate = paired_ratio(result.incumbent, result.challenger)
+    if challenger is not None and not result.failures:  # a round the budget cut in half has no pair
+        pairs = min(len(result.incumbent), len(result.challenger))
+        result.incumbent, result.challenger = result.incumbent[:pairs], result.challenger[:pairs]
+        if pairs >= 2:
+            result.estimate = paired_ratio(result.incumbent, result.challenger)
     return result

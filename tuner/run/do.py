@@ -39,10 +39,12 @@ from dstune.trial.numerics import GuardSettings
 from dstune.trial.records import TrialOutcome, TrialSpec
 
 from .budget import Budget
+from .failures import Ban, FailureMemory
+from .findings import Findings
 from .heartbeats import heartbeat_settings, optuna_trial_id, trial_heartbeat
-from .options import RunOptions, trial_spec
+from .neighbourhood import CONVERGED, NEIGHBOUR, LocalSearch, Measured, Neighbourhood
+from .options import LOCAL, RunOptions, trial_spec
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, tell
-from .selection import fits
 
 if TYPE_CHECKING:
     from dstune.store import Store
@@ -53,9 +55,9 @@ MAX_REPEATS = 40  # consecutive already-seen suggestions before the space counts
 PRUNE_RATIO = 0.25  # a trial whose warm-up shows under this fraction of the best is stopped early
 MAX_INVALID_STREAK = 20  # configurations refused in a row before the trials stop (a plugin refusing everything)
 MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tenth of the budget)
-NOT_REMEMBERED = frozenset({"running", "stale", "interrupted"})  # say nothing about the configuration itself
-UNSEEDED = frozenset({"search", "promoted"})  # trials the sampler chose: an out-of-memory one is just data
-STOP_PRIORITY = ("exhausted", "invalid", "budget", "trials", "ended")
+UNSEEDED = frozenset({"search", "promoted", NEIGHBOUR})  # trials the search chose: an out-of-memory one is data
+PRUNABLE = frozenset({"search", NEIGHBOUR})  # trials stopped after warm-up when far slower than the best
+STOP_PRIORITY = (CONVERGED, "exhausted", "invalid", "budget", "trials", "ended")
 
 @dataclass
 class DoSetup:
@@ -80,6 +82,7 @@ class DoSetup:
     wait_idle: Callable[[Slot], None]
     budget: Budget  # the coordinator's clock and check costs; a worker's clock is the coordinator's deadline
     coordinator: bool = True
+    earlier: tuple[tuple[Measured, ...], ...] = ()  # earlier iterations' successful trials, for knob effects
 
 
 @dataclass
@@ -97,19 +100,17 @@ class TrialPool:
     def __post_init__(self) -> None:
         options = self.setup.options
         self.schedule = CostAwareSchedule(self.setup.space, options.trials, options.budget_s)
-        self.seen: dict[str, tuple[str, dict[str, Any]]] = {}
-        self.running: set[str] = set()  # configurations some slot of some process is measuring now
-        self.folded: set[int] = set()
+        self.found = Findings(self.schedule, self.setup.budget, self.setup.memory_budget, options.max_latency_s,
+                              FailureMemory(frozenset(k.name for k in self.setup.space.knobs if k.tunable)))
         self.rows: list[Any] = []
         self.iteration_row: Any = None
-        self.successes: list[tuple[Config, float]] = []
-        self.best: float | None = None
-        self.best_key = ""
-        self.finished = 0  # trials of every process that have ended (invalid configurations are not trials)
         self.repeats = self.invalid_streak = 0
         self.stop_reason: str | None = None
         self.published_until: float | None = None  # time.time() of the deadline last written for the workers
         self.closed = False
+        space = self.setup.space
+        self.local = LocalSearch(Neighbourhood(space.knobs, space.normalised, self.schedule.is_costly),
+                                 self.setup.earlier) if options.search == LOCAL else None
 
     # -- what every process has measured --------------------------------------------
 
@@ -118,39 +119,26 @@ class TrialPool:
         setup = self.setup
         optuna.storages.fail_stale_trials(setup.study)  # marks the trials of dead workers (see stale_marker)
         self.rows = list(setup.store.trials(setup.iteration_id))
-        self.running = {config_key(r.config) for r in self.rows if r.status == "running"}
+        self.found.running = {config_key(r.config) for r in self.rows if r.status == "running"}
         for row in self.rows:
-            if row.status != "running" and row.id not in self.folded:
-                self._fold(row)
+            if row.status != "running" and row.id not in self.found.folded:
+                self._learn(self.found.fold(row))
         if not setup.coordinator:
             self.iteration_row = setup.store.iteration(setup.iteration_id)
 
-    def _fold(self, row: Any) -> None:
-        self.folded.add(row.id)
-        key, metrics = config_key(row.config), dict(row.metrics or {})
-        if row.status not in NOT_REMEMBERED:
-            self.seen[key] = (row.status, metrics)
-        if row.status == "invalid":
-            return
-        self.finished += 1
-        duration = float(row.duration_s or 0.0)
-        self.schedule.record(row.config, duration)
-        if row.status != "ok":
-            return
-        self.setup.budget.record_success(key, duration, float(metrics.get("first_step_s") or 0.0),
-                                         self.schedule.is_costly(row.config))
-        if fits(metrics.get("peak_memory_bytes") or 0, metrics.get("latency_p99_s"), self.setup.memory_budget,
-                self.setup.options.max_latency_s):
-            if metrics["samples_per_s"] > (self.best or 0.0):
-                self.best_key = key
-            self.best = max(self.best or 0.0, metrics["samples_per_s"])
-            self.successes.append((row.config, metrics["samples_per_s"]))
+    def _learn(self, bans: list[Ban]) -> None:
+        """Say what a crash taught; the coordinator records every ban with the iteration."""
+        for ban in bans:
+            self.setup.reporter.message(f"[learned] {ban.reason}")
+        if bans and self.setup.coordinator:
+            self.setup.store.update_iteration(self.setup.iteration_id,
+                                              learned=[b.to_dict() for b in self.found.failures.bans.values()])
 
     # -- the budget -------------------------------------------------------------------
 
     def check_rounds(self, challenger_key: str | None) -> int:
         """Rounds the check can do in the budget left (see :meth:`Budget.check_rounds`)."""
-        return self.setup.budget.check_rounds(challenger_key, self.best_key)
+        return self.setup.budget.check_rounds(challenger_key, self.found.best_key)
 
     def elapsed(self) -> float:
         if self.setup.coordinator or self.iteration_row is None:
@@ -177,7 +165,7 @@ class TrialPool:
             return setup.options.budget_s - self.elapsed()
         if self.closed:
             return 0.0
-        available = setup.budget.for_trials(self.best_key)
+        available = setup.budget.for_trials(self.found.best_key)
         until = time.time() + available
         if self.published_until is None or abs(until - self.published_until) > 1.0:
             setup.store.update_iteration(setup.iteration_id, do_until=self._now() + timedelta(seconds=available))
@@ -196,14 +184,22 @@ class TrialPool:
         setup = self.setup
         study, space = setup.study, setup.space
         while True:
-            self.schedule.before_ask(study, self.finished, self.elapsed(), self.successes)
+            if self.local is not None:
+                turn = self.local.before_ask(
+                    study, space, self.found, refused=lambda c: bool(self.found.failures.banned(c) or
+                                                                     setup.invalid_reason(c)),
+                    say=setup.reporter.message, elapsed_s=self.elapsed(), budget_s=setup.options.budget_s)
+                if turn == CONVERGED:
+                    return CONVERGED
+            else:
+                self.schedule.before_ask(study, self.found.finished, self.elapsed(), self.found.successes)
             trial = study.ask()
             config = space.config_from_trial(trial)
             seed_kind = trial.user_attrs.get(SEED_ATTR, "search")
             key = config_key(config)
-            if key in self.seen or key in self.running:
-                if key in self.seen:
-                    status, metrics = self.seen[key]
+            if key in self.found.seen or key in self.found.running:
+                if key in self.found.seen:
+                    status, metrics = self.found.seen[key]
                     tell(study, trial, status, metrics, setup.memory_budget, setup.options.max_latency_s)
                 else:  # another slot or host is measuring it now
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -214,12 +210,13 @@ class TrialPool:
                     return "exhausted"
                 continue
             self.repeats = 0
-            reason = setup.invalid_reason(config)
+            ban = self.found.failures.banned(config)
+            reason = ban.reason if ban is not None else setup.invalid_reason(config)
             if reason:
                 setup.store.record_trial(setup.iteration_id, number=trial.number, seed_kind=seed_kind, config=config,
                                          status="invalid", error=reason, host=setup.host, pid=os.getpid())
                 tell(study, trial, "invalid", {}, setup.memory_budget, setup.options.max_latency_s)
-                self.seen[key] = ("invalid", {})
+                self.found.seen[key] = ("invalid", {})
                 self.invalid_streak += 1
                 if self.invalid_streak >= MAX_INVALID_STREAK:
                     setup.reporter.message(f"[warning] {self.invalid_streak} configurations in a row were refused "
@@ -227,6 +224,8 @@ class TrialPool:
                     return "invalid"
                 continue
             self.invalid_streak = 0
+            if self.local is not None:
+                self.local.proposed(seed_kind)
             return trial, config, seed_kind
 
     def _slot_loop(self, slot: Slot) -> str:
@@ -262,7 +261,7 @@ class TrialPool:
                     environment_id=setup.environment_id)
                 self.in_flight[row_id] = trial
                 spec = trial_spec(options, setup.ctx_dict, config, setup.guard(config),
-                                  prune_below=self.best * PRUNE_RATIO if self.best and seed_kind == "search" else None)
+                                  prune_below=self.found.best * PRUNE_RATIO if self.found.best and seed_kind in PRUNABLE else None)
             with heartbeat:
                 outcome = self._run(spec, slot, available)
             with self.lock:
@@ -274,7 +273,7 @@ class TrialPool:
                 del self.in_flight[row_id]
                 self._tell(trial, outcome)
                 self.sync()
-                setup.reporter.trial_finished(self.finished, outcome, self.best, number=claim)
+                setup.reporter.trial_finished(self.found.finished, outcome, self.found.best, number=claim)
                 if outcome.status == "oom" and seed_kind not in UNSEEDED:
                     self._retry_smaller(config, seed_kind)
 
@@ -285,7 +284,7 @@ class TrialPool:
         if isinstance(smaller, str):
             setup.reporter.message(f"[warning] {smaller}")
             return
-        if smaller is None or config_key(smaller) in self.seen or config_key(smaller) in self.running:
+        if smaller is None or config_key(smaller) in self.found.seen or config_key(smaller) in self.found.running:
             return
         setup.study.enqueue_trial(setup.space.params(smaller), user_attrs={SEED_ATTR: seed_kind},
                                   skip_if_exists=True)

@@ -61,7 +61,7 @@ from .check import CheckResult, interleaved_check
 from .do import DoSetup, TrialPool
 from .heartbeats import study_storage
 from .options import RunOptions, guard_for, trial_spec
-from .plan import Incumbent, adapt_config, compile_cache_env, copy_trials, probe
+from .plan import Incumbent, adapt_config, compile_cache_env, copy_trials, earlier_measurements, probe
 from .search import SearchSpace, create_study, enqueue_seeds
 
 __all__ = ["RunOptions", "RunResult", "compile_cache_env", "probe", "run_iteration"]
@@ -239,6 +239,7 @@ class Iteration:
             reporter=self.reporter, guard=self.guard,
             invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, self.ctx),
             wait_idle=self.wait_idle, budget=self.budget, coordinator=True,
+            earlier=earlier_measurements(self.store, self.ctx.workload, self.gpu_model, self.iteration_id),
         )
         self.pool = pool = TrialPool(setup, self.slots)
         stop_reason = pool.run()
@@ -271,17 +272,35 @@ class Iteration:
 
         slot = self.slots[0]
 
+        measured_s: list[float] = []
+
         def measure(role: str, round_: int, config: Config) -> TrialOutcome:
             self.wait_idle(slot)
+            timeout_s = self.budget.timeout_within(options.trial_timeout_s)
             outcome = run_in_subprocess(trial_spec(options, self.ctx_dict, config, self.guard(config)),
-                                        timeout_s=options.trial_timeout_s, env={**self.env, **slot.env})
+                                        timeout_s=timeout_s, env={**self.env, **slot.env})
+            measured_s.append(outcome.duration_s)
+            if outcome.status == "timeout" and timeout_s < options.trial_timeout_s:
+                outcome.status = "interrupted"
+                outcome.error = f"stopped after {outcome.duration_s:.0f} s: the budget ran out"
             store.record_measurement(self.iteration_id, role=role, round=round_, config=config,
                                      status=outcome.status, metrics={**outcome.metrics, "duration_s": outcome.duration_s},
                                      error=outcome.error)
             self.reporter.check_measured(role, round_, outcome)
             return outcome
 
-        return interleaved_check(measure, self.incumbent.config, challenger, repeats), challenger, why
+        first_round_s = self.budget.round_s(config_key(challenger) if challenger else self.pool.found.best_key
+                                            if self.pool else "")
+        first_round_s /= 1 if challenger else 2  # without a challenger a round measures the incumbent alone
+
+        def may_start(round_: int) -> bool:
+            """A round starts only if it ends within the budget: as long as those before it, or as estimated."""
+            return self.budget.pays_for(sum(measured_s) / round_ if round_ else first_round_s)
+
+        result = interleaved_check(measure, self.incumbent.config, challenger, repeats, may_start)
+        if result.cut:
+            self.reporter.message(f"the check stopped early: {result.cut}")
+        return result, challenger, why
 
     # -- Act --------------------------------------------------------------------
 

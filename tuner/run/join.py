@@ -43,7 +43,7 @@ from .budget import Budget
 from .do import DoSetup, TrialPool
 from .heartbeats import study_storage
 from .options import RunOptions, guard_for
-from .plan import compile_cache_env, probe
+from .plan import compile_cache_env, earlier_measurements, probe
 from .search import SearchSpace, sampler
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ class Worker:
             reporter=self.reporter, guard=guard_for(options, knobs, self.reference_dir),
             invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, ctx),
             wait_idle=lambda slot: None, coordinator=False,
+            earlier=earlier_measurements(store, ctx.workload, self.slots[0].device.model, iteration.id),
             budget=Budget(options.budget_s, options.check_repeats, config_key(iteration.incumbent_config or {})),
         )
 

@@ -26,6 +26,9 @@ from dstune.units import parse_duration, parse_latency
 
 from .selection import SelectionPolicy, parse_policy
 
+LOCAL, SAMPLER = "local", "sampler"
+SEARCHES = (LOCAL, SAMPLER)
+
 
 @dataclass
 class RunOptions:
@@ -53,6 +56,7 @@ class RunOptions:
     lock_timeout_s: float | None = None  # give up waiting for the device lock after this long (None: never)
     schedule_id: int | None = None  # the schedule a daemon ran this iteration for
     gpus: tuple[str, ...] = ()  # one trial slot per GPU (empty: the one GPU the process was given)
+    search: str = LOCAL  # after the seeds: neighbours of the best (local), or Optuna's sampler throughout
 
     def to_record(self, workload_name: str, slots: Sequence[str]) -> dict[str, Any]:
         """The options as the iteration row keeps them (JSON): what a joining worker and the views read back.
@@ -84,7 +88,7 @@ class RunOptions:
 
 # What an iteration records of its options (besides its measure settings, workload name and GPUs).
 RECORDED = ("trials", "budget_s", "seed", "trial_timeout_s", "disabled_plugins", "check_repeats", "min_gain", "only",
-            "exclude", "numerics_guard", "tolerances", "memory_budget", "max_latency_s")
+            "exclude", "numerics_guard", "tolerances", "memory_budget", "max_latency_s", "search")
 
 
 def knob_names(values: Any) -> tuple[str, ...]:
@@ -133,7 +137,15 @@ def options_from_params(params: Mapping[str, Any], label: Callable[[str], str] |
         schedule_id=params.get("schedule_id"),
         gpus=_named(where, "gpus", "--gpus", lambda: parse_gpus(params.get("gpus") or None)),
         lock_timeout_s=parse_duration(lock_timeout, where("lock_timeout"), allow_zero=True) if lock_timeout else None,
+        search=_search(params.get("search") or LOCAL, where("search")),
     )
+
+
+def _search(value: str, where: str) -> str:
+    if value not in SEARCHES:
+        raise UsageError(f"{where} {value!r} is not a search: use local (the neighbours of the best configuration, "
+                         "then the sampler; ends when nothing better is left) or sampler (Optuna's TPE throughout).")
+    return value
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import optuna
 
@@ -25,6 +25,9 @@ from dstune.trial.launch import run_in_subprocess
 from dstune.trial.records import PROBE, TrialSpec
 
 from .options import RunOptions
+
+if TYPE_CHECKING:
+    from dstune.store import Store
 
 
 @dataclass
@@ -104,3 +107,24 @@ def probe(options: RunOptions, env: dict[str, str] | None = None) -> dict[str, A
             "Fix the workload so that its function builds on this machine, then run again."
         )
     return outcome.payload
+
+
+EARLIER_ITERATIONS = 3  # how many earlier iterations the search learns knob effects from
+
+
+def earlier_measurements(store: "Store", workload: str, gpu_model: str | None, before: int
+                         ) -> tuple[tuple[tuple[Config, float], ...], ...]:
+    """The successful trials of the workload's newest earlier iterations on this GPU model, one tuple each.
+
+    The local search learns from them what each knob's changes did before
+    (:class:`dstune.run.neighbourhood.KnobEffects`).
+    """
+    found = []
+    for iteration in reversed(store.iterations_of(workload)):
+        if iteration.id >= before or iteration.gpu_model not in (None, gpu_model):
+            continue
+        rows = store.trials(iteration.id, status="ok")
+        found.append(tuple((dict(r.config), float(r.samples_per_s)) for r in rows if r.samples_per_s))
+        if len(found) == EARLIER_ITERATIONS:
+            break
+    return tuple(found)

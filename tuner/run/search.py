@@ -42,6 +42,11 @@ class SearchSpace:
                 config[knob.name] = knob.default if knob.tunable else knob.choices[0]
         return {k.name: config[k.name] for k in self.knobs}
 
+    def normalised(self, config: Config) -> Config:
+        """``config`` as a trial of this space would have it: inactive and fixed knobs at their defaults."""
+        params = self.params({**{k.name: k.default for k in self.knobs}, **config})
+        return {k.name: params.get(k.name, k.default if k.tunable else k.choices[0]) for k in self.knobs}
+
     def params(self, config: Config) -> dict[str, Any]:
         """The Optuna parameters of ``config`` (tunable, active knobs only)."""
         return {k.name: config[k.name] for k in self.knobs

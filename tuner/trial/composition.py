@@ -38,6 +38,10 @@ class Composed:
     mode: str
     loader: Any = None  # the DataLoader of a dataset= workload, as the plugins configured it
     guard: Guard | None = None
+    # Training only: the parts of ``step``, so a measurement can time them apart (dstune.trial.measure).
+    micro_step: Callable[[], torch.Tensor] | None = None  # forward and backward of one micro-batch
+    optimizer_step: Callable[[], None] | None = None  # the update and zero_grad, after the micro-batches
+    begin_step: Callable[[], None] = lambda: None  # a new optimizer step begins (CUDA graphs are told)
 
 
 def configure_process(pm: pluggy.PluginManager, config: dict[str, Any], ctx: TuneContext) -> None:
@@ -111,6 +115,11 @@ def _batches(workload: Workload, plan: BatchPlan, device: torch.device, loader_k
     return forever(), loader
 
 
+def step_begin(cuda: bool) -> Callable[[], None]:
+    """What starts an optimizer step: CUDA graphs (compile's reduce-overhead) are told a new step begins."""
+    return torch.compiler.cudagraph_mark_step_begin if cuda else (lambda: None)
+
+
 def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str, Any],
             ctx: TuneContext, guard: Guard | None = None) -> Composed:
     """Build the workload and wire every plugin hook into its step.
@@ -137,7 +146,7 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
         else:
             guard.compute_reference(model, lambda: first_tensor(forward(model, first)), device)
     model = chain_hook(pm, "dstune_prepare_model", model, config=config, ctx=ctx)
-    mark_step = torch.compiler.cudagraph_mark_step_begin if ctx.is_cuda else (lambda: None)
+    mark_step = step_begin(ctx.is_cuda)
 
     def contexts() -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -167,23 +176,30 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
     loss_fn = workload.loss
     accumulation = plan.accumulation
 
-    def train_step() -> torch.Tensor:
-        mark_step()
-        loss = None
-        for _ in range(accumulation):
-            batch = next(batches)
-            with contexts():
-                loss = loss_fn(model, batch)
-            if guard is not None:
-                guard.check(loss)
-            scaled = loss / accumulation if accumulation > 1 else loss
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    def micro_step() -> torch.Tensor:
+        batch = next(batches)
+        with contexts():
+            loss = loss_fn(model, batch)
+        if guard is not None:
+            guard.check(loss)
+        scaled = loss / accumulation if accumulation > 1 else loss
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        return loss.detach()
+
+    def optimizer_step() -> None:
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
 
-    return Composed(workload, model, optimizer, scaler, plan, device, train_step, ctx.mode, loader, guard)
+    def train_step() -> torch.Tensor:
+        mark_step()
+        for _ in range(accumulation):
+            loss = micro_step()
+        optimizer_step()
+        return loss
+
+    return Composed(workload, model, optimizer, scaler, plan, device, train_step, ctx.mode, loader, guard,
+                    micro_step=micro_step, optimizer_step=optimizer_step, begin_step=mark_step)

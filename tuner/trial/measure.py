@@ -14,6 +14,16 @@ whole queue before anything is timed, its timed steps cover
 ``loader_epochs`` epochs (the workers' stall at an epoch's end is a cost the
 user pays), and its throughput is the timed samples over the timed time, not
 the median window.
+
+A training step with synthetic batches is timed by its parts, so that what a
+trial costs does not grow with gradient accumulation: the micro-step
+(forward and backward of one micro-batch) and the optimizer step are timed
+apart, and the step time is ``accumulation`` micro-steps plus one update.  A
+micro-batch of 4 accumulated 8 times then costs no more to measure than a
+micro-batch of 32, and a slow configuration of a large model is measured in
+tens of seconds rather than minutes.  Each warm-up cycle and each timed
+window runs micro-steps and then one update, as training does, so the peak
+memory holds activations, gradients and optimizer state together.
 """
 
 from __future__ import annotations
@@ -116,6 +126,9 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
     first are already slower than that raises :class:`HopelessTrial` instead
     of spending its warm-up and timed windows.
     """
+    if (settings.by_parts and composed.micro_step is not None and composed.optimizer_step is not None
+            and composed.loader is None):
+        return measure_by_parts(composed, settings, prune_below)
     clock = _Clock(composed.device)
     step = composed.step
     queued = loader_queue(composed.loader)  # batches ready before the first step ends: too fast to judge by
@@ -204,3 +217,108 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
         metrics["latency_p99_s"] = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
     return metrics
 
+
+def _plan_metrics(composed: Composed) -> dict[str, Any]:
+    return {"micro_batch": composed.plan.micro_batch, "accumulation": composed.plan.accumulation,
+            "samples_per_step": composed.plan.samples_per_step}
+
+
+def measure_by_parts(composed: Composed, settings: MeasureSettings, prune_below: float | None = None
+                     ) -> dict[str, Any]:
+    """Time a training step as ``accumulation`` micro-steps plus one optimizer step, timed apart.
+
+    Warm-up runs cycles of one micro-step and one update, each timed, until
+    the micro-step time is steady; each timed window then runs ``n``
+    micro-steps (as many as fill ``window_s``) and one update, with CUDA
+    events between them, and gives a step time of ``accumulation`` times the
+    window's micro-step time plus its update time.
+    """
+    assert composed.micro_step is not None and composed.optimizer_step is not None
+    micro, update = composed.micro_step, composed.optimizer_step
+    begin = composed.begin_step
+    clock = _Clock(composed.device)
+    accumulation, samples_per_step = composed.plan.accumulation, composed.plan.samples_per_step
+    micro_times: list[float] = []
+    update_times: list[float] = []
+    warm_start = time.perf_counter()
+    while True:
+        begin()
+        t0 = time.perf_counter()
+        _check_finite(micro())
+        clock.sync()
+        t1 = time.perf_counter()
+        update()
+        clock.sync()
+        micro_times.append(t1 - t0)
+        update_times.append(time.perf_counter() - t1)
+        if prune_below and len(micro_times) >= 3:
+            step_s = accumulation * statistics.median(micro_times[1:]) + statistics.median(update_times[1:])
+            if samples_per_step / step_s < prune_below:
+                raise HopelessTrial(samples_per_step / step_s, {
+                    "samples_per_s": samples_per_step / step_s, "first_step_s": micro_times[0] + update_times[0],
+                    "warmup_steps": len(micro_times), **_plan_metrics(composed), **peak_memory(composed.device)})
+        enough = len(micro_times) >= settings.min_warmup_steps + 1
+        if enough and (_steady(micro_times[1:], settings.steady_tolerance)
+                       or time.perf_counter() - warm_start > settings.max_warmup_s):
+            break
+    warmup_s = time.perf_counter() - warm_start
+    typical_micro = statistics.median(micro_times[-3:])
+    typical_update = statistics.median(update_times[-3:])
+    windows, micro_per_window = _timed_steps(settings, typical_micro, None)
+    # Fewer windows when micro-steps and updates together would outlast max_timed_s.
+    window_s = micro_per_window * typical_micro + typical_update
+    if windows * window_s > settings.max_timed_s:
+        windows = max(2, min(windows, int(settings.max_timed_s / window_s)))
+
+    monitor = GpuMonitor(composed.device.index or 0) if clock.cuda else None
+    step_times: list[float] = []
+    micro_per: list[float] = []
+    update_per: list[float] = []
+    bad = torch.zeros((), dtype=torch.bool, device=composed.device)
+    clock.sync()
+    if monitor:
+        monitor.start()
+    timed_start = time.perf_counter()
+    for _ in range(windows):
+        begin()
+        start = clock.mark()
+        for _ in range(micro_per_window):
+            bad |= ~torch.isfinite(micro()).all()
+        middle = clock.mark()
+        update()
+        end = clock.mark()
+        clock.sync()
+        micro_per.append(clock.seconds(start, middle) / micro_per_window)
+        update_per.append(clock.seconds(middle, end))
+        step_times.append(accumulation * micro_per[-1] + update_per[-1])
+    timed_wall_s = time.perf_counter() - timed_start
+    readings = monitor.stop() if monitor else {}
+    if bool(bad):
+        raise NumericsError("loss went NaN or infinite during the timed window")
+    middle_window = sorted(range(windows), key=step_times.__getitem__)[(windows - 1) // 2]  # the lower median
+    median = step_times[middle_window]
+    mean = statistics.fmean(step_times)
+    metrics: dict[str, Any] = {
+        "samples_per_s": samples_per_step / median,
+        "throughput_basis": "median",
+        "timing": "parts",
+        "step_time_median_s": median,  # the median window's: its micro-step and update times below add up to it
+        "micro_step_s": micro_per[middle_window],
+        "optimizer_step_s": update_per[middle_window],
+        "step_time_cv": statistics.pstdev(step_times) / mean if len(step_times) > 1 else 0.0,
+        "window_step_times_s": step_times,
+        "steps_per_window": micro_per_window,
+        "windows": windows,
+        "first_step_s": micro_times[0] + update_times[0],
+        "warmup_steps": len(micro_times),
+        "warmup_s": warmup_s,
+        "timed_wall_s": timed_wall_s,
+        **_plan_metrics(composed),
+        **peak_memory(composed.device),
+        **readings,
+        **(composed.guard.result if composed.guard else {}),
+    }
+    if readings.get("energy_j") is not None:
+        # Energy over the timed windows, per sample those windows stood for (their micro-batches).
+        metrics["energy_per_sample_j"] = readings["energy_j"] / (composed.plan.micro_batch * micro_per_window * windows)
+    return metrics

@@ -26,6 +26,9 @@ class MeasureSettings:
     # With a DataLoader, the timed steps cover at least this many epochs (within max_timed_s), so
     # the stall when an epoch ends and the workers start the next one is in the figure.
     loader_epochs: float = 2.0
+    # Training with synthetic batches: time micro-steps and the optimizer step apart (dstune.trial.measure).
+    # False times whole steps, as the benchmarks do to check that both agree.
+    by_parts: bool = True
 
     def applicable(self, has_dataset: bool) -> dict[str, Any]:
         """The settings that decide how a workload is measured (the loader's only where it has a dataset)."""

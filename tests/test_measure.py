@@ -1,0 +1,51 @@
+"""How a trial is timed (trial/measure.py): a training step by its parts, and what that costs.
+
+The workload is paced (every micro-step waits 10 ms), so its timing is the
+wait plus a little compute on any machine, busy or quiet; the assertions
+compare two measurements of one run side by side, with margins far above
+what a busy 2-core machine adds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dstune.trial.measure_settings import MeasureSettings
+
+from .conftest import WORKLOADS
+
+ACCUMULATING = WORKLOADS / "paced_accumulating.py"
+SETTINGS = MeasureSettings(windows=3, window_s=0.1, min_warmup_steps=2, max_warmup_s=5.0)
+
+
+def _cost(metrics: dict) -> float:
+    return metrics["warmup_s"] + metrics["timed_wall_s"]
+
+
+def test_a_step_timed_by_its_parts_agrees_with_whole_steps(trials):
+    parts, _ = trials.run(ACCUMULATING, "paced_accumulating", measure=SETTINGS)
+    whole, _ = trials.run(ACCUMULATING, "paced_accumulating",
+                          measure=MeasureSettings(**{**SETTINGS.to_dict(), "by_parts": False}))
+    assert parts.status == whole.status == "ok", (parts.error, whole.error)
+    by_parts, by_steps = parts.metrics, whole.metrics
+    assert by_parts["timing"] == "parts" and "timing" not in by_steps
+    assert by_parts["accumulation"] == 8 and by_parts["micro_batch"] == 4
+    # A step is eight micro-steps and one update: the parts add up to what whole steps measure.
+    assert by_parts["step_time_median_s"] == pytest.approx(8 * by_parts["micro_step_s"] + by_parts["optimizer_step_s"])
+    ratio = by_parts["samples_per_s"] / by_steps["samples_per_s"]
+    print(f"\nsamples/s by parts {by_parts['samples_per_s']:.1f}, by whole steps {by_steps['samples_per_s']:.1f}: "
+          f"{ratio:.3f}x")
+    assert 0.9 < ratio < 1.1, (by_parts, by_steps)
+
+
+def test_accumulation_does_not_make_a_trial_cost_more_to_measure(trials):
+    """Micro-batch 4 accumulated 8 times costs about what micro-batch 32 costs, not eight times as much."""
+    small, _ = trials.run(ACCUMULATING, "paced_accumulating", measure=SETTINGS, batch_size=4)
+    large, _ = trials.run(ACCUMULATING, "paced_accumulating", measure=SETTINGS, batch_size=32)
+    whole, _ = trials.run(ACCUMULATING, "paced_accumulating", batch_size=4,
+                          measure=MeasureSettings(**{**SETTINGS.to_dict(), "by_parts": False}))
+    assert small.status == large.status == whole.status == "ok"
+    costs = {name: _cost(o.metrics) for name, o in (("4x8", small), ("32x1", large), ("4x8 whole", whole))}
+    print("\nmeasurement cost (s):", {k: round(v, 2) for k, v in costs.items()})
+    assert costs["4x8"] < 2 * costs["32x1"], costs
+    assert costs["4x8 whole"] > 2 * costs["4x8"], costs  # what timing whole steps would have cost

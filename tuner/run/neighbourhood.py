@@ -1,0 +1,222 @@
+"""Local search: after the seeds, try the neighbours of the best configuration, most promising per second first.
+
+An expert tunes from the best configuration known, one setting at a time,
+trying first what is cheap to try and likely to help.  The random start-up
+trials of a sampler in a space of a dozen categorical knobs mostly measure
+configurations nobody would try.  So, once the seeds have run:
+
+1. the neighbours of the best configuration so far, one knob changed, are
+   proposed in order of expected gain per second of trial cost;
+2. when those are measured, pairs of changes of the knobs that matter (a
+   change that ran out of memory, or came within reach of the best) are
+   proposed, since two changes can pay where each alone does not (a larger
+   micro-batch that only fits with activation checkpointing);
+3. a better configuration moves the centre, and its neighbours open up;
+4. when nothing around the best is left, the neighbourhood is exhausted.
+
+The expected gain of a change is learned: from pairs of measured
+configurations that differ in that knob alone, in this iteration and in the
+earlier ones of the workload.  A change nobody has measured is given a small
+optimistic prior, so every neighbour is tried once before the search ends.
+What a trial costs is learned from this iteration's trials (a compiling
+choice costs several eager trials).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import optuna
+
+from dstune.knobs import Config, Knob, config_key
+from dstune.units import format_duration
+
+from .findings import Findings
+from .search import SEED_ATTR, SearchSpace
+
+NEIGHBOUR = "neighbour"  # the seed kind of a trial the local search proposed
+ENQUEUED, CONVERGED = "enqueued", "converged"
+SAMPLER_PATIENCE = 3  # sampler trials tried once the neighbourhood is exhausted, before the search has converged
+PRIOR_GAIN = 0.03  # expected log-gain of a change nobody has measured: try it, after what is known to help
+SKIP_BELOW = -0.10  # a change measured to cost more than this (log) is not proposed again
+WITHIN_REACH = math.log(0.9)  # a single change this close to the best is worth combining with another
+MATTERS = 0.02  # a knob matters when a change of it moved throughput by more than this (log), or ran out of memory
+MAX_PAIRS = 8
+COSTLY_FACTOR = 4.0  # a costly choice (compilation) before any was measured: this many eager trials
+
+Measured = tuple[Config, float]  # a configuration and its samples/s
+
+
+@dataclass
+class KnobEffects:
+    """Log throughput ratios of single-knob changes, from pairs of measured configurations."""
+
+    direct: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)  # (knob, from, to) -> logs
+
+    def learn(self, measured: Sequence[Measured]) -> None:
+        """Add every pair of configurations of one run that differ in exactly one knob."""
+        for (a, ta), (b, tb) in itertools.combinations(measured, 2):
+            if ta <= 0 or tb <= 0 or set(a) != set(b):
+                continue
+            differ = [k for k in a if a[k] != b[k]]
+            if len(differ) == 1:
+                k = differ[0]
+                self.direct.setdefault((k, repr(a[k]), repr(b[k])), []).append(math.log(tb / ta))
+                self.direct.setdefault((k, repr(b[k]), repr(a[k])), []).append(math.log(ta / tb))
+
+    def gain(self, knob: str, old: object, new: object) -> float:
+        """Expected log-gain of moving ``knob`` from ``old`` to ``new``; the prior when never measured.
+
+        Measured directly, the mean of those measurements; else along the
+        shortest chain of measured changes (8 to 16, 16 to 32 tell 8 to 32);
+        else the prior.
+        """
+        start, goal = repr(old), repr(new)
+        paths = {start: 0.0}
+        frontier = [start]
+        while frontier and goal not in paths:
+            step = []
+            for here in frontier:
+                for (k, a, b), logs in self.direct.items():
+                    if k == knob and a == here and b not in paths:
+                        paths[b] = paths[here] + statistics.fmean(logs)
+                        step.append(b)
+            frontier = step
+        return paths.get(goal, PRIOR_GAIN)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A neighbour of the best configuration, and why it is proposed when it is."""
+
+    config: Config
+    changes: tuple[tuple[str, object], ...]
+    gain: float
+    cost_s: float
+
+    @property
+    def score(self) -> float:
+        return self.gain / max(self.cost_s, 1e-3)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.changes)
+
+
+@dataclass
+class Neighbourhood:
+    """Proposes the next neighbour of the best configuration; None once there is none left."""
+
+    knobs: Sequence[Knob]
+    normalise: Callable[[Config], Config]  # inactive knobs back to their defaults, as the search space has them
+    is_costly: Callable[[Config], bool]
+    effects: KnobEffects = field(default_factory=KnobEffects)
+
+    def _cost(self, config: Config, eager_s: Sequence[float], costly_s: Sequence[float]) -> float:
+        eager = statistics.median(eager_s) if eager_s else 1.0
+        if self.is_costly(config):
+            return statistics.median(costly_s) if costly_s else COSTLY_FACTOR * eager
+        return eager
+
+    def _singles(self, best: Config) -> Iterable[tuple[str, object]]:
+        for knob in self.knobs:
+            if knob.tunable and knob.name in best and knob.active_in(best):
+                for value in knob.choices:
+                    if value != best[knob.name]:
+                        yield knob.name, value
+
+    def candidates(self, best: Config, best_rate: float, outcomes: dict[str, tuple[str, float]],
+                   eager_s: Sequence[float], costly_s: Sequence[float], refused: Callable[[Config], bool]
+                   ) -> list[Candidate]:
+        """Unmeasured neighbours of ``best``, best gain per second first; singles before pairs.
+
+        ``outcomes`` maps a configuration key to (status, samples/s) for every
+        configuration measured (or refused, or running: status ``running``).
+        """
+        singles: list[Candidate] = []
+        promising: list[tuple[str, object, float]] = []  # single changes worth combining, with their gain
+        for name, value in self._singles(best):
+            config = self.normalise({**best, name: value})
+            key = config_key(config)
+            if key in outcomes:
+                status, rate = outcomes[key]
+                if status == "oom":
+                    promising.append((name, value, PRIOR_GAIN))
+                elif status == "ok" and best_rate > 0 and rate > 0:
+                    change = math.log(rate / best_rate)
+                    if change >= WITHIN_REACH and abs(change) > MATTERS:
+                        promising.append((name, value, change))
+                continue
+            if refused(config):
+                continue
+            gain = self.effects.gain(name, best[name], value)
+            if gain > SKIP_BELOW:
+                singles.append(Candidate(config, ((name, value),), gain, self._cost(config, eager_s, costly_s)))
+        if singles:
+            return sorted(singles, key=lambda c: -c.score)
+        pairs: list[Candidate] = []
+        for (k1, v1, g1), (k2, v2, g2) in itertools.combinations(promising, 2):
+            if k1 == k2:
+                continue
+            config = self.normalise({**best, k1: v1, k2: v2})
+            if config_key(config) in outcomes or refused(config):
+                continue
+            pairs.append(Candidate(config, ((k1, v1), (k2, v2)), g1 + g2 + PRIOR_GAIN,
+                                   self._cost(config, eager_s, costly_s)))
+        return sorted(pairs, key=lambda c: -c.score)[:MAX_PAIRS]
+
+
+@dataclass
+class LocalSearch:
+    """The local search's turn before each ask: enqueue a neighbour, leave the ask to the sampler, or stop.
+
+    Once no neighbour of the best is left, the sampler gets
+    ``SAMPLER_PATIENCE`` proposals to find something better (whose
+    neighbourhood then opens); if it finds nothing, the search has converged.
+    """
+
+    neighbourhood: Neighbourhood
+    earlier: tuple[tuple[Measured, ...], ...] = ()  # earlier iterations' successful trials
+    exhausted_at: str | None = None  # the best configuration whose neighbourhood ran out
+    sampler_tries: int = 0  # sampler proposals since then
+
+    def before_ask(self, study: optuna.Study, space: SearchSpace, found: Findings, refused: Callable[[Config], bool],
+                   say: Callable[[str], None], elapsed_s: float, budget_s: float) -> str | None:
+        """``enqueued`` a neighbour, ``converged``, or None: the sampler proposes the next trial.
+
+        Seeds and retries waiting in the study go first; before anything has
+        succeeded there is no best to search around.
+        """
+        if found.best_config is None or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            return None
+        effects = KnobEffects()
+        for measured in (*self.earlier, found.rates()):
+            effects.learn(measured)
+        self.neighbourhood.effects = effects
+        candidates = self.neighbourhood.candidates(found.best_config, found.best or 0.0, found.outcomes(),
+                                                   found.budget.eager_s, found.budget.costly_steady_s, refused)
+        if candidates:
+            study.enqueue_trial(space.params(candidates[0].config), user_attrs={SEED_ATTR: NEIGHBOUR},
+                                skip_if_exists=True)
+            self.exhausted_at, self.sampler_tries = None, 0
+            return ENQUEUED
+        if found.running:
+            return None  # what runs elsewhere may move the best: keep this slot busy with the sampler meanwhile
+        if self.exhausted_at != found.best_key:
+            self.exhausted_at, self.sampler_tries = found.best_key, 0
+            say(f"the neighbourhood of the best configuration is exhausted after {found.finished} trials; "
+                f"the sampler gets {SAMPLER_PATIENCE} trials to find a better one")
+        if self.sampler_tries < SAMPLER_PATIENCE:
+            return None
+        say(f"converged after {found.finished} trials, {format_duration(elapsed_s)} of {format_duration(budget_s)} "
+            f"used: no neighbour of the best configuration is left, and {SAMPLER_PATIENCE} sampler trials found "
+            "nothing better")
+        return CONVERGED
+
+    def proposed(self, seed_kind: str) -> None:
+        """A trial the sampler chose is about to run: one of its tries, once the neighbourhood ran out."""
+        if seed_kind == "search" and self.exhausted_at is not None:
+            self.sampler_tries += 1
