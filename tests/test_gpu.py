@@ -231,6 +231,51 @@ def test_sdpa_backend_is_forced(trials):
     assert forced.status == "crash" and "RuntimeError: Invalid backend" in (forced.error or ""), forced.error
 
 
+def test_sdpa_probe_offers_only_the_backends_a_masked_attention_accepts(trials, tmp_path):
+    """BERT-style padding masks refuse FlashAttention: the probe finds out, and no trial crashes on it."""
+    attention = WORKLOADS / "attention.py"
+    facts = TuneContext.from_dict(probed(attention, "masked_attention")["ctx"]).facts
+    print("\nmasked attention: offered", facts["sdpa.backends"], "refused", facts["sdpa.refused"])
+    assert facts["sdpa.used"] is True and "flash" in facts["sdpa.refused"] and "flash" not in facts["sdpa.backends"]
+    assert {"math", "efficient"} <= set(facts["sdpa.backends"])
+    knob = {k.name: k for k in applicable_knobs(plugin_manager().pm, trials.context(attention, "masked_attention"))}
+    assert knob["sdpa_backend"].choices == ("auto", *facts["sdpa.backends"])
+    for backend in facts["sdpa.backends"]:
+        outcome, _ = trials.run(attention, "masked_attention", precision="bf16", sdpa_backend=backend)
+        print(f"sdpa_backend={backend} with a mask: {outcome.status} {outcome.metrics.get('samples_per_s')}")
+        assert outcome.status == "ok", outcome.error
+    # Causal attention without a mask takes flash, as before.
+    plain = TuneContext.from_dict(probed(attention, "attention")["ctx"]).facts
+    assert "flash" in plain["sdpa.backends"], plain
+    # A whole run over the SDPA knob: no trial crashes.
+    db = tmp_path / "masked.db"
+    result = run_cli("run", str(attention), "--workload", "masked_attention", "--db", str(db), "--trials", "10",
+                     "--only", "sdpa_backend,precision,compile", "--window-time", "0.1", "--budget", "4m",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    statuses = [r[0] for r in db_rows(db, "select status from dstune_trials")]
+    print("run over sdpa_backend, precision, compile:", statuses)
+    assert "crash" not in statuses, result.stdout
+
+
+def test_a_training_step_timed_by_its_parts_agrees_with_whole_steps_on_the_gpu(trials):
+    """CUDA events between the micro-steps and the update: the parts add up to what whole steps measure."""
+    from dstune.trial.measure_settings import MeasureSettings
+
+    attention = WORKLOADS / "attention.py"
+    settings = MeasureSettings(windows=5, window_s=0.3)
+    ratios = []
+    for _ in range(3):  # interleaved: drift hits both alike
+        parts, _ = trials.run(attention, "masked_attention", measure=settings, precision="bf16")
+        whole, _ = trials.run(attention, "masked_attention", precision="bf16",
+                              measure=MeasureSettings(**{**settings.to_dict(), "by_parts": False}))
+        assert parts.status == whole.status == "ok", (parts.error, whole.error)
+        assert parts.metrics["timing"] == "parts" and parts.metrics["accumulation"] == 4
+        ratios.append(parts.metrics["samples_per_s"] / whole.metrics["samples_per_s"])
+    print("\nby parts / whole steps, three interleaved pairs:", [f"{r:.4f}" for r in ratios])
+    assert 0.98 <= sorted(ratios)[1] <= 1.02, ratios
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_gpus_runs_a_trial_on_each_gpu_at_once_and_a_worker_joins_on_another(tmp_path):
     """``--gpus 0,1``: trials pinned one per GPU run side by side; then a coordinator on GPU 0 and a worker on GPU 1."""

@@ -16,7 +16,7 @@ import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 CHECK_RESERVE_FACTOR = 1.25  # the check's reserve is its rounds' cost plus a quarter for slack
 MAX_CHECK_SHARE = 0.35  # the most of the budget held back from the trials for the check
@@ -33,17 +33,22 @@ class Budget:
     check_repeats: int
     incumbent_key: str = ""
     past_measure_s: float | None = None  # median check measurement of the previous iteration
-    started: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    started: float = -1.0  # clock() when the iteration started (set on creation)
     waited_s: float = 0.0  # time spent waiting for an idle device: not counted
     measure_s: dict[str, float] = field(default_factory=dict)  # what re-measuring a config costs, by config key
     eager_s: list[float] = field(default_factory=list)  # durations of successful cheap trials
     costly_steady_s: list[float] = field(default_factory=list)  # successful costly trials, first step left out
 
+    def __post_init__(self) -> None:
+        if self.started < 0:
+            self.started = self.clock()
+
     # -- the clock ----------------------------------------------------------------------
 
     def elapsed(self) -> float:
         """Seconds of the iteration so far, waits for an idle device left out."""
-        return time.monotonic() - self.started - self.waited_s
+        return self.clock() - self.started - self.waited_s
 
     def left(self) -> float:
         return self.budget_s - self.elapsed()
@@ -64,11 +69,11 @@ class Budget:
     @contextmanager
     def not_counting(self) -> Iterator[None]:
         """Time spent inside is not charged to the budget (the idle gate's wait)."""
-        before = time.monotonic()
+        before = self.clock()
         try:
             yield
         finally:
-            self.waited_s += time.monotonic() - before
+            self.waited_s += self.clock() - before
 
     # -- what measurements cost -----------------------------------------------------------
 
@@ -133,3 +138,29 @@ class Budget:
         if per_round <= 0:
             return self.check_repeats
         return max(MIN_CHECK_ROUNDS, min(self.check_repeats, int(self.left() / per_round)))
+
+
+@dataclass
+class CheckClock:
+    """The check's account of its time: what its measurements took, and whether another round still fits.
+
+    A round starts only if it ends within the budget and its overrun: as long
+    as the rounds before it took, or, for the first, as long as ``first_round_s``
+    (the budget's estimate).  So a slow incumbent, the workload's slow default
+    say, never pushes the check past the budget.
+    """
+
+    budget: Budget
+    first_round_s: float
+    measured_s: list[float] = field(default_factory=list)
+
+    def timeout_s(self, trial_timeout_s: float) -> float:
+        """The timeout of the next measurement: the trial timeout, or less where the budget ends sooner."""
+        return self.budget.timeout_within(trial_timeout_s)
+
+    def measured(self, seconds: float) -> None:
+        self.measured_s.append(seconds)
+
+    def may_start(self, round_: int) -> bool:
+        expected = sum(self.measured_s) / round_ if round_ else self.first_round_s
+        return self.budget.pays_for(expected)

@@ -56,7 +56,7 @@ from dstune.trial.records import TrialOutcome
 from dstune.units import format_latency, parse_memory_budget
 
 from .act import Decision, decide
-from .budget import Budget
+from .budget import Budget, CheckClock
 from .check import CheckResult, interleaved_check
 from .do import DoSetup, TrialPool
 from .heartbeats import study_storage
@@ -272,14 +272,16 @@ class Iteration:
 
         slot = self.slots[0]
 
-        measured_s: list[float] = []
+        best_key = config_key(challenger) if challenger else self.pool.found.best_key if self.pool else ""
+        # Without a challenger a round measures the incumbent alone: half a round.
+        clock = CheckClock(self.budget, self.budget.round_s(best_key) / (1 if challenger else 2))
 
         def measure(role: str, round_: int, config: Config) -> TrialOutcome:
             self.wait_idle(slot)
-            timeout_s = self.budget.timeout_within(options.trial_timeout_s)
+            timeout_s = clock.timeout_s(options.trial_timeout_s)
             outcome = run_in_subprocess(trial_spec(options, self.ctx_dict, config, self.guard(config)),
                                         timeout_s=timeout_s, env={**self.env, **slot.env})
-            measured_s.append(outcome.duration_s)
+            clock.measured(outcome.duration_s)
             if outcome.status == "timeout" and timeout_s < options.trial_timeout_s:
                 outcome.status = "interrupted"
                 outcome.error = f"stopped after {outcome.duration_s:.0f} s: the budget ran out"
@@ -289,15 +291,7 @@ class Iteration:
             self.reporter.check_measured(role, round_, outcome)
             return outcome
 
-        first_round_s = self.budget.round_s(config_key(challenger) if challenger else self.pool.found.best_key
-                                            if self.pool else "")
-        first_round_s /= 1 if challenger else 2  # without a challenger a round measures the incumbent alone
-
-        def may_start(round_: int) -> bool:
-            """A round starts only if it ends within the budget: as long as those before it, or as estimated."""
-            return self.budget.pays_for(sum(measured_s) / round_ if round_ else first_round_s)
-
-        result = interleaved_check(measure, self.incumbent.config, challenger, repeats, may_start)
+        result = interleaved_check(measure, self.incumbent.config, challenger, repeats, clock.may_start)
         if result.cut:
             self.reporter.message(f"the check stopped early: {result.cut}")
         return result, challenger, why

@@ -126,8 +126,8 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
     first are already slower than that raises :class:`HopelessTrial` instead
     of spending its warm-up and timed windows.
     """
-    if (settings.by_parts and composed.micro_step is not None and composed.optimizer_step is not None
-            and composed.loader is None):
+    if (settings.by_parts and composed.plan.accumulation > 1 and composed.micro_step is not None
+            and composed.optimizer_step is not None and composed.loader is None):
         return measure_by_parts(composed, settings, prune_below)
     clock = _Clock(composed.device)
     step = composed.step
@@ -229,9 +229,11 @@ def measure_by_parts(composed: Composed, settings: MeasureSettings, prune_below:
 
     Warm-up runs cycles of one micro-step and one update, each timed, until
     the micro-step time is steady; each timed window then runs ``n``
-    micro-steps (as many as fill ``window_s``) and one update, with CUDA
-    events between them, and gives a step time of ``accumulation`` times the
-    window's micro-step time plus its update time.
+    micro-steps (as many as fill ``window_s``, in groups of at most
+    ``accumulation`` each followed by an update), with CUDA events between
+    them, and gives a step time of ``accumulation`` times the window's
+    micro-step time plus its update time.  Only for ``accumulation`` > 1:
+    otherwise a whole step is one micro-step and one update already.
     """
     assert composed.micro_step is not None and composed.optimizer_step is not None
     micro, update = composed.micro_step, composed.optimizer_step
@@ -280,16 +282,27 @@ def measure_by_parts(composed: Composed, settings: MeasureSettings, prune_below:
         monitor.start()
     timed_start = time.perf_counter()
     for _ in range(windows):
-        begin()
-        start = clock.mark()
-        for _ in range(micro_per_window):
-            bad |= ~torch.isfinite(micro()).all()
-        middle = clock.mark()
-        update()
-        end = clock.mark()
-        clock.sync()
-        micro_per.append(clock.seconds(start, middle) / micro_per_window)
-        update_per.append(clock.seconds(middle, end))
+        # Never more micro-steps between two updates than training has: more would grow the gradient past
+        # what the learning rate is meant for (a window longer than a step is whole steps).
+        micro_s = update_s = 0.0
+        left = micro_per_window
+        updates = 0
+        while left > 0:
+            chunk = min(left, accumulation)
+            begin()
+            start = clock.mark()
+            for _ in range(chunk):
+                bad |= ~torch.isfinite(micro()).all()
+            middle = clock.mark()
+            update()
+            end = clock.mark()
+            clock.sync()
+            micro_s += clock.seconds(start, middle)
+            update_s += clock.seconds(middle, end)
+            left -= chunk
+            updates += 1
+        micro_per.append(micro_s / micro_per_window)
+        update_per.append(update_s / updates)
         step_times.append(accumulation * micro_per[-1] + update_per[-1])
     timed_wall_s = time.perf_counter() - timed_start
     readings = monitor.stop() if monitor else {}

@@ -1,0 +1,80 @@
+"""The budget of an iteration (run/budget.py): the check's minimum is paid for, and no round overruns.
+
+A run's ``--budget`` is a promise: the whole iteration, check included, ends
+within it plus 5% (or 30 s, whichever is more).  These tests drive the
+budget's clock by hand, so they hold on any machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dstune.run.act import decide
+from dstune.run.budget import Budget, CheckClock
+from dstune.run.check import interleaved_check
+from dstune.trial.records import TrialOutcome
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def test_the_trials_leave_the_check_its_minimum_even_past_the_usual_share(clock):
+    """A slow incumbent: two check rounds take more than the 35% share the reserve is usually held to."""
+    budget = Budget(600.0, check_repeats=5, incumbent_key="incumbent", clock=clock)
+    budget.record_success("incumbent", duration_s=200.0, first_step_s=0.0, costly=False)
+    budget.record_success("best", duration_s=10.0, first_step_s=0.0, costly=False)
+    assert budget.check_reserve("best") == 2 * 210.0  # not 0.35 * 600
+    clock.now += 150.0
+    assert budget.for_trials("best") == 600.0 - 150.0 - 420.0
+    # A quick workload keeps the usual reserve: five rounds plus a quarter, at most 35% of the budget.
+    quick = Budget(600.0, check_repeats=5, incumbent_key="incumbent", clock=clock)
+    quick.record_success("incumbent", 4.0, 0.0, False)
+    quick.record_success("best", 4.0, 0.0, False)
+    assert quick.check_reserve("best") == 1.25 * 5 * 8.0
+
+
+def test_the_check_starts_no_round_that_would_end_past_the_budget(clock):
+    budget = Budget(100.0, check_repeats=5, clock=clock)
+    check = CheckClock(budget, first_round_s=60.0)
+
+    def measure(role, round_, config):  # every measurement takes 30 s
+        clock.now += 30.0
+        check.measured(30.0)
+        return TrialOutcome("ok", metrics={"samples_per_s": 100.0 if role == "incumbent" else 110.0})
+
+    result = interleaved_check(measure, {"x": 1}, {"x": 2}, 5, check.may_start)
+    assert len(result.incumbent) == len(result.challenger) == 2
+    assert result.cut == "the budget paid for 2 of 5 rounds" and result.estimate is not None
+    assert budget.elapsed() == 120.0 <= budget.budget_s + budget.overrun_s  # 30 s of overrun allowed at most
+    assert budget.overrun_s == 30.0 and Budget(1200.0, 5).overrun_s == 60.0
+
+
+def test_a_first_round_the_budget_cannot_pay_for_is_not_started(clock):
+    budget = Budget(100.0, check_repeats=5, clock=clock)
+    clock.now += 90.0  # the slow default took nearly all of it
+    check = CheckClock(budget, first_round_s=45.0)
+    result = interleaved_check(lambda *a: pytest.fail("measured"), {"x": 1}, None, 5, check.may_start)
+    assert result.cut == "the budget paid for 0 of 5 rounds" and result.incumbent == []
+    assert check.timeout_s(600.0) == 40.0  # a measurement started now would be cut at the budget's overrun
+
+
+def test_a_measurement_the_budget_cut_short_blames_neither_side():
+    outcomes = iter([TrialOutcome("ok", metrics={"samples_per_s": 100.0}),
+                     TrialOutcome("ok", metrics={"samples_per_s": 120.0}),
+                     TrialOutcome("ok", metrics={"samples_per_s": 101.0}),
+                     TrialOutcome("interrupted", error="stopped after 40 s: the budget ran out")])
+    result = interleaved_check(lambda *a: next(outcomes), {"x": 1}, {"x": 2}, 5)
+    assert result.failures == {} and result.cut == "the budget ran out in round 2 of 5"
+    assert result.incumbent == [100.0] and result.challenger == [120.0] and result.estimate is None
+    made = decide(result, has_challenger=True, min_gain=0.02, reference=None)
+    assert made.decision == "kept" and "an interval needs two" in made.reason
