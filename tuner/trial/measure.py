@@ -284,9 +284,10 @@ def measure_by_parts(composed: Composed, settings: MeasureSettings, prune_below:
     for _ in range(windows):
         # Never more micro-steps between two updates than training has: more would grow the gradient past
         # what the learning rate is meant for (a window longer than a step is whole steps).
-        micro_s = update_s = 0.0
+        # The device is synchronised at the window's end only, as whole steps are: a sync between chunks
+        # would let the GPU idle while the host queues the next one.
+        marks = []
         left = micro_per_window
-        updates = 0
         while left > 0:
             chunk = min(left, accumulation)
             begin()
@@ -295,14 +296,11 @@ def measure_by_parts(composed: Composed, settings: MeasureSettings, prune_below:
                 bad |= ~torch.isfinite(micro()).all()
             middle = clock.mark()
             update()
-            end = clock.mark()
-            clock.sync()
-            micro_s += clock.seconds(start, middle)
-            update_s += clock.seconds(middle, end)
+            marks.append((start, middle, clock.mark()))
             left -= chunk
-            updates += 1
-        micro_per.append(micro_s / micro_per_window)
-        update_per.append(update_s / updates)
+        clock.sync()
+        micro_per.append(sum(clock.seconds(a, b) for a, b, _ in marks) / micro_per_window)
+        update_per.append(sum(clock.seconds(b, c) for _, b, c in marks) / len(marks))
         step_times.append(accumulation * micro_per[-1] + update_per[-1])
     timed_wall_s = time.perf_counter() - timed_start
     readings = monitor.stop() if monitor else {}
