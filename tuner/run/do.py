@@ -179,7 +179,7 @@ class TrialPool:
 
     # -- one slot ---------------------------------------------------------------------
 
-    def _pick(self) -> tuple[optuna.Trial, Config, str] | str:
+    def _pick(self, available: float) -> tuple[optuna.Trial, Config, str] | str:
         """Ask until the study proposes a configuration worth running; or why the trials should stop."""
         setup = self.setup
         study, space = setup.study, setup.space
@@ -188,9 +188,10 @@ class TrialPool:
                 turn = self.local.before_ask(
                     study, space, self.found, refused=lambda c: bool(self.found.failures.banned(c) or
                                                                      setup.invalid_reason(c)),
-                    say=setup.reporter.message, elapsed_s=self.elapsed(), budget_s=setup.options.budget_s)
-                if turn == CONVERGED:
-                    return CONVERGED
+                    say=setup.reporter.message, elapsed_s=self.elapsed(), budget_s=setup.options.budget_s,
+                    available_s=available)
+                if turn in (CONVERGED, "budget"):
+                    return turn
             else:
                 self.schedule.before_ask(study, self.found.finished, self.elapsed(), self.found.successes)
             trial = study.ask()
@@ -247,7 +248,7 @@ class TrialPool:
                 claim = setup.store.claim_trial(setup.iteration_id, options.trials)
                 if claim is None:
                     return "trials"
-                picked = self._pick()
+                picked = self._pick(available)
                 if isinstance(picked, str):
                     setup.store.release_claim(setup.iteration_id)
                     self.stop_reason = picked

@@ -184,11 +184,14 @@ class LocalSearch:
     sampler_tries: int = 0  # sampler proposals since then
 
     def before_ask(self, study: optuna.Study, space: SearchSpace, found: Findings, refused: Callable[[Config], bool],
-                   say: Callable[[str], None], elapsed_s: float, budget_s: float) -> str | None:
-        """``enqueued`` a neighbour, ``converged``, or None: the sampler proposes the next trial.
+                   say: Callable[[str], None], elapsed_s: float, budget_s: float,
+                   available_s: float = float("inf")) -> str | None:
+        """``enqueued`` a neighbour, ``converged``, ``budget``, or None: the sampler proposes the next trial.
 
         Seeds and retries waiting in the study go first; before anything has
-        succeeded there is no best to search around.
+        succeeded there is no best to search around.  A neighbour expected to
+        take longer than the ``available_s`` seconds left for trials is not
+        started only to be cut off: when no neighbour fits, the trials stop.
         """
         if found.best_config is None or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             return None
@@ -198,8 +201,13 @@ class LocalSearch:
         self.neighbourhood.effects = effects
         candidates = self.neighbourhood.candidates(found.best_config, found.best or 0.0, found.outcomes(),
                                                    found.budget.eager_s, found.budget.costly_steady_s, refused)
-        if candidates:
-            study.enqueue_trial(space.params(candidates[0].config), user_attrs={SEED_ATTR: NEIGHBOUR},
+        affordable = [c for c in candidates if c.cost_s <= available_s]
+        if candidates and not affordable:
+            say(f"the most promising neighbours would take longer than the {available_s:.0f} s left for trials "
+                f"(the next, {candidates[0].describe()}, about {candidates[0].cost_s:.0f} s): stopping the trials")
+            return "budget"
+        if affordable:
+            study.enqueue_trial(space.params(affordable[0].config), user_attrs={SEED_ATTR: NEIGHBOUR},
                                 skip_if_exists=True)
             self.exhausted_at, self.sampler_tries = None, 0
             return ENQUEUED
