@@ -105,3 +105,26 @@ def test_a_crashing_value_is_tried_once_then_refused_with_its_reason(tmp_path, k
     assert (ban["knob"], ban["value"], ban["signature"]) == \
         ("kernel", "fused", "RuntimeError: No available kernel. Aborting execution.")
     assert "[learned] kernel=fused is not proposed again in this iteration" in " ".join(done.stdout.split())
+
+
+def test_what_an_iteration_learned_is_in_its_history_and_report(tmp_path):
+    """The bans are read back from the store by the views, as a user would see them."""
+    from dstune.store import Store
+    from dstune.views.records import history_records
+    from dstune.views.report import render_report
+
+    store = Store(str(tmp_path / "v.db"))
+    workload_id = store.workload_id("w", "/w.py")
+    iteration_id = store.start_iteration(workload_id=workload_id, study_name="w-it1", phase="do", context={},
+                                         knobs=[], default_config={}, checklist_config={}, options={})
+    memory = FailureMemory(frozenset({"sdpa"}))
+    memory.fold("ok", {"sdpa": "auto"}, 1, None)
+    (ban,) = memory.fold("crash", {"sdpa": "flash"}, 2, EAGER)
+    store.update_iteration(iteration_id, learned=[ban.to_dict()])
+    store.record_trial(iteration_id, number=1, seed_kind="default", config={"sdpa": "auto"}, status="ok",
+                       metrics={"samples_per_s": 10.0, "peak_memory_bytes": 1 << 20, "step_time_cv": 0.01})
+    store.conclude_iteration(iteration_id, None, decision="kept", reason="no challenger")
+    (record,) = history_records(store, "w")
+    assert record["learned"][0]["reason"] == ban.reason
+    page, _ = render_report(store, "w")
+    assert "sdpa=flash" in page and "RuntimeError: No available kernel. Aborting execution." in page

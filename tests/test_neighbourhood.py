@@ -15,7 +15,8 @@ from .conftest import WORKLOADS, db_rows, run_cli
 KNOBS = (
     Knob("batch_size", choices=(8, 16, 32), default=8, checklist=32),
     Knob("checkpointing", choices=(False, True), default=False, checklist=False),
-    Knob("compile", choices=("off", "default"), default="off", checklist="off", costly=("default",)),
+    Knob("compile", choices=("off", "default", "autotune"), default="off", checklist="off",
+         costly=("default", "autotune"), cost={"default": 4.0, "autotune": 40.0}),
     Knob("threads", choices=(1, 2), default=1, checklist=1),
 )
 SPACE = SearchSpace(KNOBS)
@@ -23,7 +24,7 @@ BEST = {"batch_size": 16, "checkpointing": False, "compile": "off", "threads": 1
 
 
 def _neighbourhood(effects: KnobEffects | None = None) -> Neighbourhood:
-    return Neighbourhood(KNOBS, SPACE.normalised, lambda c: c["compile"] == "default", effects or KnobEffects())
+    return Neighbourhood(KNOBS, SPACE.normalised, lambda c: c["compile"] != "off", effects or KnobEffects())
 
 
 def _changes(candidates):
@@ -34,13 +35,21 @@ def test_neighbours_change_one_knob_cheapest_and_most_promising_first():
     effects = KnobEffects()
     # Earlier: two threads were 20% faster than one, at another batch size.
     effects.learn([({**BEST, "batch_size": 8}, 100.0), ({**BEST, "batch_size": 8, "threads": 2}, 120.0)])
-    found = _neighbourhood(effects).candidates(BEST, 200.0, {config_key(BEST): ("ok", 200.0)}, eager_s=[2.0],
-                                               costly_s=[], refused=lambda c: False)
+    durations = {config_key(BEST): 2.0}
+    found = _neighbourhood(effects).candidates(BEST, 200.0, {config_key(BEST): ("ok", 200.0)}, durations,
+                                               refused=lambda c: False)
     order = _changes(found)
     assert order[0] == "threads=2"  # measured to help
-    assert order[-1] == "compile=default"  # as promising as the others, but four eager trials' cost
-    assert set(order) == {"batch_size=8", "batch_size=32", "checkpointing=True", "compile=default", "threads=2"}
+    assert order[-2:] == ["compile=default", "compile=autotune"]  # as promising, but as costly as their plugin says
+    assert set(order) == {"batch_size=8", "batch_size=32", "checkpointing=True", "compile=default",
+                          "compile=autotune", "threads=2"}
     assert found[0].gain == math.log(1.2) and found[1].gain == PRIOR_GAIN
+    assert [c.cost_s for c in found[-2:]] == [8.0, 80.0]
+    # Once a compiled trial has run, what it took is the cost of another with the same compile mode.
+    durations[config_key({**BEST, "batch_size": 8, "compile": "default"})] = 30.0
+    found = _neighbourhood(effects).candidates(BEST, 200.0, {config_key(BEST): ("ok", 200.0)}, durations,
+                                               refused=lambda c: False)
+    assert {c.describe(): c.cost_s for c in found}["compile=default"] == 30.0
 
 
 def test_measured_refused_and_clearly_worse_changes_are_not_proposed():
@@ -48,9 +57,9 @@ def test_measured_refused_and_clearly_worse_changes_are_not_proposed():
     effects.learn([(BEST, 100.0), ({**BEST, "checkpointing": True}, 70.0)])  # 30% slower elsewhere
     outcomes = {config_key(BEST): ("ok", 100.0), config_key({**BEST, "batch_size": 32}): ("running", 0.0)}
     found = _neighbourhood(effects).candidates(
-        BEST, 100.0, outcomes, eager_s=[1.0], costly_s=[],
+        BEST, 100.0, outcomes, {config_key(BEST): 1.0},
         refused=lambda c: c["threads"] == 2)  # a plugin refuses it, or it crashed before
-    assert _changes(found) == ["batch_size=8", "compile=default"]
+    assert _changes(found) == ["batch_size=8", "compile=default", "compile=autotune"]
 
 
 def test_once_no_single_change_is_left_pairs_of_the_knobs_that_matter_follow():
@@ -58,12 +67,30 @@ def test_once_no_single_change_is_left_pairs_of_the_knobs_that_matter_follow():
     outcomes = {config_key(BEST): ("ok", 100.0)}
     for change, outcome in ((("batch_size", 8), ("ok", 60.0)), (("batch_size", 32), ("oom", 0.0)),
                             (("checkpointing", True), ("ok", 92.0)), (("compile", "default"), ("ok", 100.5)),
-                            (("threads", 2), ("ok", 99.0))):
+                            (("compile", "autotune"), ("ok", 99.5)), (("threads", 2), ("ok", 99.0))):
         outcomes[config_key({**BEST, change[0]: change[1]})] = outcome
-    found = _neighbourhood().candidates(BEST, 100.0, outcomes, [1.0], [4.0], refused=lambda c: False)
+    durations = {config_key(BEST): 1.0}
+    found = _neighbourhood().candidates(BEST, 100.0, outcomes, durations, refused=lambda c: False)
     assert _changes(found) == ["batch_size=32, checkpointing=True"]  # neutral knobs and far worse changes left out
     outcomes[config_key(found[0].config)] = ("ok", 130.0)
-    assert _neighbourhood().candidates(BEST, 100.0, outcomes, [1.0], [4.0], refused=lambda c: False) == []
+    assert _neighbourhood().candidates(BEST, 100.0, outcomes, durations, refused=lambda c: False) == []
+
+
+def test_the_best_eager_configuration_is_searched_around_before_a_compiled_best():
+    from dstune.run.budget import Budget
+    from dstune.run.failures import FailureMemory
+    from dstune.run.findings import Findings
+    from dstune.run.neighbourhood import LocalSearch
+    from dstune.run.search import CostAwareSchedule
+
+    schedule = CostAwareSchedule(SPACE, trials=30, budget_s=600.0)
+    found = Findings(schedule, Budget(600.0, 5), memory_budget=1 << 40, max_latency_s=None,
+                     failures=FailureMemory())
+    compiled = {**BEST, "compile": "default"}
+    found.successes += [(BEST, 100.0), (compiled, 150.0)]
+    found.best, found.best_key, found.best_config = 150.0, config_key(compiled), compiled
+    centres = LocalSearch(_neighbourhood())._centres(found)
+    assert [c["compile"] for c, _ in centres] == ["off", "default"]
 
 
 def test_a_local_search_climbs_converges_and_ends_the_run_early(tmp_path):

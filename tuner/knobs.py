@@ -35,7 +35,9 @@ class Knob:
     ``active`` says, from the values of other knobs, whether this one means
     anything (prefetching only with loader workers, a compile option only
     with compile on); an inactive knob keeps its default and is not searched,
-    which is how Optuna's define-by-run spaces express conditions.
+    which is how Optuna's define-by-run spaces express conditions.  ``cost``
+    says, for costly choices, how many ordinary trials one trial with that
+    choice is expected to cost, until this run has measured it.
     """
 
     name: str
@@ -48,6 +50,9 @@ class Knob:
     tolerance: Mapping[Choice, float] = field(default_factory=dict, compare=False, hash=False)
     active: Callable[[Mapping[str, Choice]], bool] | None = field(default=None, compare=False)
     plugin: str = field(default="", compare=False)
+    # What a trial with a costly choice is expected to cost, in trials of the eager default (what the plugin
+    # knows before anything is measured: autotuning compiles far longer than a plain compile).
+    cost: Mapping[Choice, float] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace(".", "").isalnum():

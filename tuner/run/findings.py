@@ -39,6 +39,7 @@ class Findings:
     best_key: str = ""
     best_config: Config | None = None
     finished: int = 0  # trials of every process that have ended (invalid configurations are not trials)
+    durations: dict[str, float] = field(default_factory=dict)  # what each successful trial took, by config key
 
     def fold(self, row: Any) -> list[Ban]:
         """Take in one ended trial's row; the bans its crash justifies (usually none)."""
@@ -54,6 +55,7 @@ class Findings:
         self.schedule.record(row.config, duration)
         if row.status != "ok":
             return bans
+        self.durations[key] = duration
         self.budget.record_success(key, duration, float(metrics.get("first_step_s") or 0.0),
                                          self.schedule.is_costly(row.config))
         if fits(metrics.get("peak_memory_bytes") or 0, metrics.get("latency_p99_s"), self.memory_budget, self.max_latency_s):

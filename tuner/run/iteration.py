@@ -60,7 +60,7 @@ from .budget import Budget, CheckClock
 from .check import CheckResult, interleaved_check
 from .do import DoSetup, TrialPool
 from .heartbeats import study_storage
-from .options import RunOptions, guard_for, trial_spec
+from .options import LOCAL, RunOptions, guard_for, trial_spec
 from .plan import Incumbent, adapt_config, compile_cache_env, copy_trials, earlier_measurements, probe
 from .search import SearchSpace, create_study, enqueue_seeds
 
@@ -186,7 +186,11 @@ class Iteration:
             seeds.append(("incumbent", incumbent.config))
         if previous is not None and previous.chosen_config:
             seeds.append(("previous", adapt_config(previous.chosen_config, knobs)[0]))
-        seeds += [("default", default_config(knobs)), ("checklist", checklist)]
+        seeds.append(("default", default_config(knobs)))
+        eager = self.space.normalised({**checklist, **{k.name: k.default for k in knobs if k.costly and k.tunable}})
+        if options.search == LOCAL and eager != self.space.normalised(checklist):
+            seeds.append(("checklist-eager", eager))  # the checklist without its costly choices: cheap, a centre
+        seeds.append(("checklist", checklist))
         enqueue_seeds(self.study, self.space, seeds)
         copied = 0
         if previous is not None and not diff and previous.study_name:

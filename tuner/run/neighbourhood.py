@@ -25,6 +25,7 @@ choice costs several eager trials).
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -115,11 +116,20 @@ class Neighbourhood:
     is_costly: Callable[[Config], bool]
     effects: KnobEffects = field(default_factory=KnobEffects)
 
-    def _cost(self, config: Config, eager_s: Sequence[float], costly_s: Sequence[float]) -> float:
-        eager = statistics.median(eager_s) if eager_s else 1.0
-        if self.is_costly(config):
-            return statistics.median(costly_s) if costly_s else COSTLY_FACTOR * eager
-        return eager
+    def _cost(self, config: Config, durations: dict[str, float]) -> float:
+        """Seconds a trial of ``config`` should take: what trials with the same costly choices took, else the
+        eager trials' median times what its plugin says a costly choice costs (COSTLY_FACTOR if it says nothing)."""
+        def costly_values(c: Config) -> tuple[tuple[str, object], ...]:
+            return tuple((k.name, c.get(k.name)) for k in self.knobs if k.costly and c.get(k.name) in k.costly)
+
+        mine = costly_values(config)
+        same = [d for key, d in durations.items() if costly_values(json.loads(key)) == mine]
+        if same:
+            return statistics.median(same)
+        eager = [d for key, d in durations.items() if not costly_values(json.loads(key))]
+        base = statistics.median(eager) if eager else 1.0
+        by_name = {k.name: k for k in self.knobs}
+        return base * max((by_name[name].cost.get(value, COSTLY_FACTOR) for name, value in mine), default=1.0)
 
     def _singles(self, best: Config) -> Iterable[tuple[str, object]]:
         for knob in self.knobs:
@@ -129,8 +139,7 @@ class Neighbourhood:
                         yield knob.name, value
 
     def candidates(self, best: Config, best_rate: float, outcomes: dict[str, tuple[str, float]],
-                   eager_s: Sequence[float], costly_s: Sequence[float], refused: Callable[[Config], bool]
-                   ) -> list[Candidate]:
+                   durations: dict[str, float], refused: Callable[[Config], bool]) -> list[Candidate]:
         """Unmeasured neighbours of ``best``, best gain per second first; singles before pairs.
 
         ``outcomes`` maps a configuration key to (status, samples/s) for every
@@ -154,7 +163,7 @@ class Neighbourhood:
                 continue
             gain = self.effects.gain(name, best[name], value)
             if gain > SKIP_BELOW:
-                singles.append(Candidate(config, ((name, value),), gain, self._cost(config, eager_s, costly_s)))
+                singles.append(Candidate(config, ((name, value),), gain, self._cost(config, durations)))
         if singles:
             return sorted(singles, key=lambda c: -c.score)
         pairs: list[Candidate] = []
@@ -165,7 +174,7 @@ class Neighbourhood:
             if config_key(config) in outcomes or refused(config):
                 continue
             pairs.append(Candidate(config, ((k1, v1), (k2, v2)), g1 + g2 + PRIOR_GAIN,
-                                   self._cost(config, eager_s, costly_s)))
+                                   self._cost(config, durations)))
         return sorted(pairs, key=lambda c: -c.score)[:MAX_PAIRS]
 
 
@@ -199,8 +208,11 @@ class LocalSearch:
         for measured in (*self.earlier, found.rates()):
             effects.learn(measured)
         self.neighbourhood.effects = effects
-        candidates = self.neighbourhood.candidates(found.best_config, found.best or 0.0, found.outcomes(),
-                                                   found.budget.eager_s, found.budget.costly_steady_s, refused)
+        candidates: list[Candidate] = []
+        for centre, rate in self._centres(found):  # the best eager configuration's neighbours first
+            candidates = self.neighbourhood.candidates(centre, rate, found.outcomes(), found.durations, refused)
+            if candidates:
+                break
         affordable = [c for c in candidates if c.cost_s <= available_s]
         if candidates and not affordable:
             say(f"the most promising neighbours would take longer than the {available_s:.0f} s left for trials "
@@ -223,6 +235,20 @@ class LocalSearch:
             f"used: no neighbour of the best configuration is left, and {SAMPLER_PATIENCE} sampler trials found "
             "nothing better")
         return CONVERGED
+
+    def _centres(self, found: Findings) -> list[tuple[Config, float]]:
+        """Where to search from: the best configuration without a costly choice, then the best of all.
+
+        Eager trials are cheap: the neighbourhood of the best eager
+        configuration, costly choices (compilation) on top of it included,
+        is searched before that of a compiled best, whose every neighbour
+        compiles again.
+        """
+        eager = [(c, r) for c, r in found.successes if not self.neighbourhood.is_costly(c)]
+        centres = [max(eager, key=lambda cr: cr[1])] if eager else []
+        if found.best_config is not None and (not centres or config_key(centres[0][0]) != found.best_key):
+            centres.append((found.best_config, found.best or 0.0))
+        return centres
 
     def proposed(self, seed_kind: str) -> None:
         """A trial the sampler chose is about to run: one of its tries, once the neighbourhood ran out."""

@@ -85,6 +85,7 @@ def iteration_record(store: Store, iteration: Any) -> dict[str, Any]:
         "speedup": iteration.speedup, "speedup_low": iteration.speedup_low, "speedup_high": iteration.speedup_high,
         "regression": iteration.regression, "regression_estimate": (iteration.check or {}).get("regression_estimate"),
         "memory_budget_bytes": iteration.memory_budget_bytes, "error": first_line(iteration.error),
+        "learned": list(iteration.learned or []),  # knob values the search stopped proposing after crashes
     }
 
 

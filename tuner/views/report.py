@@ -272,6 +272,17 @@ def _environment_section(records: list[dict[str, Any]]) -> str:
                   table_id="environment")
 
 
+def _learned_section(iteration: Any) -> str:
+    """What the iteration stopped proposing after crashes, and why (run/failures.py); nothing when it learned none."""
+    bans = list(iteration.learned or [])
+    if not bans:
+        return ""
+    rows = [[html.escape(f"{b['knob']}={b['value']}"), html.escape(", ".join(map(str, b["trials"]))),
+             html.escape(b["signature"])] for b in bans]
+    return ("<p>Knob values not proposed again in this iteration, after the trials named crashed with them:</p>"
+            + _table(("value", "crashed trials", "error"), rows, table_id="learned"))
+
+
 def _trials_section(trials: list[dict[str, Any]], challenger_id: int | None) -> str:
     rows, classes = [], []
     for t in trials:
@@ -354,6 +365,7 @@ iteration started from, the ring the challenger it picked.</p>
 <h2>Environment changes</h2>
 {_environment_section(records)}
 <h2>Trials of iteration {iteration.id}</h2>
+{_learned_section(iteration)}
 {_trials_section(trials, iteration.chosen_trial_id)}
 </body></html>
 """
