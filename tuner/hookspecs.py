@@ -30,8 +30,10 @@ def dstune_knobs(ctx: Any) -> list[Any] | None:
     advice).  Choices may depend on ``ctx`` (bf16 only where the device
     supports it); ``applies`` leaves the knob out where it means nothing;
     ``active`` makes it conditional on other knobs' values; ``costly`` marks
-    choices that make a trial far dearer; ``tolerance`` maps choices that
-    change results to the relative error the numerics guard allows them.
+    choices that make a trial far dearer, and ``cost`` says how many
+    ordinary trials one with such a choice is expected to cost (until the
+    run has measured one); ``tolerance`` maps choices that change results to
+    the relative error the numerics guard allows them.
     """
 
 
