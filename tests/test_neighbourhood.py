@@ -7,7 +7,7 @@ import re
 import time
 
 from dstune.knobs import Knob, config_key
-from dstune.run.neighbourhood import PRIOR_GAIN, KnobEffects, Neighbourhood
+from dstune.run.neighbourhood import PRIOR_GAIN, UNTRIED_GAIN, KnobEffects, Neighbourhood
 from dstune.run.search import SearchSpace
 
 from .conftest import WORKLOADS, db_rows, run_cli
@@ -43,7 +43,7 @@ def test_neighbours_change_one_knob_cheapest_and_most_promising_first():
     assert order[-2:] == ["compile=default", "compile=autotune"]  # as promising, but as costly as their plugin says
     assert set(order) == {"batch_size=8", "batch_size=32", "checkpointing=True", "compile=default",
                           "compile=autotune", "threads=2"}
-    assert found[0].gain == math.log(1.2) and found[1].gain == PRIOR_GAIN
+    assert found[0].gain == math.log(1.2) and found[1].gain == UNTRIED_GAIN  # nothing told about batch_size yet
     assert [c.cost_s for c in found[-2:]] == [8.0, 80.0]
     # Once a compiled trial has run, what it took is the cost of another with the same compile mode.
     durations[config_key({**BEST, "batch_size": 8, "compile": "default"})] = 30.0
@@ -113,3 +113,12 @@ def test_a_local_search_climbs_converges_and_ends_the_run_early(tmp_path):
     (chosen,), = db_rows(db, "select json_extract(chosen_config, '$.batch_size') from dstune_iterations")
     assert chosen == max(batch for *_, batch in rows)  # paced: the largest batch is the fastest
     assert elapsed < 150, elapsed  # well inside the 5-minute budget
+
+
+def test_a_numeric_knob_steps_the_other_way_from_a_change_that_hurt():
+    """A micro-batch halved ran a third slower: doubling it is the more promising step."""
+    effects = KnobEffects()
+    effects.learn([(BEST, 150.0), ({**BEST, "batch_size": 8}, 100.0)])
+    assert effects.gain("batch_size", 16, 32) > UNTRIED_GAIN > PRIOR_GAIN
+    assert effects.gain("batch_size", 16, 8) == math.log(100.0 / 150.0)
+    assert effects.gain("threads", 1, 2) == UNTRIED_GAIN  # nothing told about threads

@@ -43,6 +43,7 @@ NEIGHBOUR = "neighbour"  # the seed kind of a trial the local search proposed
 ENQUEUED, CONVERGED = "enqueued", "converged"
 SAMPLER_PATIENCE = 3  # sampler trials tried once the neighbourhood is exhausted, before the search has converged
 PRIOR_GAIN = 0.03  # expected log-gain of a change nobody has measured: try it, after what is known to help
+UNTRIED_GAIN = 0.05  # the same for a knob no measured pair has changed yet: every knob is tried early
 SKIP_BELOW = -0.10  # a change measured to cost more than this (log) is not proposed again
 WITHIN_REACH = math.log(0.9)  # a single change this close to the best is worth combining with another
 MATTERS = 0.02  # a knob matters when a change of it moved throughput by more than this (log), or ran out of memory
@@ -74,7 +75,8 @@ class KnobEffects:
 
         Measured directly, the mean of those measurements; else along the
         shortest chain of measured changes (8 to 16, 16 to 32 tell 8 to 32);
-        else the prior.
+        else the prior, a little higher for a knob nothing has told about
+        yet, so that each knob is tried before the known ones are refined.
         """
         start, goal = repr(old), repr(new)
         paths = {start: 0.0}
@@ -87,7 +89,32 @@ class KnobEffects:
                         paths[b] = paths[here] + statistics.fmean(logs)
                         step.append(b)
             frontier = step
-        return paths.get(goal, PRIOR_GAIN)
+        if goal in paths:
+            return paths[goal]
+        mirrored = self._mirrored(knob, old, new, paths)
+        if mirrored is not None:
+            return mirrored
+        return PRIOR_GAIN if any(k == knob for k, _, _ in self.direct) else UNTRIED_GAIN
+
+    @staticmethod
+    def _numeric(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def _mirrored(self, knob: str, old: object, new: object, paths: dict[str, float]) -> float | None:
+        """For a numeric knob, a step the other way from one measured to hurt is promising (a micro-batch
+        halved ran slower: doubling it may run faster).  None where nothing tells."""
+        if not (self._numeric(old) and self._numeric(new)):
+            return None
+        hurt = [gain for shown, gain in paths.items()
+                if gain < -MATTERS and shown != repr(old) and self._opposite(shown, old, new)]
+        return UNTRIED_GAIN + min(0.2, -0.5 * max(hurt)) if hurt else None
+
+    def _opposite(self, shown: str, old: object, new: object) -> bool:
+        try:
+            other = float(shown)
+        except ValueError:
+            return False
+        return (other - float(old)) * (float(new) - float(old)) < 0  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -191,6 +218,7 @@ class LocalSearch:
     earlier: tuple[tuple[Measured, ...], ...] = ()  # earlier iterations' successful trials
     exhausted_at: str | None = None  # the best configuration whose neighbourhood ran out
     sampler_tries: int = 0  # sampler proposals since then
+    centres: dict[int, tuple[Config, float]] = field(default_factory=dict)  # 0: eager, 1: overall
 
     def before_ask(self, study: optuna.Study, space: SearchSpace, found: Findings, refused: Callable[[Config], bool],
                    say: Callable[[str], None], elapsed_s: float, budget_s: float,
@@ -209,7 +237,8 @@ class LocalSearch:
             effects.learn(measured)
         self.neighbourhood.effects = effects
         candidates: list[Candidate] = []
-        for centre, rate in self._centres(found):  # the best eager configuration's neighbours first
+        centres = self._centres(found)
+        for centre, rate in centres:  # the best eager configuration's neighbours first
             candidates = self.neighbourhood.candidates(centre, rate, found.outcomes(), found.durations, refused)
             if candidates:
                 break
@@ -225,8 +254,9 @@ class LocalSearch:
             return ENQUEUED
         if found.running:
             return None  # what runs elsewhere may move the best: keep this slot busy with the sampler meanwhile
-        if self.exhausted_at != found.best_key:
-            self.exhausted_at, self.sampler_tries = found.best_key, 0
+        where = "|".join(config_key(c) for c, _ in centres)
+        if self.exhausted_at != where:
+            self.exhausted_at, self.sampler_tries = where, 0
             say(f"the neighbourhood of the best configuration is exhausted after {found.finished} trials; "
                 f"the sampler gets {SAMPLER_PATIENCE} trials to find a better one")
         if self.sampler_tries < SAMPLER_PATIENCE:
@@ -245,10 +275,19 @@ class LocalSearch:
         compiles again.
         """
         eager = [(c, r) for c, r in found.successes if not self.neighbourhood.is_costly(c)]
-        centres = [max(eager, key=lambda cr: cr[1])] if eager else []
-        if found.best_config is not None and (not centres or config_key(centres[0][0]) != found.best_key):
-            centres.append((found.best_config, found.best or 0.0))
-        return centres
+        best_all = [(found.best_config, found.best or 0.0)] if found.best_config is not None else []
+        centres = [self._stay(0, max(eager, key=lambda cr: cr[1])) if eager else None,
+                   self._stay(1, best_all[0]) if best_all else None]
+        unique = {config_key(c): (c, r) for c, r in (x for x in centres if x is not None)}
+        return list(unique.values())
+
+    def _stay(self, which: int, best: tuple[Config, float]) -> tuple[Config, float]:
+        """The centre moves to a new best only when it is faster beyond noise (MATTERS), so that a trial that
+        measured a hair faster does not reopen a whole neighbourhood of near-copies."""
+        current = self.centres.get(which)
+        if current is None or best[1] > current[1] * math.exp(MATTERS) or config_key(best[0]) == config_key(current[0]):
+            self.centres[which] = best
+        return self.centres[which]
 
     def proposed(self, seed_kind: str) -> None:
         """A trial the sampler chose is about to run: one of its tries, once the neighbourhood ran out."""

@@ -1,0 +1,97 @@
+"""The local search against the sampler, side by side: what each finds, how soon, and how much budget it uses.
+
+    python -m benchmarks.search_compare examples/quickstart.py --budget 2m --seeds 0 1 2 \\
+        -o benchmarks/results/DATE-MACHINE-search-local-vs-sampler.json
+
+Each search runs ``dstune run`` on the workload with each seed, alternating
+between the two searches (drift on the machine hits both alike), every run
+in a store of its own.  For each run it records the best trial's samples/s,
+the time to the answer (when the best so far first came within 2% of the
+best of the run), the trials by status, the iteration's whole wall time
+and why the trials stopped; then the medians by search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+WITHIN = 0.98  # "the answer": the best so far within 2% of the run's best
+
+
+def _seconds(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def one_run(workload: Path, search: str, seed: int, budget: str, folder: Path) -> dict[str, Any]:
+    db = folder / f"{search}-{seed}.db"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "dstune", "run", str(workload), "--db", str(db), "--search", search,
+                           "--seed", str(seed), "--budget", budget, "--trials", "40"],
+                          capture_output=True, text=True, cwd=folder)
+    wall = time.monotonic() - started
+    with sqlite3.connect(db) as conn:
+        (iteration_start,) = conn.execute("select started_at from dstune_iterations").fetchone()
+        trials = conn.execute("select status, samples_per_s, ended_at from dstune_trials where status != 'invalid' "
+                              "order by ended_at").fetchall()
+        decision, speedup = conn.execute("select decision, speedup from dstune_iterations").fetchone()
+    ok = [(rate, _seconds(end) - _seconds(iteration_start)) for status, rate, end in trials if status == "ok" and rate]
+    best = max((rate for rate, _ in ok), default=0.0)
+    answer_s = next((t for rate, t in ok if rate >= WITHIN * best), None)
+    statuses: dict[str, int] = {}
+    for status, _, _ in trials:
+        statuses[status] = statuses.get(status, 0) + 1
+    stopped = next((line.split("(stopped: ")[1].rstrip(")") for line in done.stdout.splitlines()
+                    if "(stopped: " in line), None)
+    return {"search": search, "seed": seed, "returncode": done.returncode, "wall_s": round(wall, 1),
+            "best_samples_per_s": best, "time_to_answer_s": round(answer_s, 1) if answer_s is not None else None,
+            "trials": statuses, "stopped": stopped, "decision": decision, "speedup": speedup}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workload", type=Path)
+    parser.add_argument("--budget", default="2m")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="dstune-search-") as tmp:
+        for seed in args.seeds:
+            for search in (("local", "sampler") if seed % 2 == 0 else ("sampler", "local")):
+                runs.append(one_run(args.workload.resolve(), search, seed, args.budget, Path(tmp)))
+                print(json.dumps(runs[-1]), flush=True)
+    summary = {}
+    for search in ("local", "sampler"):
+        mine = [r for r in runs if r["search"] == search]
+        summary[search] = {
+            "best_samples_per_s_median": statistics.median(r["best_samples_per_s"] for r in mine),
+            "time_to_answer_s_median": statistics.median(r["time_to_answer_s"] or 0.0 for r in mine),
+            "wall_s_median": statistics.median(r["wall_s"] for r in mine),
+            "trials_median": statistics.median(sum(r["trials"].values()) for r in mine),
+            "stopped": [r["stopped"] for r in mine],
+        }
+    import platform
+
+    import torch
+
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "workload": str(args.workload),
+              "budget": args.budget, "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(),
+                                                  "torch": torch.__version__, "python": platform.python_version()},
+              "runs": runs, "summary": summary}
+    args.output.write_text(json.dumps(result, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
