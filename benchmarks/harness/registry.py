@@ -44,6 +44,17 @@ def gpt2_flops_per_sample(ctx: dict[str, Any]) -> float:
     return (6 * n + 12 * layers * width * seq) * seq
 
 
+def llama_1b_flops_per_sample(ctx: dict[str, Any]) -> float:
+    """Training FLOPs of one 2048-token sequence of ``examples/llama_1b.py``: 6N + 12·L·d·T per token.
+
+    N leaves out the input embedding (a lookup, no matrix product; the output
+    layer is not tied to it and counts), as for GPT-2 above.
+    """
+    layers, width, seq, vocab = 24, 2048, 2048, 32000
+    n = ctx["param_count"] - vocab * width
+    return (6 * n + 12 * layers * width * seq) * seq
+
+
 WORKLOADS: dict[str, BenchWorkload] = {
     "resnet50": BenchWorkload(
         name="resnet50",
@@ -69,6 +80,16 @@ WORKLOADS: dict[str, BenchWorkload] = {
         fixed={"matmul_precision": "high"},
         note="half precision only (on the H100, fp32 was at best 0.46x the best half-precision point of the "
              "first grid); TF32 matmuls fixed on",
+    ),
+    "llama_1b": BenchWorkload(
+        name="llama_1b",
+        file=REPO / "examples" / "llama_1b.py",
+        grid={"batch_size": (4, 8, 16, 32), "activation_checkpointing": (False, "every_other", True),
+              "precision": ("fp32", "bf16"), "compile": ("off", "default")},
+        fixed={"matmul_precision": "high", "optimizer_impl": "fused"},
+        flops_per_sample=llama_1b_flops_per_sample,
+        note="48 points, many out of memory at once (fp32 beyond micro-batch 8); TF32 matmuls and fused AdamW "
+             "fixed on; compiled points cost a minute or more each: run it once, with --resume across calls",
     ),
     "augmented_images": BenchWorkload(
         name="augmented_images",

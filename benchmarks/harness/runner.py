@@ -132,6 +132,7 @@ class BenchmarkRun:
         result = {
             "workload": self.spec.name,
             "mode": self.bench.ctx.mode,
+            "param_count": self.bench.ctx.param_count,
             "date": started.isoformat(timespec="seconds"),
             "machine": machine,
             "dstune_commit": dstune_commit(),
