@@ -159,3 +159,14 @@ def copy_store(source: Path, target: Path) -> Path:
     with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
         src.backup(dst)
     return target
+
+
+def installed_plugin(root: Path, distribution: str, entry_point: str, module: str, source: str) -> Path:
+    """A real installed-looking distribution under ``root``: the module, METADATA and an entry point in group
+    ``dstune``.  Put ``root`` on PYTHONPATH and dstune loads it as it loads any third-party plugin."""
+    (root / f"{module}.py").write_text(source)
+    dist = root / f"{distribution}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[dstune]\n{entry_point} = {module}\n")
+    return root

@@ -12,7 +12,7 @@ import pytest
 
 from dstune.run.failures import FailureMemory, signature
 
-from .conftest import WORKLOADS, db_rows
+from .conftest import WORKLOADS, db_rows, installed_plugin
 
 EAGER = """Traceback (most recent call last):
   File "/home/u/model.py", line 88, in forward
@@ -76,14 +76,8 @@ def dstune_prepare_model(model, config, ctx):
 
 @pytest.fixture
 def kernel_plugin(tmp_path: Path) -> Path:
-    root = tmp_path / "site"
-    root.mkdir()
-    (root / "kernelplug.py").write_text(CRASHING_KNOB)
-    dist = root / "kernelplug-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kernelplug\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[dstune]\nkernel = kernelplug\n")
-    return root
+    (tmp_path / "site").mkdir()
+    return installed_plugin(tmp_path / "site", "kernelplug", "kernel", "kernelplug", CRASHING_KNOB)
 
 
 def test_a_crashing_value_is_tried_once_then_refused_with_its_reason(tmp_path, kernel_plugin):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import WORKLOADS, db_rows
+from .conftest import WORKLOADS, db_rows, installed_plugin
 
 QUICK = ("--trials", "1", "--check-repeats", "2", "--window-time", "0.05", "--windows", "2",
          "--disable-plugin", "compile")
@@ -88,13 +88,7 @@ def dstune_loader_kwargs(config, ctx):
 @pytest.fixture(scope="module")
 def plugin_path(tmp_path_factory) -> Path:
     """A real installed-looking distribution on a path: module, METADATA and an entry point in group dstune."""
-    root = tmp_path_factory.mktemp("plugins")
-    (root / "brokenplug.py").write_text(BROKEN_PLUGIN)
-    dist = root / "brokenplug-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[dstune]\nbroken = brokenplug\n")
-    return root
+    return installed_plugin(tmp_path_factory.mktemp("plugins"), "brokenplug", "broken", "brokenplug", BROKEN_PLUGIN)
 
 
 def _run(tmp_path: Path, plugin_path: Path, where: str, *extra: str) -> subprocess.CompletedProcess[str]:
