@@ -17,6 +17,7 @@ from dstune import Knob, TuneContext, hookimpl
 
 KNOB = "precision"
 TOLERANCE = {"bf16": 5e-2, "fp16": 2e-2}
+MEMORY = {"fp32": "fp32", "bf16": "16-bit", "fp16": "16-bit"}  # bf16 and fp16 keep activations of one size
 
 
 def _choices(ctx: TuneContext) -> tuple[str, ...]:
@@ -34,7 +35,7 @@ def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     choices = _choices(ctx)
     checklist = "bf16" if "bf16" in choices else ("fp16" if "fp16" in choices else "fp32")
     return [
-        Knob(KNOB, choices=choices, default="fp32", checklist=checklist, tolerance=TOLERANCE,
+        Knob(KNOB, choices=choices, default="fp32", checklist=checklist, tolerance=TOLERANCE, memory=MEMORY,
              help="fp32, bf16 autocast, fp16 autocast + GradScaler")
     ]
 

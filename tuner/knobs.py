@@ -37,7 +37,11 @@ class Knob:
     with compile on); an inactive knob keeps its default and is not searched,
     which is how Optuna's define-by-run spaces express conditions.  ``cost``
     says, for costly choices, how many ordinary trials one trial with that
-    choice is expected to cost, until this run has measured it.
+    choice is expected to cost, until this run has measured it.  ``memory``
+    labels the choices that change what a micro-batch needs in memory
+    (precision, activation checkpointing): the memory model
+    (:mod:`dstune.run.memory_model`) measures each label once, and choices
+    with one label (bf16 and fp16) share that measurement.
     """
 
     name: str
@@ -53,6 +57,8 @@ class Knob:
     # What a trial with a costly choice is expected to cost, in trials of the eager default (what the plugin
     # knows before anything is measured: autotuning compiles far longer than a plain compile).
     cost: Mapping[Choice, float] = field(default_factory=dict, compare=False, hash=False)
+    # Choice -> memory label, for knobs whose choices change the memory per sample or the fixed memory.
+    memory: Mapping[Choice, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace(".", "").isalnum():

@@ -30,7 +30,7 @@ import torch
 from dstune.context import TuneContext
 from dstune.plugin_manager import plugin_manager
 from dstune.trial.composition import compose, configure_process, default_forward
-from dstune.trial.process import is_oom
+from dstune.trial.out_of_memory import is_oom
 from dstune.trial.workload_file import select_workload
 
 STEPS = 3

@@ -17,7 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .records import TrialSpec
+from .out_of_memory import is_oom
+from .records import MEMORY, TrialSpec
 
 STDERR_TAIL_CHARS = 4000
 
@@ -27,18 +28,6 @@ def write_result(path: str | Path, result: dict[str, Any]) -> None:
     tmp = Path(str(path) + ".tmp")
     tmp.write_text(json.dumps(result, default=str))
     os.replace(tmp, path)
-
-
-def is_oom(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text.lower() or "CUBLAS_STATUS_ALLOC_FAILED" in text
-        or "DefaultCPUAllocator: can't allocate memory" in text  # the host's RAM, on the CPU
-    )
 
 
 def run_probe(spec: TrialSpec) -> dict[str, Any]:
@@ -89,6 +78,30 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     return {"status": "ok", "metrics": metrics}
 
 
+def run_memory_spec(spec: TrialSpec) -> dict[str, Any]:
+    """Measure the peak memory of a training step under each of ``spec.variants`` (dstune.trial.memory_probe)."""
+    from dstune.context import TuneContext
+    from dstune.plugin_manager import plugin_manager
+
+    from .composition import configure_process
+    from .memory_probe import run_memory
+    from .workload_file import select_workload
+
+    ctx = TuneContext.from_dict(spec.ctx)
+    plugins = plugin_manager(spec.disabled_plugins)
+    configure_process(plugins.pm, spec.variants[0] if spec.variants else spec.config, ctx)
+    torch_seed(spec.seed)
+    definition = select_workload(spec.workload_file, spec.workload_name)
+    return {"status": "ok", "points": run_memory(plugins.pm, definition, spec.variants, ctx)}
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def _partial_memory() -> dict[str, Any]:
     try:
         import torch
@@ -111,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     from .numerics import NumericsError
 
     try:
-        result = run_probe(spec) if spec.is_probe else run_trial(spec)
+        result = (run_probe(spec) if spec.is_probe else run_memory_spec(spec) if spec.kind == MEMORY
+                  else run_trial(spec))
     except UsageError as exc:
         write_result(result_path, {"status": "usage_error", "error": str(exc)})
         return 2

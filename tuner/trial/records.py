@@ -14,13 +14,15 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-PROBE, TRIAL = "probe", "trial"
-STATUSES = ("ok", "pruned", "oom", "crash", "timeout", "numerics", "invalid", "interrupted")
+PROBE, TRIAL, MEMORY = "probe", "trial", "memory"
+# predicted_oom: never run, because the memory model (dstune.run.memory_model) said it would not fit.
+STATUSES = ("ok", "pruned", "oom", "crash", "timeout", "numerics", "invalid", "predicted_oom", "interrupted")
 
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """One process's job: build the workload and describe it (``probe``), or measure ``config`` (``trial``)."""
+    """One process's job: build the workload and describe it (``probe``), measure ``config`` (``trial``), or
+    measure the peak memory of one training step under each of ``variants`` (``memory``)."""
 
     workload_file: str
     workload_name: str | None = None
@@ -33,6 +35,7 @@ class TrialSpec:
     seed: int = 0
     numerics: dict[str, Any] | None = None  # GuardSettings, as a dict; None: no numerics guard
     prune_below: float | None = None  # stop after warm-up when the estimate is under this many samples/s
+    variants: list[dict[str, Any]] = field(default_factory=list)  # memory: the configurations to measure
 
     @property
     def is_probe(self) -> bool:
