@@ -105,8 +105,13 @@ def _to_7(op: Operations, connection: Connection) -> None:
     _add_columns(op, connection, "dstune_iterations", [Column("learned", JSON)])
 
 
+def _to_8(op: Operations, connection: Connection) -> None:
+    """Schema 8 (memory model): what the Plan phase measured of each configuration's memory needs."""
+    _add_columns(op, connection, "dstune_iterations", [Column("memory_model", JSON)])
+
+
 STEPS: dict[int, Callable[[Operations, Connection], None]] = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6,
-                                                             7: _to_7}
+                                                             7: _to_7, 8: _to_8}
 
 
 def migrate(connection: Connection, found: int, target: int) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from dstune.utc import utcnow
 
-SCHEMA_VERSION = 7  # store/migrations.py brings older databases up to it
+SCHEMA_VERSION = 8  # store/migrations.py brings older databases up to it
 
 
 class Base(DeclarativeBase):
@@ -103,6 +103,8 @@ class IterationRow(Base):
     gpu_model: Mapped[str | None] = mapped_column(String(200))
     # Schema 7: what the Do phase learned and acted on: knob values banned after crashes (run/failures.py).
     learned: Mapped[list[Any] | None] = mapped_column(JSON)
+    # Schema 8: the memory model measured in the Plan phase, as corrected by the trials (run/memory_model.py).
+    memory_model: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     workload: Mapped[WorkloadRow] = relationship(lazy="joined")
     environment: Mapped[EnvironmentRow | None] = relationship(lazy="joined")

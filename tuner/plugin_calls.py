@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .context import TuneContext
 from .errors import UsageError
-from .knobs import Config, Knob
+from .knobs import BatchPlan, Config, Knob
 
 if TYPE_CHECKING:
     import pluggy
@@ -145,6 +145,18 @@ def smaller_config(pm: "pluggy.PluginManager", knobs: Sequence[Knob], config: Co
         if changes and all(k in choices and v in choices[k] for k, v in changes.items()):
             return {**config, **changes}
     return None
+
+
+def batch_plan(pm: "pluggy.PluginManager", config: Config, ctx: TuneContext) -> BatchPlan | None:
+    """The micro-batch and accumulation ``config`` runs with (``dstune_batch_plan``); None if no plugin says.
+
+    The planning process asks too (the memory model predicts by micro-batch); a
+    plugin that raises here raises in every trial, so it is answered with None.
+    """
+    try:
+        return pm.hook.dstune_batch_plan(config=dict(config), ctx=ctx)
+    except Exception:  # noqa: BLE001 - the trials will report the plugin's error with its traceback
+        return None
 
 
 def device_context(definition: "WorkloadDef") -> TuneContext:

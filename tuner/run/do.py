@@ -42,6 +42,7 @@ from .budget import Budget
 from .failures import Ban, FailureMemory
 from .findings import Findings
 from .heartbeats import heartbeat_settings, optuna_trial_id, trial_heartbeat
+from .memory_model import MemoryModel
 from .neighbourhood import CONVERGED, NEIGHBOUR, LocalSearch, Measured, Neighbourhood
 from .options import LOCAL, RunOptions, trial_spec
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, tell
@@ -57,7 +58,12 @@ MAX_INVALID_STREAK = 20  # configurations refused in a row before the trials sto
 MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tenth of the budget)
 UNSEEDED = frozenset({"search", "promoted", NEIGHBOUR})  # trials the search chose: an out-of-memory one is data
 PRUNABLE = frozenset({"search", NEIGHBOUR})  # trials stopped after warm-up when far slower than the best
+MEASURED_AS_THEY_ARE = frozenset({"default", "incumbent"})  # run even when predicted not to fit: they are the baseline
 STOP_PRIORITY = (CONVERGED, "exhausted", "invalid", "budget", "trials", "ended")
+
+def _dict_or_none(found: Config | str | None) -> Config | None:
+    return found if isinstance(found, dict) else None
+
 
 @dataclass
 class DoSetup:
@@ -83,6 +89,7 @@ class DoSetup:
     budget: Budget  # the coordinator's clock and check costs; a worker's clock is the coordinator's deadline
     coordinator: bool = True
     earlier: tuple[tuple[Measured, ...], ...] = ()  # earlier iterations' successful trials, for knob effects
+    memory: MemoryModel | None = None  # predicted peaks (dstune.run.memory_model), when measured
 
 
 @dataclass
@@ -101,7 +108,8 @@ class TrialPool:
         options = self.setup.options
         self.schedule = CostAwareSchedule(self.setup.space, options.trials, options.budget_s)
         self.found = Findings(self.schedule, self.setup.budget, self.setup.memory_budget, options.max_latency_s,
-                              FailureMemory(frozenset(k.name for k in self.setup.space.knobs if k.tunable)))
+                              FailureMemory(frozenset(k.name for k in self.setup.space.knobs if k.tunable)),
+                              self.setup.memory)
         self.rows: list[Any] = []
         self.iteration_row: Any = None
         self.repeats = self.invalid_streak = 0
@@ -126,13 +134,20 @@ class TrialPool:
         if not setup.coordinator:
             self.iteration_row = setup.store.iteration(setup.iteration_id)
 
-    def _learn(self, bans: list[Ban]) -> None:
-        """Say what a crash taught; the coordinator records every ban with the iteration."""
+    def _learn(self, lessons: tuple[list[Ban], str | None]) -> None:
+        """Say what a crash or a peak taught; the coordinator records every ban and the corrected memory model."""
+        bans, memory = lessons
         for ban in bans:
             self.setup.reporter.message(f"[learned] {ban.reason}")
-        if bans and self.setup.coordinator:
+        if memory:
+            self.setup.reporter.message(f"[memory] {memory}")
+        if not self.setup.coordinator:
+            return
+        if bans:
             self.setup.store.update_iteration(self.setup.iteration_id,
                                               learned=[b.to_dict() for b in self.found.failures.bans.values()])
+        if memory and self.setup.memory is not None:
+            self.setup.store.update_iteration(self.setup.iteration_id, memory_model=self.setup.memory.to_dict())
 
     # -- the budget -------------------------------------------------------------------
 
@@ -213,11 +228,20 @@ class TrialPool:
             self.repeats = 0
             ban = self.found.failures.banned(config)
             reason = ban.reason if ban is not None else setup.invalid_reason(config)
+            status = "invalid"
+            if not reason and seed_kind not in MEASURED_AS_THEY_ARE:
+                reason, status = self._too_big(config), "predicted_oom"
             if reason:
+                metrics = {"predicted_peak_bytes": setup.memory.predict(config)} if status == "predicted_oom" else {}
                 setup.store.record_trial(setup.iteration_id, number=trial.number, seed_kind=seed_kind, config=config,
-                                         status="invalid", error=reason, host=setup.host, pid=os.getpid())
-                tell(study, trial, "invalid", {}, setup.memory_budget, setup.options.max_latency_s)
-                self.found.seen[key] = ("invalid", {})
+                                         status=status, error=reason, host=setup.host, pid=os.getpid(),
+                                         metrics=metrics)
+                tell(study, trial, status, metrics, setup.memory_budget, setup.options.max_latency_s)
+                self.found.seen[key] = (status, metrics)
+                if status == "predicted_oom":
+                    setup.reporter.message(f"[memory] not run: {reason.removeprefix('predicted: ')}")
+                    if seed_kind not in UNSEEDED:  # a seed made too big by what trials taught: the size that fits
+                        self._retry_smaller(config, seed_kind)
                 self.invalid_streak += 1
                 if self.invalid_streak >= MAX_INVALID_STREAK:
                     setup.reporter.message(f"[warning] {self.invalid_streak} configurations in a row were refused "
@@ -228,6 +252,10 @@ class TrialPool:
             if self.local is not None:
                 self.local.proposed(seed_kind)
             return trial, config, seed_kind
+
+    def _too_big(self, config: Config) -> str | None:
+        """Why the memory model says ``config`` would not fit (a sentence beginning "predicted"), or None."""
+        return self.setup.memory.exceeds(config) if self.setup.memory is not None else None
 
     def _slot_loop(self, slot: Slot) -> str:
         setup, options = self.setup, self.setup.options
@@ -266,8 +294,10 @@ class TrialPool:
             with heartbeat:
                 outcome = self._run(spec, slot, available)
             with self.lock:
+                predicted = setup.memory.predict(config) if setup.memory is not None else None
                 setup.store.end_trial(
-                    row_id, status=outcome.status, duration_s=outcome.duration_s, metrics=outcome.metrics,
+                    row_id, status=outcome.status, duration_s=outcome.duration_s,
+                    metrics={**outcome.metrics, "predicted_peak_bytes": predicted} if predicted else outcome.metrics,
                     error=outcome.error, exit_code=outcome.exit_code, signal=outcome.signal,
                     stderr_tail=outcome.stderr_tail if outcome.status != "ok" else None,
                 )
@@ -279,18 +309,23 @@ class TrialPool:
                     self._retry_smaller(config, seed_kind)
 
     def _retry_smaller(self, config: Config, seed_kind: str) -> None:
-        """A seed that ran out of memory is tried again as the plugins shrink it, so it settles on what fits."""
+        """A seed that ran out of memory (or is now predicted to) is tried again as the plugins shrink it, so it
+        settles on what fits."""
         setup = self.setup
         smaller = smaller_config(setup.pm, setup.space.knobs, config, setup.ctx)
         if isinstance(smaller, str):
             setup.reporter.message(f"[warning] {smaller}")
             return
+        if smaller is not None and setup.memory is not None:  # past the sizes the corrected model rules out
+            smaller = setup.memory.fit(smaller, lambda c: _dict_or_none(smaller_config(setup.pm, setup.space.knobs,
+                                                                                        c, setup.ctx)))
         if smaller is None or config_key(smaller) in self.found.seen or config_key(smaller) in self.found.running:
             return
         setup.study.enqueue_trial(setup.space.params(smaller), user_attrs={SEED_ATTR: seed_kind},
                                   skip_if_exists=True)
         changes = ", ".join(f"{k}={smaller[k]}" for k in smaller if smaller[k] != config.get(k))
-        setup.reporter.message(f"the {seed_kind} configuration ran out of memory; trying it with {changes}")
+        why = "ran out of memory" if self.found.seen.get(config_key(config), ("",))[0] == "oom" else "would not fit"
+        setup.reporter.message(f"the {seed_kind} configuration {why}; trying it with {changes}")
 
     def _run(self, spec: TrialSpec, slot: Slot, available: float) -> TrialOutcome:
         """Run one trial in its own process on the slot's GPU; a trial may not outlive the budget."""

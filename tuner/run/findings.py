@@ -16,10 +16,12 @@ from dstune.knobs import Config, config_key
 
 from .budget import Budget
 from .failures import Ban, FailureMemory
+from .memory_model import MemoryModel
 from .search import CostAwareSchedule
 from .selection import fits
 
 NOT_REMEMBERED = frozenset({"running", "stale", "interrupted"})  # say nothing about the configuration itself
+NOT_RUN = frozenset({"invalid", "predicted_oom"})  # refused before a process started: not trials
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Findings:
     memory_budget: int
     max_latency_s: float | None
     failures: FailureMemory
+    memory: MemoryModel | None = None  # corrected by every trial's peak and out-of-memory
     seen: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # config key -> (status, metrics)
     running: set[str] = field(default_factory=set)  # configurations some slot of some process is measuring now
     folded: set[int] = field(default_factory=set)  # trial row ids taken in
@@ -41,20 +44,27 @@ class Findings:
     finished: int = 0  # trials of every process that have ended (invalid configurations are not trials)
     durations: dict[str, float] = field(default_factory=dict)  # what each successful trial took, by config key
 
-    def fold(self, row: Any) -> list[Ban]:
-        """Take in one ended trial's row; the bans its crash justifies (usually none)."""
+    def fold(self, row: Any) -> tuple[list[Ban], str | None]:
+        """Take in one ended trial's row; the bans its crash justifies (usually none), and what it taught the
+        memory model (a sentence, or None)."""
         self.folded.add(row.id)
         key, metrics = config_key(row.config), dict(row.metrics or {})
         if row.status not in NOT_REMEMBERED:
             self.seen[key] = (row.status, metrics)
-        if row.status == "invalid":
-            return []
+        if row.status in NOT_RUN:
+            return [], None
         bans = self.failures.fold(row.status, row.config, row.number, row.error)
+        lesson = self.memory.observe(row.config, row.status, metrics) if self.memory is not None else None
+        self._fold_ran(row, key, metrics)
+        return bans, lesson
+
+    def _fold_ran(self, row: Any, key: str, metrics: dict[str, Any]) -> None:
+        """Count a trial that ran: its duration, and its throughput when it succeeded within the budgets."""
         self.finished += 1
         duration = float(row.duration_s or 0.0)
         self.schedule.record(row.config, duration)
         if row.status != "ok":
-            return bans
+            return
         self.durations[key] = duration
         self.budget.record_success(key, duration, float(metrics.get("first_step_s") or 0.0),
                                          self.schedule.is_costly(row.config))
@@ -63,7 +73,6 @@ class Findings:
                 self.best_key, self.best_config = key, dict(row.config)
             self.best = max(self.best or 0.0, metrics["samples_per_s"])
             self.successes.append((row.config, metrics["samples_per_s"]))
-        return bans
 
     def rates(self) -> tuple[tuple[Config, float], ...]:
         """Every configuration that ran, with its samples/s: a pruned one's warm-up estimate too (it is far

@@ -47,7 +47,7 @@ from dstune.environment_diff import diff_facts
 from dstune.errors import UsageError
 from dstune.heartbeat import Heartbeat
 from dstune.knobs import Config, Knob, checklist_config, config_key, default_config
-from dstune.plugin_calls import applicable_knobs, invalid_reason, pin_except
+from dstune.plugin_calls import applicable_knobs, invalid_reason, pin_except, smaller_config
 from dstune.plugin_manager import plugin_manager
 from dstune.trial.fingerprint import fingerprint_hash
 from dstune.trial.launch import run_in_subprocess
@@ -60,6 +60,8 @@ from .budget import Budget, CheckClock
 from .check import CheckResult, interleaved_check
 from .do import DoSetup, TrialPool
 from .heartbeats import study_storage
+from .memory_model import MemoryModel
+from .memory_plan import measure_model
 from .options import LOCAL, RunOptions, guard_for, trial_spec
 from .plan import Incumbent, adapt_config, compile_cache_env, copy_trials, earlier_measurements, probe
 from .search import SearchSpace, create_study, enqueue_seeds
@@ -112,6 +114,7 @@ class Iteration:
         self.phase = "plan"
         self.env: dict[str, str] = {}
         self.reference_dir = tempfile.mkdtemp(prefix="dstune-references-")
+        self.memory: MemoryModel | None = None
 
     # -- Plan -------------------------------------------------------------------
 
@@ -181,6 +184,14 @@ class Iteration:
         self.environment_id = environment_id
         self.storage = study_storage(store)
         self.study = create_study(self.storage, study_name, options.seed, options.trials)
+        self.env = {**compile_cache_env(ctx.workload), "DSTUNE_ITERATION": str(self.iteration_id)}
+        if options.wants_memory_model(ctx.is_cuda):
+            self.memory = measure_model(options, ctx, self.ctx_dict, knobs, self.plugins.pm, self.memory_budget,
+                                        {**self.env, **self.slots[0].env},
+                                        lambda config: invalid_reason(self.plugins.pm, config, ctx),
+                                        self.reporter.message)
+            if self.memory is not None:
+                store.update_iteration(self.iteration_id, memory_model=self.memory.to_dict())
         seeds: list[tuple[str, Config]] = []
         if incumbent.applied_id is not None:
             seeds.append(("incumbent", incumbent.config))
@@ -191,15 +202,34 @@ class Iteration:
         if options.search == LOCAL and eager != self.space.normalised(checklist):
             seeds.append(("checklist-eager", eager))  # the checklist without its costly choices: cheap, a centre
         seeds.append(("checklist", checklist))
-        enqueue_seeds(self.study, self.space, seeds)
+        enqueue_seeds(self.study, self.space, [(kind, self._sized(kind, config)) for kind, config in seeds])
         copied = 0
         if previous is not None and not diff and previous.study_name:
             copied = self._copy_previous_trials(previous.study_name)
-        self.env = {**compile_cache_env(ctx.workload), "DSTUNE_ITERATION": str(self.iteration_id)}
         # Only now may workers join (they wait for this phase): the study exists and its seeds come first.
         store.update_iteration(self.iteration_id, phase="do")
         self.reporter.planned(previous.id if previous else None, diff, incumbent, copied)
         self.reporter.started(ctx.workload, ctx, knobs, options.trials, options.budget_s)
+
+    def _sized(self, kind: str, config: Config) -> Config:
+        """A seed the search chose (not the default or incumbent, which are measured as they are), shrunk until
+        the memory model predicts it fits: the tuning guide's "largest batch that fits" without the failures."""
+        if self.memory is None or kind in ("default", "incumbent"):
+            return config
+
+        def smaller(current: Config) -> Config | None:
+            found = smaller_config(self.plugins.pm, self.space.knobs, current, self.ctx)
+            return found if isinstance(found, dict) else None
+
+        sized = self.memory.fit(config, smaller)
+        if sized is None:
+            self.reporter.message(f"[memory] the {kind} seed is predicted not to fit at any micro-batch; it runs as "
+                                  "it is, to find out")
+            return config
+        if sized != config:
+            changes = ", ".join(f"{k}={sized[k]}" for k in sized if sized[k] != config.get(k))
+            self.reporter.message(f"[memory] the {kind} seed starts at {changes}, the largest predicted to fit")
+        return sized
 
     def wait_idle(self, slot: Slot) -> None:
         """Hold the slot's next trial until its device is idle; the wait does not use up the budget."""
@@ -244,6 +274,7 @@ class Iteration:
             invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, self.ctx),
             wait_idle=self.wait_idle, budget=self.budget, coordinator=True,
             earlier=earlier_measurements(self.store, self.ctx.workload, self.gpu_model, self.iteration_id),
+            memory=self.memory,
         )
         self.pool = pool = TrialPool(setup, self.slots)
         stop_reason = pool.run()

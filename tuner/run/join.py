@@ -34,7 +34,7 @@ from dstune.context import TuneContext
 from dstune.devices.slots import Slot, hold_slots, resolve_slots
 from dstune.errors import UsageError
 from dstune.knobs import Knob, config_key
-from dstune.plugin_calls import applicable_knobs, invalid_reason, pin_except
+from dstune.plugin_calls import applicable_knobs, batch_plan, invalid_reason, pin_except
 from dstune.plugin_manager import plugin_manager
 from dstune.trial.fingerprint import fingerprint_hash
 from dstune.units import parse_memory_budget
@@ -42,6 +42,7 @@ from dstune.units import parse_memory_budget
 from .budget import Budget
 from .do import DoSetup, TrialPool
 from .heartbeats import study_storage
+from .memory_model import MemoryModel
 from .options import RunOptions, guard_for
 from .plan import compile_cache_env, earlier_measurements, probe
 from .search import SearchSpace, sampler
@@ -144,6 +145,8 @@ class Worker:
             wait_idle=lambda slot: None, coordinator=False,
             earlier=earlier_measurements(store, ctx.workload, self.slots[0].device.model, iteration.id),
             budget=Budget(options.budget_s, options.check_repeats, config_key(iteration.incumbent_config or {})),
+            memory=(MemoryModel.from_dict(iteration.memory_model, lambda config: batch_plan(self.plugins.pm, config, ctx))
+                    if iteration.memory_model else None),  # the coordinator's, measured on its GPU
         )
 
     def run(self) -> WorkerResult:

@@ -179,7 +179,7 @@ class Neighbourhood:
             key = config_key(config)
             if key in outcomes:
                 status, rate = outcomes[key]
-                if status == "oom":
+                if status in ("oom", "predicted_oom"):  # too big alone: with a change that saves memory, maybe not
                     promising.append((name, value, PRIOR_GAIN))
                 elif status == "ok" and best_rate > 0 and rate > 0:
                     change = math.log(rate / best_rate)

@@ -28,6 +28,8 @@ from .selection import SelectionPolicy, parse_policy
 
 LOCAL, SAMPLER = "local", "sampler"
 SEARCHES = (LOCAL, SAMPLER)
+# --memory-model: auto measures it on a GPU, and on the CPU only when --memory-budget says memory is scarce.
+MEMORY_MODELS = ("auto", "on", "off")
 
 
 @dataclass
@@ -57,6 +59,11 @@ class RunOptions:
     schedule_id: int | None = None  # the schedule a daemon ran this iteration for
     gpus: tuple[str, ...] = ()  # one trial slot per GPU (empty: the one GPU the process was given)
     search: str = LOCAL  # after the seeds: neighbours of the best (local), or Optuna's sampler throughout
+    memory_model: str = "auto"  # predict each configuration's peak before running it (dstune.run.memory_model)
+
+    def wants_memory_model(self, is_cuda: bool) -> bool:
+        """Whether to measure the memory model: ``on``, or ``auto`` on a GPU or with a memory budget given."""
+        return self.memory_model == "on" or (self.memory_model == "auto" and (is_cuda or self.memory_budget is not None))
 
     def to_record(self, workload_name: str, slots: Sequence[str]) -> dict[str, Any]:
         """The options as the iteration row keeps them (JSON): what a joining worker and the views read back.
@@ -88,7 +95,8 @@ class RunOptions:
 
 # What an iteration records of its options (besides its measure settings, workload name and GPUs).
 RECORDED = ("trials", "budget_s", "seed", "trial_timeout_s", "disabled_plugins", "check_repeats", "min_gain", "only",
-            "exclude", "numerics_guard", "tolerances", "memory_budget", "max_latency_s", "search")
+            "exclude", "numerics_guard", "tolerances", "memory_budget", "max_latency_s", "search",
+            "memory_model")
 
 
 def knob_names(values: Any) -> tuple[str, ...]:
@@ -138,7 +146,15 @@ def options_from_params(params: Mapping[str, Any], label: Callable[[str], str] |
         gpus=_named(where, "gpus", "--gpus", lambda: parse_gpus(params.get("gpus") or None)),
         lock_timeout_s=parse_duration(lock_timeout, where("lock_timeout"), allow_zero=True) if lock_timeout else None,
         search=_search(params.get("search") or LOCAL, where("search")),
+        memory_model=_memory_model(params.get("memory_model") or "auto", where("memory_model")),
     )
+
+
+def _memory_model(value: str, where: str) -> str:
+    if value not in MEMORY_MODELS:
+        raise UsageError(f"{where} {value!r} is not a memory-model setting: use auto (measure it on a GPU, or "
+                         "when --memory-budget is given), on or off.")
+    return value
 
 
 def _search(value: str, where: str) -> str:

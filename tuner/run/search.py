@@ -19,7 +19,8 @@ from dstune.knobs import Config, Knob, config_key
 
 DIRECTIONS = ("maximize", "minimize")
 SEED_ATTR = "dstune_seed"
-INFEASIBLE_STATUSES = frozenset({"oom", "numerics", "timeout", "invalid"})
+INFEASIBLE_STATUSES = frozenset({"oom", "numerics", "timeout", "invalid", "predicted_oom"})
+INFEASIBLE_REASON_ATTR = "dstune_infeasible"  # why a configuration that never ran was infeasible: "predicted"
 CONSTRAINT_MEMORY = "memory_over_budget"
 CONSTRAINT_FAILED = "failed"
 CONSTRAINT_LATENCY = "latency_over_limit"
@@ -81,7 +82,9 @@ def tell(study: optuna.Study, trial: optuna.Trial, status: str, metrics: dict[st
         trial.set_constraint(CONSTRAINT_FAILED, 0.0)
         study.tell(trial, [float(metrics["samples_per_s"]), peak])
     elif status in INFEASIBLE_STATUSES:
-        peak = float(max(metrics.get("peak_memory_bytes") or 0, memory_budget))
+        if status == "predicted_oom":  # the memory model's word, not a measurement (dstune.run.memory_model)
+            trial.set_user_attr(INFEASIBLE_REASON_ATTR, "predicted")
+        peak = float(max(metrics.get("peak_memory_bytes") or metrics.get("predicted_peak_bytes") or 0, memory_budget))
         trial.set_constraint(CONSTRAINT_MEMORY, peak - memory_budget)
         trial.set_constraint(CONSTRAINT_FAILED, 1.0)
         study.tell(trial, [0.0, peak])

@@ -51,6 +51,7 @@ def trial_record(row: Any, defaults: dict[str, Any]) -> dict[str, Any]:
         "id": row.id, "number": row.number, "seed_kind": row.seed_kind, "status": row.status,
         "config": dict(row.config), "changes": describe_config(row.config, defaults),
         "samples_per_s": row.samples_per_s, "peak_memory_bytes": row.peak_memory_bytes,
+        "predicted_peak_bytes": (row.metrics or {}).get("predicted_peak_bytes"),  # the memory model's, before it ran
         "step_time_median_s": row.step_time_median_s, "step_time_cv": row.step_time_cv,
         "first_step_s": row.first_step_s, "duration_s": row.duration_s, "micro_batch": row.micro_batch,
         "accumulation": row.accumulation, "energy_per_sample_j": row.energy_per_sample_j,
@@ -86,6 +87,7 @@ def iteration_record(store: Store, iteration: Any) -> dict[str, Any]:
         "regression": iteration.regression, "regression_estimate": (iteration.check or {}).get("regression_estimate"),
         "memory_budget_bytes": iteration.memory_budget_bytes, "error": first_line(iteration.error),
         "learned": list(iteration.learned or []),  # knob values the search stopped proposing after crashes
+        "memory_model": iteration.memory_model,  # what the Plan phase measured, as the trials corrected it
     }
 
 

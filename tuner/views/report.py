@@ -283,17 +283,40 @@ def _learned_section(iteration: Any) -> str:
             + _table(("value", "crashed trials", "error"), rows, table_id="learned"))
 
 
+def _memory_section(iteration: Any) -> str:
+    """The memory model the trials were sized by (run/memory_model.py); nothing when none was measured."""
+    model = iteration.memory_model
+    if not model:
+        return ""
+    rows = []
+    for variant in model["variants"].values():
+        lines = variant.get("lines") or {}
+        fixed = max((pair[0] for pair in lines.values()), default=None)
+        per_sample = max((pair[1] for pair in lines.values()), default=None)
+        rows.append([html.escape(variant["label"]), format_bytes(fixed) if fixed is not None else "-",
+                     format_bytes(per_sample) if per_sample is not None else "-",
+                     str(variant["ceiling"]) if variant.get("ceiling") else "-", f"{variant.get('correction', 1.0):.2f}"])
+    effects = ", ".join(f"{html.escape(k)} {v:.2f}x" for k, v in sorted((model.get("effects") or {}).items()))
+    return (f"<p>Memory model (budget {format_bytes(model['budget'])}): peak = fixed + per sample x micro-batch, "
+            "measured at two small micro-batches before the trials; configurations predicted over the budget were "
+            "not run (status predicted_oom).</p>"
+            + _table(("variant", "fixed", "per sample", "out of memory at", "correction"), rows, numeric=(1, 2, 3, 4),
+                     table_id="memory-model")
+            + (f"<p>Learned effects of other knobs on the peak: {effects}</p>" if effects else ""))
+
+
 def _trials_section(trials: list[dict[str, Any]], challenger_id: int | None) -> str:
     rows, classes = [], []
     for t in trials:
         marker = " (challenger)" if t["id"] == challenger_id else ""
         rows.append([f"{t['number']}{marker}", html.escape(t["seed_kind"]), html.escape(t["status"]),
                      _number(t["samples_per_s"]), format_bytes(t["peak_memory_bytes"]) if t["peak_memory_bytes"] else "-",
+                     format_bytes(t["predicted_peak_bytes"]) if t["predicted_peak_bytes"] else "-",
                      _number(t["step_time_cv"], "{:.1%}"), _number(t["first_step_s"], "{:.1f} s"),
                      html.escape(t["changes"]), html.escape(t["error"] or "")])
         classes.append(f"status-{t['status']}")
-    return _table(("trial", "seed", "status", "samples/s", "peak memory", "cv", "first step", "config (vs default)",
-                   "error"), rows, numeric=(3, 4, 5, 6), row_classes=classes, table_id="trials")
+    return _table(("trial", "seed", "status", "samples/s", "peak memory", "predicted peak", "cv", "first step",
+                   "config (vs default)", "error"), rows, numeric=(3, 4, 5, 6, 7), row_classes=classes, table_id="trials")
 
 
 def _history_table(records: list[dict[str, Any]]) -> str:
@@ -366,6 +389,7 @@ iteration started from, the ring the challenger it picked.</p>
 {_environment_section(records)}
 <h2>Trials of iteration {iteration.id}</h2>
 {_learned_section(iteration)}
+{_memory_section(iteration)}
 {_trials_section(trials, iteration.chosen_trial_id)}
 </body></html>
 """

@@ -1,0 +1,102 @@
+"""Measuring the memory model in the Plan phase: which points, in which processes, within what time.
+
+The points are the two smallest micro-batches the plugins offer (found by
+shrinking the checklist configuration with ``dstune_smaller_config`` until it
+cannot shrink) under each variant of the memory knobs
+(:func:`dstune.run.memory_model.representatives`); every other knob keeps its
+default.  On a GPU one process measures every point, resetting the
+allocator's peak between them; on the CPU each point needs a process of its
+own (a process's peak RSS cannot be reset), which the fork server makes
+cheap.  The whole measurement gets a share of the budget
+(:data:`BUDGET_SHARE`); when it fails or runs out of time the run goes on
+without predictions, as runs did before the model existed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+from dstune.context import TuneContext
+from dstune.knobs import Config, Knob, checklist_config, config_key, default_config
+from dstune.plugin_calls import batch_plan, smaller_config
+from dstune.trial.launch import run_in_subprocess
+from dstune.trial.records import MEMORY, TrialSpec
+
+from .memory_model import MemoryModel, build, memory_labels, representatives
+from .options import RunOptions
+
+BUDGET_SHARE = 0.15  # of the run's budget, at most, for measuring the model
+MAX_SECONDS = 300.0
+MIN_SECONDS = 20.0
+
+
+def probe_sizes(pm: Any, knobs: Sequence[Knob], ctx: TuneContext) -> list[Config]:
+    """The changes that give the two smallest micro-batches on offer (empty when nothing sets a micro-batch)."""
+    start = checklist_config(knobs)
+    chain = [start]
+    while len(chain) < 64:
+        smaller = smaller_config(pm, knobs, chain[-1], ctx)
+        if not isinstance(smaller, dict) or config_key(smaller) == config_key(chain[-1]):
+            break
+        chain.append(smaller)
+    plans = [batch_plan(pm, config, ctx) for config in chain]
+    sized = [(plan.micro_batch, config) for plan, config in zip(plans, chain) if plan is not None]
+    sized = sorted({micro: config for micro, config in sized}.items())[:2]
+    if len(sized) < 2:
+        return []
+    return [{k: v for k, v in config.items() if start.get(k) != v} for _, config in sized]
+
+
+def probe_configs(pm: Any, knobs: Sequence[Knob], ctx: TuneContext, invalid: Callable[[Config], str | None]
+                  ) -> tuple[list[Config], tuple[str, ...]]:
+    """Every (variant, micro-batch) configuration to measure, the default for every other knob; and the knobs
+    that set the micro-batch."""
+    base = default_config(knobs)
+    sizes = probe_sizes(pm, knobs, ctx)
+    configs = [{**base, **variant, **size} for variant in representatives(knobs) for size in sizes]
+    sized = tuple(sorted({name for size in sizes for name in size}))
+    return [config for config in configs if not invalid(config)], sized
+
+
+def measure_model(options: RunOptions, ctx: TuneContext, ctx_dict: dict[str, Any], knobs: Sequence[Knob], pm: Any,
+                  memory_budget: int, env: dict[str, str], invalid: Callable[[Config], str | None],
+                  say: Callable[[str], None]) -> MemoryModel | None:
+    """Measure the points and fit the model; None (and a warning said) when it cannot be had."""
+    configs, sized = probe_configs(pm, knobs, ctx, invalid)
+    if not configs:
+        say("[memory] no micro-batch to vary: the memory model is skipped, and trials learn the limit by running")
+        return None
+    labels = memory_labels(knobs)
+    micro = sorted({p.micro_batch for c in configs if (p := batch_plan(pm, c, ctx)) is not None})
+    variants = len(configs) // max(1, len(micro))
+    say(f"[memory] measuring {variants} variant(s) at micro-batches {' and '.join(map(str, micro))}")
+    allotted = max(MIN_SECONDS, min(MAX_SECONDS, BUDGET_SHARE * options.budget_s))
+    started = time.perf_counter()
+    groups = [configs] if ctx.is_cuda else [[c] for c in configs]
+    points: list[dict[str, Any]] = []
+    for group in groups:
+        left = allotted - (time.perf_counter() - started)
+        spec = TrialSpec(kind=MEMORY, workload_file=str(options.workload_file),
+                         workload_name=options.workload_name or ctx.workload, ctx=ctx_dict,
+                         disabled_plugins=options.disabled_plugins, seed=options.seed, variants=group)
+        outcome = run_in_subprocess(spec, timeout_s=max(1.0, left), env=env) if left > 0 else None
+        if outcome is None or outcome.status != "ok":
+            why = "it ran out of its time" if outcome is None or outcome.status == "timeout" else (
+                f"it ended {outcome.status}: {(outcome.error or outcome.stderr_tail).strip()[-300:]}")
+            say(f"[warning] the memory model could not be measured ({why}); trials run without predictions")
+            return None
+        points.extend(outcome.payload.get("points", []))
+    model = build(labels, points, memory_budget, lambda config: batch_plan(pm, config, ctx), default_config(knobs),
+                  sized)
+    took = time.perf_counter() - started
+    say(f"[memory] measured in {took:.0f} s; memory budget {_bytes(memory_budget)}:")
+    for line in model.describe():
+        say(f"[memory]   {line}")
+    return model
+
+
+def _bytes(n: int) -> str:
+    from dstune.units import format_bytes
+
+    return format_bytes(n)
