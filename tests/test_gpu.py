@@ -148,11 +148,12 @@ def test_real_cuda_oom_is_classified(trials):
 
 
 def test_seeds_out_of_cuda_memory_halve_their_batch_until_it_fits(tmp_path):
-    """On CUDA the checklist starts at the largest free batch (512 times the workload's) and halves on each OOM."""
+    """Without the memory model, the checklist starts at the largest free batch (512 times the workload's) on
+    CUDA and halves on each OOM."""
     db = tmp_path / "halving.db"
     result = run_cli("run", str(WORKLOADS / "too_big_default.py"), "--db", str(db), "--trials", "12",
                      "--budget", "5m", "--window-time", "0.05", "--check-repeats", "2", "--only", "batch_size",
-                     cwd=tmp_path)
+                     "--memory-model", "off", cwd=tmp_path)
     print("\n" + result.stdout[-2500:])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = db_rows(db, "select seed_kind, json_extract(config, '$.batch_size'), status, error "
@@ -165,6 +166,28 @@ def test_seeds_out_of_cuda_memory_halve_their_batch_until_it_fits(tmp_path):
     assert "the checklist configuration ran out of memory; trying it with batch_size=16384" in result.stdout
     [(chosen,)] = db_rows(db, "select json_extract(chosen_config, '$.batch_size') from dstune_iterations")
     assert chosen in (16, 32)  # what fits
+
+
+def test_the_memory_model_predicts_cuda_peaks_and_sizes_the_seeds(tmp_path):
+    """tests/workloads/memory_hungry.py on the GPU: peaks predicted from micro-batches 1 and 2 within 10%, the
+    checklist seed sized to fit a 1.5 GiB budget, nothing predicted too big run, no out-of-memory."""
+    db = tmp_path / "memory.db"
+    result = run_cli("run", str(WORKLOADS / "memory_hungry.py"), "--db", str(db), "--trials", "10",
+                     "--budget", "4m", "--window-time", "0.1", "--check-repeats", "2", "--memory-budget", "1.5GiB",
+                     "--exclude", "compile", cwd=tmp_path)
+    print("\n" + result.stdout[-4000:])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = db_rows(db, "select seed_kind, status, json_extract(config, '$.batch_size'), peak_memory_bytes, "
+                       "json_extract(metrics, '$.predicted_peak_bytes'), error from dstune_trials order by id")
+    assert not [r for r in rows if r[1] == "oom"]
+    ran = [r for r in rows if r[1] == "ok" and r[4]]
+    assert len(ran) >= 4
+    for kind, _, batch, peak, predicted, _ in ran:
+        print(f"{kind:16} batch {batch:3}: measured {peak / 2**20:8.1f} MiB, predicted {predicted / 2**20:8.1f} MiB")
+        assert abs(predicted - peak) <= 0.10 * peak
+    checklist = [r for r in rows if r[0] == "checklist"]
+    assert checklist[-1][1] == "ok" and checklist[-1][2] < 64  # the whole global batch would not fit
+    assert all(r[5].startswith("predicted:") for r in rows if r[1] == "predicted_oom")
 
 
 def test_numerics_guard_on_cuda(trials):

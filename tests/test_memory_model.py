@@ -1,0 +1,152 @@
+"""The memory model: lines per variant, predictions, corrections, and a real run sized by it on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from dstune.knobs import BatchPlan, Knob
+from dstune.run.memory_model import Line, MemoryModel, build, memory_labels, representatives
+
+WORKLOADS = Path(__file__).resolve().parent / "workloads"
+MiB = 2**20
+GLOBAL = 64
+
+KNOBS = [
+    Knob("precision", ("fp32", "bf16", "fp16"), "fp32", "bf16", memory={"fp32": "fp32", "bf16": "16-bit",
+                                                                          "fp16": "16-bit"}),
+    Knob("ckpt", (False, True), False, False, memory={False: "off", True: "on"}),
+    Knob("batch", (1, 2, 4, 8, 16, 32, 64), 4, 64),
+    Knob("compile", ("off", "on"), "off", "on"),
+]
+
+
+def plan(config: dict) -> BatchPlan:
+    return BatchPlan(config["batch"], GLOBAL // config["batch"])
+
+
+def point(precision: str, ckpt: bool, micro: int, fixed: float, per_sample: float) -> dict:
+    peak = fixed + per_sample * micro
+    return {"config": {"precision": precision, "ckpt": ckpt, "batch": micro, "compile": "off"}, "micro_batch": micro,
+            "allocated": {"first": peak, "later": peak + 10 * MiB, "update": fixed + 50 * MiB}, "reserved": peak}
+
+
+def model(budget: int = 1000 * MiB) -> MemoryModel:
+    points = []
+    for precision, per_sample in (("fp32", 40 * MiB), ("bf16", 20 * MiB)):
+        for ckpt, factor in ((False, 1.0), (True, 0.25)):
+            points += [point(precision, ckpt, m, 200 * MiB, per_sample * factor) for m in (1, 2)]
+    base = {"precision": "fp32", "ckpt": False, "batch": 4, "compile": "off"}
+    return build(memory_labels(KNOBS), points, budget, plan, base, ("batch",))
+
+
+def test_variants_are_the_labels_not_the_choices() -> None:
+    changes = representatives(KNOBS)
+    # bf16 and fp16 share a label: one measurement stands for both.
+    assert changes == [{"precision": "fp32", "ckpt": False}, {"precision": "fp32", "ckpt": True},
+                       {"precision": "bf16", "ckpt": False}, {"precision": "bf16", "ckpt": True}]
+
+
+def test_a_line_through_two_points_never_falls() -> None:
+    assert Line.through((1, 300.0), (2, 340.0)) == Line(260.0, 40.0)
+    assert Line.through((2, 300.0), (1, 310.0)).per_sample == 0.0  # noise at tiny batches: flat, not falling
+
+
+def test_predictions_follow_the_lines_and_refuse_what_exceeds_the_budget() -> None:
+    m = model()
+    fp32 = {"precision": "fp32", "ckpt": False, "compile": "off"}
+    # 16 samples of 40 MiB over 200 MiB fixed, plus the held gradients of accumulation (the "later" part).
+    assert m.predict({**fp32, "batch": 16}) == 200 * MiB + 16 * 40 * MiB + 10 * MiB
+    assert m.predict({**fp32, "batch": 64}) == 200 * MiB + 64 * 40 * MiB  # no accumulation: the first part
+    assert m.exceeds({**fp32, "batch": 16}) is None
+    reason = m.exceeds({**fp32, "batch": 32})
+    assert reason.startswith("predicted: micro-batch 32 with fp32, off would peak at 1.5 GiB, over the memory "
+                             "budget of 1000.0 MiB")
+    # fp16 shares bf16's measurement; checkpointing a quarter of the activations fits all 64.
+    assert m.exceeds({**fp32, "precision": "fp16", "batch": 32}) is None
+    assert m.exceeds({**fp32, "ckpt": True, "batch": 64}) is None
+    halve = lambda c: {**c, "batch": c["batch"] // 2} if c["batch"] > 1 else None  # noqa: E731
+    assert m.fit({**fp32, "batch": 64}, halve)["batch"] == 16
+    assert m.fit({**fp32, "precision": "bf16", "batch": 64}, halve)["batch"] == 32
+
+
+def test_an_out_of_memory_trial_caps_its_variant() -> None:
+    m = model()
+    config = {"precision": "bf16", "ckpt": False, "compile": "off", "batch": 32}
+    assert m.exceeds(config) is None
+    said = m.observe(config, "oom", {})
+    assert "micro-batch 32 with 16-bit, off ran out of memory" in said
+    assert m.exceeds(config).startswith("predicted: micro-batch 32 with 16-bit, off needs more memory than")
+    assert m.exceeds({**config, "batch": 16}) is None  # smaller ones still fit
+    assert m.exceeds({**config, "precision": "fp32", "batch": 8}) is None  # another variant: untouched
+    assert m.observe(config, "oom", {}) is None  # nothing new
+
+
+def test_peaks_above_the_prediction_raise_it_and_other_knobs_learn_their_effect() -> None:
+    m = model()
+    eager = {"precision": "fp32", "ckpt": False, "compile": "off", "batch": 8}
+    predicted = m.predict(eager)
+    assert m.observe(eager, "ok", {"peak_memory_bytes": predicted * 1.02}) is None  # within noise
+    said = m.observe(eager, "ok", {"peak_memory_bytes": predicted * 1.2})
+    assert "are raised 1.20x" in said and m.predict(eager) == pytest.approx(predicted * 1.2, rel=1e-6)
+    # Compile is outside the variants: its first trial tells what it does, for every variant.
+    compiled = {**eager, "compile": "on", "precision": "bf16"}
+    before = m.predict(compiled)
+    said = m.observe(compiled, "ok", {"peak_memory_bytes": before * 0.7})
+    assert said.startswith("compile=on change(s) the peak 0.70x")
+    assert m.predict({**compiled, "batch": 16}) == pytest.approx(0.7 * m.predict({**eager, "precision": "bf16",
+                                                                                   "batch": 16}), rel=1e-6)
+    restored = MemoryModel.from_dict(json.loads(json.dumps(m.to_dict())), plan)
+    assert restored.predict({**compiled, "batch": 16}) == m.predict({**compiled, "batch": 16})
+
+
+def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tmp_path: Path) -> None:
+    """A real run on a workload whose memory is known (about 38 MiB per sample, tests/workloads/memory_hungry.py).
+
+    glibc is told to return every large block at once (MALLOC_MMAP_THRESHOLD_), so the process's peak RSS,
+    which is what the CPU measures, is the tensors' peak, as the allocator's is on a GPU.
+    """
+    db = tmp_path / "dstune.db"
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "DSTUNE_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "dstune", "run", str(WORKLOADS / "memory_hungry.py"), "--db", str(db),
+         "--memory-budget", "900MiB", "--budget", "3m", "--trials", "8", "--check-repeats", "2",
+         "--windows", "2", "--window-time", "0.2", "--max-warmup", "5",
+         "--exclude", "compile,intra_op_threads,interop_threads,matmul_precision,optimizer_impl",
+         "--no-numerics-guard"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())  # rich wraps lines at the terminal's width
+    assert "[memory] measuring 6 variant(s) at micro-batches 1 and 2" in out
+    assert "[memory] the checklist seed starts at batch_size=16, the largest predicted to fit" in out
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select seed_kind, status, config, peak_memory_bytes, metrics, error, duration_s "
+                            "from dstune_trials order by number").fetchall()
+        (study,) = conn.execute("select study_name from dstune_iterations").fetchone()
+    trials = [dict(zip(("seed", "status", "config", "peak", "metrics", "error", "duration"), r)) for r in rows]
+    assert not [t for t in trials if t["status"] == "oom"], "the model let a configuration run out of memory"
+    checklist = next(t for t in trials if t["seed"] == "checklist")
+    assert json.loads(checklist["config"])["batch_size"] == 16
+    ran = [t for t in trials if t["status"] == "ok"]
+    assert len(ran) >= 4
+    for t in ran:
+        predicted = json.loads(t["metrics"])["predicted_peak_bytes"]
+        assert abs(predicted - t["peak"]) <= 0.10 * t["peak"], (t["config"], predicted, t["peak"])
+    refused = [t for t in trials if t["status"] == "predicted_oom"]
+    assert refused, out
+    for t in refused:
+        assert t["error"].startswith("predicted: micro-batch") and "over the memory budget of 900.0 MiB" in t["error"]
+        assert t["duration"] is None  # never started
+        assert json.loads(t["metrics"])["predicted_peak_bytes"] > 900 * MiB
+    assert "[memory] not run: micro-batch" in out
+    optuna_trials = optuna.load_study(study_name=study, storage=f"sqlite:///{db}").trials
+    told = [t for t in optuna_trials if t.user_attrs.get("dstune_infeasible") == "predicted"]
+    assert len(told) == len(refused)
+    assert all(t.constraints["memory_over_budget"] > 0 for t in told)  # infeasible for the sampler, by memory
