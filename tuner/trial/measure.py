@@ -23,7 +23,9 @@ micro-batch of 4 accumulated 8 times then costs no more to measure than a
 micro-batch of 32, and a slow configuration of a large model is measured in
 tens of seconds rather than minutes.  Each warm-up cycle and each timed
 window runs micro-steps and then one update, as training does, so the peak
-memory holds activations, gradients and optimizer state together.
+memory holds activations, gradients and optimizer state together; the first
+cycle runs two micro-steps, so it also holds a micro-step's activations with
+the gradients of the one before, as every step of accumulation does.
 """
 
 from __future__ import annotations
@@ -247,6 +249,10 @@ def measure_by_parts(composed: Composed, settings: MeasureSettings, prune_below:
         begin()
         t0 = time.perf_counter()
         _check_finite(micro())
+        if not micro_times:
+            # A second micro-step before the first update, as accumulation runs: the gradients of the first are
+            # held while it runs, so the peak memory is training's, even when every timed chunk is one micro-step.
+            micro()
         clock.sync()
         t1 = time.perf_counter()
         update()

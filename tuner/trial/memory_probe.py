@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import gc
 import resource
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 import torch
@@ -32,8 +32,10 @@ import torch
 from dstune.context import TuneContext
 from dstune.workload_api import WorkloadDef
 
-from .composition import compose
 from .out_of_memory import is_oom
+
+if TYPE_CHECKING:
+    from .composition import Composed
 
 CYCLES = 2
 PARTS = ("first", "later", "update")
@@ -54,8 +56,11 @@ def _peak(device: torch.device) -> tuple[int, int]:
     return rss, rss
 
 
+Compose = Callable[..., "Composed"]  # dstune.trial.composition.compose, passed in by the trial process
+
+
 def measure_config(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str, Any],
-                   ctx: TuneContext) -> dict[str, Any]:
+                   ctx: TuneContext, compose: Compose) -> dict[str, Any]:
     """Build the workload under ``config`` and return its peak memory per part (bytes) and its micro-batch."""
     composed = compose(pm, definition, config, ctx, guard=None)
     device = composed.device
@@ -88,12 +93,12 @@ def measure_config(pm: pluggy.PluginManager, definition: WorkloadDef, config: di
 
 
 def run_memory(pm: pluggy.PluginManager, definition: WorkloadDef, variants: list[dict[str, Any]],
-               ctx: TuneContext) -> list[dict[str, Any]]:
+               ctx: TuneContext, compose: Compose) -> list[dict[str, Any]]:
     """Measure every configuration in turn; one that runs out of memory is reported as such, not raised."""
     results = []
     for config in variants:
         try:
-            results.append(measure_config(pm, definition, config, ctx))
+            results.append(measure_config(pm, definition, config, ctx, compose))
         except Exception as exc:  # noqa: BLE001 - an out-of-memory point is an answer; anything else is not
             if not is_oom(exc):
                 raise

@@ -83,7 +83,7 @@ def run_memory_spec(spec: TrialSpec) -> dict[str, Any]:
     from dstune.context import TuneContext
     from dstune.plugin_manager import plugin_manager
 
-    from .composition import configure_process
+    from .composition import compose, configure_process
     from .memory_probe import run_memory
     from .workload_file import select_workload
 
@@ -92,7 +92,7 @@ def run_memory_spec(spec: TrialSpec) -> dict[str, Any]:
     configure_process(plugins.pm, spec.variants[0] if spec.variants else spec.config, ctx)
     torch_seed(spec.seed)
     definition = select_workload(spec.workload_file, spec.workload_name)
-    return {"status": "ok", "points": run_memory(plugins.pm, definition, spec.variants, ctx)}
+    return {"status": "ok", "points": run_memory(plugins.pm, definition, spec.variants, ctx, compose)}
 
 
 def torch_seed(seed: int) -> None:
