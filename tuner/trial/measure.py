@@ -23,9 +23,10 @@ micro-batch of 4 accumulated 8 times then costs no more to measure than a
 micro-batch of 32, and a slow configuration of a large model is measured in
 tens of seconds rather than minutes.  Each warm-up cycle and each timed
 window runs micro-steps and then one update, as training does, so the peak
-memory holds activations, gradients and optimizer state together; the first
-cycle runs two micro-steps, so it also holds a micro-step's activations with
-the gradients of the one before, as every step of accumulation does.
+memory holds activations, gradients and optimizer state together; the second
+cycle (the first after the optimizer state exists) runs two micro-steps, so
+it also holds a micro-step's activations with the gradients of the one
+before, as every step of accumulation does.
 """
 
 from __future__ import annotations
@@ -249,9 +250,10 @@ def measure_by_parts(composed: Composed, settings: MeasureSettings, prune_below:
         begin()
         t0 = time.perf_counter()
         _check_finite(micro())
-        if not micro_times:
-            # A second micro-step before the first update, as accumulation runs: the gradients of the first are
-            # held while it runs, so the peak memory is training's, even when every timed chunk is one micro-step.
+        if len(micro_times) == 1:
+            # A second micro-step before the update, as accumulation runs, once the optimizer state exists: the
+            # weights, their state and the gradients of the first micro-step are all held while it runs, so the
+            # peak memory is training's, even when every timed chunk is one micro-step.
             micro()
         clock.sync()
         t1 = time.perf_counter()
