@@ -107,6 +107,18 @@ def test_peaks_above_the_prediction_raise_it_and_other_knobs_learn_their_effect(
     assert restored.predict({**compiled, "batch": 16}) == m.predict({**compiled, "batch": 16})
 
 
+def test_the_allocators_cache_is_learned_from_full_size_trials() -> None:
+    m = model()
+    m.reserve_ratio = 1.08  # what tiny probe batches showed
+    config = {"precision": "fp32", "ckpt": False, "compile": "off", "batch": 8}
+    allocated = m.predict(config) / 1.08
+    m.observe(config, "ok", {"peak_allocated": allocated, "peak_reserved": allocated * 1.03,
+                             "peak_memory_bytes": allocated * 1.03})
+    assert m.reserve_ratio == pytest.approx(1.03) and m.predict(config) == pytest.approx(allocated * 1.03, rel=1e-6)
+    m.observe(config, "oom", {"peak_allocated": 1, "peak_reserved": 100})  # a failed trial's peak says nothing
+    assert m.reserve_ratio == pytest.approx(1.03)
+
+
 def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tmp_path: Path) -> None:
     """A real run on a workload whose memory is known (about 38 MiB per sample, tests/workloads/memory_hungry.py).
 
