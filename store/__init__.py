@@ -1,6 +1,6 @@
 """dstune's store: SQLAlchemy models and queries; nothing outside this package builds SQL."""
 
-from .database import resolve_url
+from .database import StoreMissing, resolve_url
 from .models import (
     SCHEMA_VERSION,
     AppliedRow,
@@ -14,4 +14,4 @@ from .models import (
 )
 from .queries import Store
 
-__all__ = ["AppliedRow", "DaemonRow", "ScheduleRow", "MeasurementRow", "SCHEMA_VERSION", "EnvironmentRow", "IterationRow", "Store", "TrialRow", "WorkloadRow", "resolve_url"]
+__all__ = ["AppliedRow", "DaemonRow", "ScheduleRow", "MeasurementRow", "SCHEMA_VERSION", "EnvironmentRow", "IterationRow", "Store", "StoreMissing", "TrialRow", "WorkloadRow", "resolve_url"]

@@ -77,8 +77,18 @@ def _on_sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-un
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+class StoreMissing(UsageError):
+    """A command that only reads found no SQLite file where the store should be (it never creates one)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no dstune store at {path}")
+        self.path = path
+
+
+def make_engine(url: str, create: bool = True) -> Engine:
     path = _sqlite_path(url)
+    if path is not None and not create and not path.exists():
+        raise StoreMissing(path)
     if path is not None:
         if not path.parent.exists():
             raise UsageError(
@@ -165,8 +175,9 @@ def init_schema(engine: Engine, url: str) -> None:
         ) from None
 
 
-def open_engine(db: str | None) -> tuple[str, Engine, sessionmaker[Session]]:
+def open_engine(db: str | None, create: bool = True) -> tuple[str, Engine, sessionmaker[Session]]:
+    """The engine of the store at ``db``; with ``create=False`` a missing SQLite file raises :class:`StoreMissing`."""
     url = resolve_url(db)
-    engine = make_engine(url)
+    engine = make_engine(url, create)
     init_schema(engine, url)
     return url, engine, sessionmaker(engine, expire_on_commit=False)

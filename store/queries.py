@@ -23,8 +23,9 @@ from .schedule_queries import ScheduleQueries
 class Store(IterationQueries, ScheduleQueries):
     """dstune's tables and Optuna's storage on one database URL."""
 
-    def __init__(self, db: str | None = None) -> None:
-        self.url, self.engine, self.sessions = open_engine(db)
+    def __init__(self, db: str | None = None, create: bool = True) -> None:
+        """Open (and, unless ``create`` is False, create) the store at ``db`` (default ``./dstune.db``)."""
+        self.url, self.engine, self.sessions = open_engine(db, create)
 
     @property
     def shown_url(self) -> str:

@@ -180,7 +180,9 @@ def test_apply_composes_what_the_trial_measured(tmp_path, trials):
 
 def test_best_without_an_applied_config_names_what_is_there(tmp_path):
     from dstune import UsageError, best
+    from dstune.store import Store
 
+    Store(str(tmp_path / "empty.db"))  # a store with nothing applied (best itself never creates one)
     with pytest.raises(UsageError, match=r"no configuration has been applied to workload 'nope'.*dstune run"):
         best("nope", db=str(tmp_path / "empty.db"))
     bad = tmp_path / "bad.json"

@@ -152,3 +152,27 @@ def race_six_processes(db: str) -> None:
 
 def test_runs_starting_together_share_one_workload_and_environment_row(tmp_path):
     race_six_processes(str(tmp_path / "race.db"))
+
+
+def test_reading_commands_and_dstune_best_never_create_a_store(tmp_path, monkeypatch, capsys):
+    """In a folder with no store, `dstune.best`, `show` and `history` say where they looked; no file appears."""
+    import dstune
+
+    from .conftest import cli_in_process
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DSTUNE_DB", raising=False)
+    monkeypatch.delenv("DSTUNE_CONFIG", raising=False)
+    with pytest.raises(UsageError) as caught:
+        dstune.best("resnet")
+    message = str(caught.value)
+    assert f"no dstune store at dstune.db (looked, in order, at --db (not given); DSTUNE_DB (not set); a config " \
+           f"file (none found); ./dstune.db ({tmp_path / 'dstune.db'}))" in message
+    assert "DSTUNE_CONFIG" in message
+    for command in (("show", "resnet"), ("history", "resnet"), ("history", "resnet", "--db", str(tmp_path / "x.db"))):
+        code, _, err = cli_in_process(capsys, *command)
+        assert code == 2 and "no dstune store at" in err and "Nothing was created" in err
+    (tmp_path / "pyproject.toml").write_text('[tool.dstune]\ndb = "runs/tuning.db"\n')
+    code, _, err = cli_in_process(capsys, "show", "resnet")
+    assert code == 2 and f"{tmp_path / 'pyproject.toml'}, line 2: db = {tmp_path / 'runs' / 'tuning.db'})" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pyproject.toml"]

@@ -49,9 +49,9 @@ def best(workload: str, db: str | None = None) -> BestConfig:
     path = os.environ.get("DSTUNE_CONFIG")
     if path:
         return _from_file(path, workload)
-    from .store import Store
+    from .config_file import open_existing_store
 
-    store = Store(db)
+    store = open_existing_store(db)
     found = applied_best(store, workload, _this_gpu_model())
     if found is None:
         known = ", ".join(store.workload_names()) or "none"

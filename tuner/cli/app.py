@@ -53,9 +53,13 @@ def print_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def open_store(db: str | None) -> "Store":
-    """The store a command without a workload file reads: :func:`dstune.config_file.resolve_db` decides which."""
-    from dstune.config_file import resolve_db
+def open_store(db: str | None, create: bool = False) -> "Store":
+    """The store a command without a workload file uses: :func:`dstune.config_file.resolve_db` decides which.
+
+    Only a command that records something new (``schedule add``) may create it; a reading one that finds
+    none says where it looked.
+    """
+    from dstune.config_file import open_existing_store, resolve_db
     from dstune.store import Store
 
-    return Store(resolve_db(db))
+    return Store(resolve_db(db)) if create else open_existing_store(db)

@@ -38,7 +38,7 @@ def schedule_add(
     from dstune.daemon.schedules import add_schedule
 
     run_command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
-    row = add_schedule(open_store(db), run_command, workload_file, cron, timezone, gpu, now, list(ctx.args))
+    row = add_schedule(open_store(db, create=True), run_command, workload_file, cron, timezone, gpu, now, list(ctx.args))
     Console().print(f"schedule {row.id}: {row.workload_file} at \"{row.cron}\" ({row.timezone}); next due "
                     f"{row.next_due_at:%Y-%m-%d %H:%M} UTC; `dstune daemon` runs it", highlight=False)
 
