@@ -166,3 +166,17 @@ def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tm
     told = [t for t in optuna_trials if t.user_attrs.get("dstune_infeasible") == "predicted"]
     assert len(told) == len(refused)
     assert all(t.constraints["memory_over_budget"] > 0 for t in told)  # infeasible for the sampler, by memory
+
+
+def test_a_memory_budget_below_the_smallest_micro_batch_is_refused_before_any_trial(tmp_path: Path) -> None:
+    db = tmp_path / "dstune.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "dstune", "run", str(WORKLOADS / "paced.py"), "--db", str(db), "--memory-budget",
+         "1KiB", "--budget", "1m"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    error = " ".join(result.stderr.split())
+    assert "--memory-budget 1KiB (1.0 KiB) is below what workload 'paced' needs at its smallest:" in error
+    assert "Give a budget above that, or leave --memory-budget out" in error
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*) from dstune_iterations").fetchone() == (0,)

@@ -53,7 +53,7 @@ from dstune.trial.fingerprint import fingerprint_hash
 from dstune.trial.launch import run_in_subprocess
 from dstune.trial.numerics import check_overrides
 from dstune.trial.records import TrialOutcome
-from dstune.units import format_latency, parse_memory_budget
+from dstune.units import format_bytes, format_latency, parse_memory_budget
 
 from .act import Decision, decide
 from .budget import Budget, CheckClock
@@ -165,6 +165,13 @@ class Iteration:
         past = [d for d in past if d]
         self.budget.incumbent_key = config_key(incumbent.config)
         self.budget.past_measure_s = statistics.median(past) if past else None
+        if options.wants_memory_model(ctx.is_cuda):  # before the iteration is recorded: it may refuse the budget
+            self.memory = measure_model(options, ctx, self.ctx_dict, knobs, self.plugins.pm, self.memory_budget,
+                                        {**compile_cache_env(ctx.workload), **self.slots[0].env},
+                                        lambda config: invalid_reason(self.plugins.pm, config, ctx),
+                                        self.reporter.message)
+            if self.memory is not None:
+                self._refuse_a_budget_nothing_fits(self.memory)
         self.iteration_id = store.start_iteration(
             workload_id=workload_id, environment_id=environment_id, study_name="", phase="plan",
             host=self.host, pid=os.getpid(), context=self.ctx_dict, memory_budget_bytes=self.memory_budget,
@@ -185,13 +192,8 @@ class Iteration:
         self.storage = study_storage(store)
         self.study = create_study(self.storage, study_name, options.seed, options.trials)
         self.env = {**compile_cache_env(ctx.workload), "DSTUNE_ITERATION": str(self.iteration_id)}
-        if options.wants_memory_model(ctx.is_cuda):
-            self.memory = measure_model(options, ctx, self.ctx_dict, knobs, self.plugins.pm, self.memory_budget,
-                                        {**self.env, **self.slots[0].env},
-                                        lambda config: invalid_reason(self.plugins.pm, config, ctx),
-                                        self.reporter.message)
-            if self.memory is not None:
-                store.update_iteration(self.iteration_id, memory_model=self.memory.to_dict())
+        if self.memory is not None:
+            store.update_iteration(self.iteration_id, memory_model=self.memory.to_dict())
         seeds: list[tuple[str, Config]] = []
         if incumbent.applied_id is not None:
             seeds.append(("incumbent", incumbent.config))
@@ -210,6 +212,18 @@ class Iteration:
         store.update_iteration(self.iteration_id, phase="do")
         self.reporter.planned(previous.id if previous else None, diff, incumbent, copied)
         self.reporter.started(ctx.workload, ctx, knobs, options.trials, options.budget_s)
+
+    def _refuse_a_budget_nothing_fits(self, memory: MemoryModel) -> None:
+        """A memory budget below what the smallest micro-batch needs in every variant leaves nothing to run."""
+        smallest = memory.smallest_peak()
+        if smallest is None or smallest[0] <= self.memory_budget:
+            return
+        peak, where = smallest
+        given = self.options.memory_budget
+        raise UsageError(
+            f"--memory-budget {given} ({format_bytes(self.memory_budget)}) is below what workload "
+            f"{self.ctx.workload!r} needs at its smallest: {format_bytes(peak)} ({where}), as measured before the "
+            "trials. Give a budget above that, or leave --memory-budget out (90% of the device's memory).")
 
     def _sized(self, kind: str, config: Config) -> Config:
         """A seed the search chose (not the default or incumbent, which are measured as they are), shrunk until

@@ -153,6 +153,13 @@ class MemoryModel:
             current = smaller(current)
         return current
 
+    def smallest_peak(self) -> tuple[float, str] | None:
+        """The least any measured point needed (as the budget is judged), and where: what no budget may undercut."""
+        found = [(max(point["allocated"].values()) * self.reserve_ratio,
+                  f"{variant.label}, micro-batch {point['micro_batch']}")
+                 for variant in self.variants.values() for point in variant.points if "oom" not in point]
+        return min(found) if found else None
+
     # -- what trials teach -------------------------------------------------------------
 
     def observe(self, config: Config, status: str, metrics: Mapping[str, Any]) -> str | None:
