@@ -95,6 +95,12 @@ def check_overrides(knobs: Sequence[Any], overrides: Mapping[str, float]) -> Non
         )
 
 
+# No tolerance helps here: the workload itself produces NaN/inf, before any knob touches it.
+REFERENCE_NOT_FINITE = ("the workload's loss (or output) is NaN or infinite in the fp32 eager reference itself, "
+                        "before any knob changed anything: the workload produces it, not the configuration. Check "
+                        "its loss and its batches (a log of zero, a division by zero, uninitialised data)")
+
+
 def signature(value: Any) -> Any:
     """A small float32 CPU copy of a loss or output: evenly spaced elements, at most SIGNATURE_ELEMENTS."""
     flat = value.detach().reshape(-1).float()
@@ -175,6 +181,8 @@ class Guard:
                 torch.cuda.reset_peak_memory_stats(device)
         if self.reference is None:
             return
+        if not bool(torch.isfinite(self.reference).all()):
+            raise NumericsError(REFERENCE_NOT_FINITE)
         self.result["numerics_reference"] = "computed"
         if path is not None:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
