@@ -85,3 +85,30 @@ def test_a_latency_limit_on_a_training_workload_is_refused(tmp_path):
     if db.exists():  # refused before an iteration starts
         tables = {name for name, in db_rows(db, "select name from sqlite_master where type = 'table'")}
         assert "dstune_iterations" not in tables or db_rows(db, "select count(*) from dstune_iterations") == [(0,)]
+
+
+def test_a_workload_that_fails_as_written_says_its_own_error_once_and_exits_4(tmp_path):
+    """Its model raises in forward: two trials (the default and one other) fail alike, then the run stops."""
+    db = tmp_path / "raises.db"
+    result = run_cli("run", str(WORKLOADS / "raises_in_forward.py"), "--db", str(db), "--budget", "2m",
+                     "--trials", "8", cwd=tmp_path)
+    assert result.returncode == 4, result.stdout + result.stderr
+    error = " ".join(result.stderr.split())
+    assert ("every trial failed with the same error, so the workload fails as written, whatever the knobs: "
+            "ValueError: shapes do not line up: expected 16 features (raises_in_forward.py:12, in forward)") in error
+    out = " ".join(result.stdout.split())
+    assert "memory budget" not in out + error and "Traceback" not in out
+    assert "(stopped: the workload fails)" in out and "No trial ran to the end" in out
+    rows = db_rows(db, "select status from dstune_trials")
+    assert rows == [("crash",), ("crash",)]  # nothing more was spent on it
+    assert db_rows(db, "select count(*) from dstune_applied") == [(0,)]  # nothing applied as a baseline
+
+
+def test_a_loss_that_is_nan_in_fp32_already_blames_the_workload_not_the_tolerance(tmp_path):
+    result = run_cli("run", str(WORKLOADS / "nan_loss.py"), "--db", str(tmp_path / "nan.db"), "--budget", "2m",
+                     "--trials", "6", cwd=tmp_path)
+    assert result.returncode == 4, result.stdout + result.stderr
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "NaN or infinite in the fp32 eager reference itself" in said
+    assert "the workload produces it, not the configuration" in said
+    assert "--tolerance" not in said

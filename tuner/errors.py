@@ -18,5 +18,6 @@ class UsageError(Exception):
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad input: nothing was run
 EXIT_REGRESSION = 3  # `run --fail-on-regression` found the incumbent slower than before
+EXIT_WORKLOAD = 4  # `run`: every trial failed with the workload's own error; nothing could be tuned
 EXIT_DEFERRED = 75  # the device stayed locked or busy too long: try again later (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: what had finished is recorded

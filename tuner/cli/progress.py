@@ -7,6 +7,8 @@ come from :mod:`dstune.views.summary`, read back from the store.
 
 from __future__ import annotations
 
+import re
+import textwrap
 import time
 from typing import Any, Sequence
 
@@ -131,7 +133,7 @@ class ConsoleReporter:
         if outcome.status == "ok":
             text = f"{outcome.metrics['samples_per_s']:.1f} samples/s"
         else:
-            text = f"{outcome.status}: {escape(_last_line(outcome.error, 100))}"
+            text = f"{outcome.status}: {escape(_last_line(outcome.error))}"
         self.console.print(f"  round {round_ + 1} {role:<10} {text}", highlight=False)
 
     def close(self) -> None:
@@ -140,8 +142,18 @@ class ConsoleReporter:
             self.progress = None
 
 
-def _last_line(error: str | None, width: int = 80) -> str:
-    """What an error says in one line: its last non-blank line that is not a C++ stack frame, cut to ``width``."""
+def _last_line(error: str | None, width: int = 200) -> str:
+    """What an error says in one line: its last non-blank line that is not a C++ stack frame, in whole sentences
+    up to ``width`` characters (a sentence longer than that is cut at a word, marked with an ellipsis)."""
     lines = [line.strip() for line in (error or "").strip().splitlines() if line.strip()]
     said = [line for line in lines if not line.startswith(("frame #", "<omitting", '"'))]
-    return (said or lines or [""])[-1][:width]
+    line = (said or lines or [""])[-1]
+    if len(line) <= width:
+        return line
+    kept = ""
+    for sentence in re.split(r"(?<=[.;])\s+", line):
+        if len(kept) + len(sentence) + 1 > width:
+            break
+        kept = f"{kept} {sentence}".strip()
+    short = kept or textwrap.shorten(line, width, placeholder=" ...")
+    return short if short != "..." else line[:width - 4] + " ..."  # one endless word

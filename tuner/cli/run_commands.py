@@ -12,9 +12,10 @@ from typing import Any, Callable, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from dstune.errors import EXIT_DEFERRED, EXIT_INTERRUPTED, EXIT_REGRESSION, UsageError
+from dstune.errors import EXIT_DEFERRED, EXIT_INTERRUPTED, EXIT_REGRESSION, EXIT_WORKLOAD, UsageError
 
 from .app import IDLE_UTIL_OPTION, IDLE_WINDOW_OPTION, JSON_OPTION, MAX_DELAY_OPTION, app, err_console, print_json
 
@@ -77,6 +78,12 @@ def run(
     from dstune.store import Store
 
     render_summary(reporter.console, summarize(Store(options.db), result.iteration_id), result.stop_reason)
+    if result.workload_error is not None:
+        err_console.print(
+            f"error: every trial failed with the same error, so the workload fails as written, whatever the knobs: "
+            f"{escape(result.workload_error)}. Fix it (`python -c` on its function, or one step of it by hand), "
+            f"then run again: exit {EXIT_WORKLOAD}", highlight=False)
+        raise typer.Exit(EXIT_WORKLOAD)
     if fail_on_regression and result.decision is not None and result.decision.regression:
         err_console.print("regression detected and --fail-on-regression given: exit 3")
         raise typer.Exit(EXIT_REGRESSION)

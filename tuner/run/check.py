@@ -16,6 +16,7 @@ from dstune.knobs import Config
 from dstune.trial.records import TrialOutcome
 
 from .speedup import RatioEstimate, paired_ratio
+from .workload_failure import last_line
 
 Measure = Callable[[str, int, Config], TrialOutcome]
 MayStart = Callable[[int], bool]  # whether round r (0-based) may start: the budget can still pay for it
@@ -64,7 +65,7 @@ def interleaved_check(measure: Measure, incumbent: Config, challenger: Config | 
             if outcome.status == "ok" and outcome.metrics.get("samples_per_s"):
                 getattr(result, role).append(float(outcome.metrics["samples_per_s"]))
             else:
-                result.failures[role] = f"{outcome.status} in round {round_ + 1}: {(outcome.error or '').strip()[:300]}"
+                result.failures[role] = f"{outcome.status} in round {round_ + 1}: {last_line(outcome.error or '')[:300]}"
         if result.cut or len(result.failures) == sum(c is not None for c in configs.values()):
             break
     if challenger is not None and not result.failures:  # a round the budget cut in half has no pair

@@ -46,6 +46,7 @@ from .memory_model import MemoryModel
 from .neighbourhood import CONVERGED, NEIGHBOUR, LocalSearch, Measured, Neighbourhood
 from .options import LOCAL, RunOptions, trial_spec
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, tell
+from .workload_failure import workload_failure
 
 if TYPE_CHECKING:
     from dstune.store import Store
@@ -59,7 +60,8 @@ MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tent
 UNSEEDED = frozenset({"search", "promoted", NEIGHBOUR})  # trials the search chose: an out-of-memory one is data
 PRUNABLE = frozenset({"search", NEIGHBOUR})  # trials stopped after warm-up when far slower than the best
 MEASURED_AS_THEY_ARE = frozenset({"default", "incumbent"})  # run even when predicted not to fit: they are the baseline
-STOP_PRIORITY = (CONVERGED, "exhausted", "invalid", "budget", "trials", "ended")
+WORKLOAD_FAILS = "the workload fails"
+STOP_PRIORITY = (WORKLOAD_FAILS, CONVERGED, "exhausted", "invalid", "budget", "trials", "ended")
 
 def _dict_or_none(found: Config | str | None) -> Config | None:
     return found if isinstance(found, dict) else None
@@ -253,6 +255,15 @@ class TrialPool:
                 self.local.proposed(seed_kind)
             return trial, config, seed_kind
 
+    def _workload_fails(self) -> bool:
+        """The default configuration and another one failed alike, and nothing ran: the workload fails as written
+        (``run/workload_failure``), so further trials would only fail the same way."""
+        setup = self.setup
+        ended = [r for r in self.rows if r.status not in ("running", "invalid", "predicted_oom")]
+        if len(ended) < 2 or not any(r.seed_kind == "default" for r in ended):
+            return False
+        return workload_failure(self.rows, setup.options.workload_file) is not None
+
     def _too_big(self, config: Config) -> str | None:
         """Why the memory model says ``config`` would not fit (a sentence beginning "predicted"), or None."""
         return self.setup.memory.exceeds(config) if self.setup.memory is not None else None
@@ -305,6 +316,9 @@ class TrialPool:
                 self._tell(trial, outcome)
                 self.sync()
                 setup.reporter.trial_finished(self.found.finished, outcome, self.found.best, number=claim)
+                if self._workload_fails():
+                    self.stop_reason = WORKLOAD_FAILS
+                    return WORKLOAD_FAILS
                 if outcome.status == "oom" and seed_kind not in UNSEEDED:
                     self._retry_smaller(config, seed_kind)
 

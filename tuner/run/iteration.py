@@ -65,6 +65,7 @@ from .memory_plan import measure_model
 from .options import LOCAL, RunOptions, guard_for, trial_spec
 from .plan import Incumbent, adapt_config, compile_cache_env, copy_trials, earlier_measurements, probe
 from .search import SearchSpace, create_study, enqueue_seeds
+from .workload_failure import workload_failure
 
 __all__ = ["RunOptions", "RunResult", "compile_cache_env", "probe", "run_iteration"]
 
@@ -93,6 +94,7 @@ class RunResult:
     workload: str
     stop_reason: str
     decision: Decision | None = None
+    workload_error: str | None = None  # every trial failed with the workload's own error (run/workload_failure)
 
 
 class Iteration:
@@ -115,6 +117,7 @@ class Iteration:
         self.env: dict[str, str] = {}
         self.reference_dir = tempfile.mkdtemp(prefix="dstune-references-")
         self.memory: MemoryModel | None = None
+        self.workload_error: str | None = None
 
     # -- Plan -------------------------------------------------------------------
 
@@ -302,13 +305,19 @@ class Iteration:
         options, store = self.options, self.store
         # Throughput means something only on the GPU model it was measured on: the check runs on this one.
         ok = [t for t in store.trials(self.iteration_id, status="ok") if self._same_model(t.gpu_model)]
+        self.workload_error = None if ok else workload_failure(store.trials(self.iteration_id), options.workload_file)
+        if self.workload_error is not None:  # the incumbent would fail as every trial did: nothing to check
+            why = "no trial ran: the workload fails by itself (below), so there is nothing to check"
+            store.update_iteration(self.iteration_id, phase="check")
+            self.check_repeats = 0
+            return CheckResult(), None, why
         chosen = options.select.choose(ok, self.memory_budget, options.max_latency_s)
         store.update_iteration(self.iteration_id, phase="check", chosen_trial_id=chosen.id if chosen else None,
                                chosen_config=chosen.config if chosen else None)
         challenger: Config | None = None
         why = ""
         if chosen is None:
-            why = f"no trial succeeded within the memory budget ({self.memory_budget} bytes)" + (
+            why = f"no trial succeeded within the memory budget ({format_bytes(self.memory_budget)})" + (
                 f" and a p99 latency of {format_latency(options.max_latency_s)}" if options.max_latency_s else "")
         elif config_key(chosen.config) == config_key(self.incumbent.config):
             why = f"the best trial by {options.select} is the incumbent itself"
@@ -368,7 +377,7 @@ class Iteration:
         if decision.promoted:
             applied = {"config": challenger, "reason": "promoted", "note": decision.reason,
                        "gpu_model": self.gpu_model, **self._medians("challenger")}
-        elif self.incumbent.applied_id is None and "incumbent" not in result.failures:
+        elif self.incumbent.applied_id is None and "incumbent" not in result.failures and self.workload_error is None:
             applied = {"config": self.incumbent.config, "reason": "baseline", "note": decision.reason,
                        "gpu_model": self.gpu_model, **self._medians("incumbent")}
         estimate = result.estimate
@@ -378,6 +387,7 @@ class Iteration:
             speedup_high=estimate.high if estimate else None, regression=decision.regression,
             check={**result.to_dict(), **decision.to_dict(), "repeats": self.check_repeats,
                    "min_gain": self.options.min_gain, "incumbent_notes": self.incumbent.notes},
+            **({"error": f"the workload fails by itself: {self.workload_error}"} if self.workload_error else {}),
         )
         return decision
 
@@ -419,7 +429,7 @@ class Iteration:
             if self.heartbeat is not None:
                 self.heartbeat.stop()
             shutil.rmtree(self.reference_dir, ignore_errors=True)
-        return RunResult(self.iteration_id, self.ctx.workload, stop_reason, decision)
+        return RunResult(self.iteration_id, self.ctx.workload, stop_reason, decision, self.workload_error)
 
     def _record_interruption(self, exc: BaseException) -> None:
         if self.pool is not None:

@@ -91,13 +91,17 @@ def render_summary(console: Console, summary: IterationSummary, stop_reason: str
         table.add_row(f"{row.number}{marker}", f"{row.samples_per_s:.1f}", format_bytes(row.peak_memory_bytes),
                       *p99, f"{(row.step_time_cv or 0):.1%}", f"{(row.first_step_s or 0):.1f} s",
                       describe_config(row.config, summary.default_config))
-    console.print(table)
+    if rows:
+        console.print(table)
     max_latency = (iteration.options or {}).get("max_latency_s")
     latency = f" and p99 {format_latency(max_latency)}" if max_latency else ""
-    if summary.challenger is None:
-        console.print(f"[red]No trial succeeded within the memory budget ({format_bytes(summary.memory_budget)})"
-                      f"{latency}.[/] See the trial errors in `dstune history`, or widen --memory-budget"
-                      f"{' or --max-latency' if latency else ''}.")
+    ran = summary.status_counts.get("ok", 0)
+    if summary.challenger is None and not ran:
+        console.print("[red]No trial ran to the end[/] (their errors are above, and in `dstune report`).")
+    elif summary.challenger is None:
+        console.print(f"[red]No trial that ran fitted the memory budget ({format_bytes(summary.memory_budget)})"
+                      f"{latency}.[/] Widen --memory-budget{' or --max-latency' if latency else ''}, or see the "
+                      "trials' peaks in `dstune history --json`.")
     else:
         console.print(f"Challenger ({iteration.select_policy} within {format_bytes(summary.memory_budget)}{latency}): "
                       f"trial {summary.challenger.number}: "
