@@ -111,6 +111,15 @@ def test_run_waits_for_the_device_lock_and_names_its_holder(tmp_path):
     assert not db.exists() or db_rows(db, "select count(*) from dstune_iterations") == [(0,)]
 
 
+def test_a_store_that_cannot_be_opened_is_refused_before_waiting_for_the_device(tmp_path):
+    device = resolve_device()
+    with hold_device(device, "a test holding the device", timeout_s=0):
+        result = run_cli("run", PACED, "--db", "/proc/nope/x.db", *FAST_RUN, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "database /proc/nope/x.db: folder /proc/nope does not exist" in " ".join(result.stderr.split())
+    assert "held by" not in result.stdout  # it never waited for the lock
+
+
 class _Gpu:
     """NVML readings in a script (a real GPU shows these on test_gpu.py), on a clock that only sleeping moves."""
 

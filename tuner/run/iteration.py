@@ -450,7 +450,10 @@ def run_iteration(options: RunOptions, reporter: Reporter) -> RunResult:
 
     Raises :class:`DeviceBusy` when the lock or the idle gate waited longer than allowed.
     """
+    from dstune.store import Store
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    Store(options.db)  # a store that cannot be opened is a usage error now, not after waiting for a device
     slots = resolve_slots(options.gpus, reporter.message)
     what = f"dstune run {options.workload_file}" + (f" for schedule {options.schedule_id}" if options.schedule_id else "")
     with hold_slots(slots, what, options.lock_timeout_s, reporter.message):
