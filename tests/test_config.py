@@ -164,3 +164,15 @@ def test_schedule_add_daemon_worker_and_status_in_a_folder_with_a_config_file_us
     status = run_cli("status", "--json", cwd=project)
     assert status.returncode == 0 and len(json.loads(status.stdout)["queue"]) == 1, status.stdout
     assert not (project / "dstune.db").exists()
+
+
+def test_config_shows_brackets_and_the_effective_defaults_whole_at_80_columns(tmp_path):
+    from .conftest import run_cli
+
+    result = run_cli("config", cwd=tmp_path, env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "none found (dstune.toml, or [tool.dstune] in pyproject.toml)" in out
+    assert "0.9 (of the device's memory)" in out and "None" not in out
+    assert "/dstune.db" in out  # the path the default means (wrapped in its cell at 80 columns)
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80

@@ -161,6 +161,13 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+# What an unset setting means, as `dstune config` shows it (the value None says nothing to a reader).
+EFFECTIVE: dict[str, dict[Any, str]] = {
+    "memory-budget": {None: "0.9 (of the device's memory)"},
+    "max-latency": {None: "none"},
+}
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def config(
     ctx: typer.Context,
@@ -182,13 +189,18 @@ def config(
     if as_json:
         return print_json({"file": str(resolved.file) if resolved.file else None, "settings": rows})
     console = Console()
-    console.print(f"config file: {resolved.file or 'none found (dstune.toml, or [tool.dstune] in pyproject.toml)'}",
+    console.print(escape(f"config file: {resolved.file or 'none found (dstune.toml, or [tool.dstune] in pyproject.toml)'}"),
                   highlight=False)
-    table = Table(title="dstune run settings (command line > env > file > default)", title_justify="left")
-    for col in ("setting", "value", "from", "env variable"):
+    table = Table(title="dstune run settings (command line > env DSTUNE_<SETTING> > file > default)",
+                  title_justify="left")
+    for col in ("setting", "value", "from"):
         table.add_column(col)
     for row in rows:
         value = row["value"]
+        if value is None:
+            value = EFFECTIVE.get(row["setting"], {}).get(None, value)
         shown = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-        table.add_row(row["setting"], shown or "-", row["source"], row["env"])
+        if row["setting"] == "db" and row["value"] is None:
+            shown = str(Path.cwd() / "dstune.db")
+        table.add_row(escape(row["setting"]), escape(shown or "-"), escape(row["source"]))
     console.print(table)
