@@ -194,7 +194,7 @@ def config(
     table = Table(title="dstune run settings (command line > env DSTUNE_<SETTING> > file > default)",
                   title_justify="left")
     for col in ("setting", "value", "from"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a long path wraps whole rather than ending in an ellipsis
     for row in rows:
         value = row["value"]
         if value is None:
