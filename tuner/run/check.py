@@ -9,6 +9,7 @@ state, a neighbour on the host) hit both sides alike.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -74,3 +75,22 @@ def interleaved_check(measure: Measure, incumbent: Config, challenger: Config | 
         if pairs >= 2:
             result.estimate = paired_ratio(result.incumbent, result.challenger)
     return result
+
+
+NOISY_SPREAD = 1.5  # a configuration's check rounds differing by more than this factor were disturbed
+DISAGREES = 2.0  # nor should the check differ from the challenger's trial by more than this factor
+
+
+def check_noise(result: CheckResult, challenger_trial: float | None) -> str | None:
+    """Why the check's figures say the machine was busy (a sentence), or None when they look quiet."""
+    for role, values in (("incumbent", result.incumbent), ("challenger", result.challenger)):
+        if len(values) >= 2 and min(values) > 0 and max(values) / min(values) > NOISY_SPREAD:
+            return (f"the {role}'s check rounds ranged from {min(values):,.1f} to {max(values):,.1f} samples/s "
+                    f"({max(values) / min(values):.1f}x)")
+    if challenger_trial and result.challenger:
+        median = statistics.median(result.challenger)
+        ratio = max(median, challenger_trial) / max(min(median, challenger_trial), 1e-12)
+        if ratio > DISAGREES:
+            return (f"the challenger ran {median:,.1f} samples/s in the check against {challenger_trial:,.1f} in its "
+                    f"trial ({ratio:.1f}x apart)")
+    return None

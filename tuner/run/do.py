@@ -61,6 +61,7 @@ UNSEEDED = frozenset({"search", "promoted", NEIGHBOUR})  # trials the search cho
 PRUNABLE = frozenset({"search", NEIGHBOUR})  # trials stopped after warm-up when far slower than the best
 MEASURED_AS_THEY_ARE = frozenset({"default", "incumbent"})  # run even when predicted not to fit: they are the baseline
 WORKLOAD_FAILS = "the workload fails"
+NOISY_CV = 0.25  # a trial whose windows vary more than this was not measured on a quiet machine
 STOP_PRIORITY = (WORKLOAD_FAILS, CONVERGED, "exhausted", "invalid", "budget", "trials", "ended")
 
 def _dict_or_none(found: Config | str | None) -> Config | None:
@@ -118,6 +119,7 @@ class TrialPool:
         self.stop_reason: str | None = None
         self.published_until: float | None = None  # time.time() of the deadline last written for the workers
         self.closed = False
+        self.warned_noise = False
         space = self.setup.space
         self.local = LocalSearch(Neighbourhood(space.knobs, space.normalised, self.schedule.is_costly),
                                  self.setup.earlier) if options.search == LOCAL else None
@@ -255,6 +257,16 @@ class TrialPool:
                 self.local.proposed(seed_kind)
             return trial, config, seed_kind
 
+    def _warn_if_noisy(self, outcome: TrialOutcome) -> None:
+        """Say once when a trial's timed windows disagree so much that the machine cannot have been quiet."""
+        cv = outcome.metrics.get("step_time_cv")
+        if outcome.status != "ok" or cv is None or cv <= NOISY_CV or self.warned_noise:
+            return
+        self.warned_noise = True
+        self.setup.reporter.message(
+            f"[warning] a trial's timed windows varied by {cv:.0%} (coefficient of variation): something else was "
+            "using this machine, and its figures are unreliable. Run on an idle machine, or with --wait-idle.")
+
     def _workload_fails(self) -> bool:
         """The default configuration and another one failed alike, and nothing ran: the workload fails as written
         (``run/workload_failure``), so further trials would only fail the same way."""
@@ -316,6 +328,7 @@ class TrialPool:
                 self._tell(trial, outcome)
                 self.sync()
                 setup.reporter.trial_finished(self.found.finished, outcome, self.found.best, number=claim)
+                self._warn_if_noisy(outcome)
                 if self._workload_fails():
                     self.stop_reason = WORKLOAD_FAILS
                     return WORKLOAD_FAILS

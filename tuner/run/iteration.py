@@ -57,7 +57,7 @@ from dstune.units import format_bytes, format_latency, parse_memory_budget
 
 from .act import Decision, decide
 from .budget import Budget, CheckClock
-from .check import CheckResult, interleaved_check
+from .check import CheckResult, check_noise, interleaved_check
 from .do import DoSetup, TrialPool
 from .heartbeats import study_storage
 from .memory_model import MemoryModel
@@ -352,6 +352,10 @@ class Iteration:
         result = interleaved_check(measure, self.incumbent.config, challenger, repeats, clock.may_start)
         if result.cut:
             self.reporter.message(f"the check stopped early: {result.cut}")
+        noise = check_noise(result, chosen.samples_per_s if chosen is not None and challenger else None)
+        if noise:
+            self.reporter.message(f"[warning] {noise}: the machine was not quiet, so the decision below rests on "
+                                  "unreliable figures. Run on an idle machine, or with --wait-idle.")
         return result, challenger, why
 
     # -- Act --------------------------------------------------------------------
