@@ -49,7 +49,7 @@ def best(workload: str, db: str | None = None) -> BestConfig:
     path = os.environ.get("DSTUNE_CONFIG")
     if path:
         return _from_file(path, workload)
-    from .config_file import open_existing_store
+    from .store.lookup import open_existing_store
 
     store = open_existing_store(db)
     found = applied_best(store, workload, _this_gpu_model())

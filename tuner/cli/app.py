@@ -59,7 +59,8 @@ def open_store(db: str | None, create: bool = False) -> "Store":
     Only a command that records something new (``schedule add``) may create it; a reading one that finds
     none says where it looked.
     """
-    from dstune.config_file import open_existing_store, resolve_db
+    from dstune.config_file import resolve_db
     from dstune.store import Store
+    from dstune.store.lookup import open_existing_store
 
     return Store(resolve_db(db)) if create else open_existing_store(db)
