@@ -146,6 +146,13 @@ class IterationQueries(Tables):
         with self.sessions() as session:
             return session.get(IterationRow, iteration_id)
 
+    def iteration_number(self, iteration_id: int) -> int:
+        """The iteration's place among its workload's iterations, from 1: what users read and give (``--to N``)."""
+        with self.sessions() as session:
+            workload_id = select(IterationRow.workload_id).where(IterationRow.id == iteration_id).scalar_subquery()
+            return int(session.scalar(select(func.count()).select_from(IterationRow).where(
+                IterationRow.workload_id == workload_id, IterationRow.id <= iteration_id)) or 0)
+
     def iterations_of(self, workload: str) -> Sequence[IterationRow]:
         with self.sessions() as session:
             query = (select(IterationRow).join(WorkloadRow).where(WorkloadRow.name == workload)

@@ -112,3 +112,18 @@ def test_a_loss_that_is_nan_in_fp32_already_blames_the_workload_not_the_toleranc
     assert "NaN or infinite in the fp32 eager reference itself" in said
     assert "the workload produces it, not the configuration" in said
     assert "--tolerance" not in said
+
+
+def test_iterations_are_numbered_per_workload_and_show_agrees_with_history(tmp_path):
+    db = str(tmp_path / "two.db")
+    for name in ("raises_in_forward.py", "nan_loss.py"):
+        result = run_cli("run", str(WORKLOADS / name), "--db", db, "--budget", "1m", "--trials", "4", cwd=tmp_path)
+        assert result.returncode == 4, result.stdout + result.stderr
+    assert "Iteration 1 of nan_loss:" in result.stdout  # its first, though the store's second
+    history = run_cli("history", "nan_loss", "--db", db, cwd=tmp_path)
+    assert history.returncode == 0 and "completed" in history.stdout
+    row = next(line for line in history.stdout.splitlines() if "completed" in line)
+    assert row.split("│")[1].strip() == "1"
+    show = run_cli("show", "nan_loss", "--db", db, cwd=tmp_path)
+    assert "nothing applied yet (1 iteration(s), 1 completed, none with a configuration that ran)" in " ".join(
+        show.stdout.split())

@@ -108,6 +108,7 @@ class ConsoleReporter:
         self.console.print(escape(text), highlight=False)
 
     def planned(self, previous_id: int | None, diff: list[dict[str, Any]], incumbent: Incumbent, copied: int) -> None:
+        """``previous_id`` is the previous iteration's number among the workload's (what `dstune history` shows)."""
         if previous_id is None:
             self.console.print("Plan: first iteration of this workload.")
         elif diff:

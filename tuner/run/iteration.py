@@ -213,7 +213,7 @@ class Iteration:
             copied = self._copy_previous_trials(previous.study_name)
         # Only now may workers join (they wait for this phase): the study exists and its seeds come first.
         store.update_iteration(self.iteration_id, phase="do")
-        self.reporter.planned(previous.id if previous else None, diff, incumbent, copied)
+        self.reporter.planned(store.iteration_number(previous.id) if previous else None, diff, incumbent, copied)
         self.reporter.started(ctx.workload, ctx, knobs, options.trials, options.budget_s)
 
     def _refuse_a_budget_nothing_fits(self, memory: MemoryModel) -> None:
@@ -266,7 +266,7 @@ class Iteration:
             return Incumbent(dict(self.defaults), "default configuration (nothing applied yet)")
         config, notes = adapt_config(applied.config, self.knobs)
         from_iteration = applied.iteration_id or applied.source_iteration_id
-        where = f" of iteration {from_iteration}" if from_iteration else ""
+        where = f" of iteration {self.store.iteration_number(from_iteration)}" if from_iteration else ""
         source = f"applied #{applied.id} ({applied.reason}{where}, {applied.applied_at:%Y-%m-%d %H:%M})"
         return Incumbent(config, source, applied.id, notes)
 

@@ -31,15 +31,18 @@ def _energy(value: float | None) -> str:
 def render_show(console: Console, store: Store, workload: str) -> None:
     iterations = iterations_of(store, workload)
     current = applied_best(store, workload)
+    number = {iteration.id: n for n, iteration in enumerate(iterations, 1)}
     if current is None:
-        console.print(f"[yellow]{workload}: nothing applied yet[/] ({len(iterations)} iteration(s), none completed). "
-                      "Run `dstune run` to completion.")
+        completed = sum(i.status == "completed" for i in iterations)
+        console.print(f"[yellow]{workload}: nothing applied yet[/] ({len(iterations)} iteration(s), {completed} "
+                      "completed, none with a configuration that ran). Run `dstune run` on a workload whose "
+                      "trials succeed.")
         return
     metrics = current.metrics
     since = (current.applied_at or "")[:16].replace("T", " ")
     on = f", measured on {current.gpu_model}" if current.gpu_model else ""
     console.print(f"[bold]{workload}[/]: incumbent applied #{current.applied_id} since {since} UTC "
-                  f"({current.reason}, iteration {current.iteration_id}{on})")
+                  f"({current.reason}, iteration {number.get(current.iteration_id, current.iteration_id)}{on})")
     console.print(f"  {metrics.get('samples_per_s') or 0:.1f} samples/s (check median), peak memory "
                   f"{format_bytes(metrics.get('peak_memory_bytes'))}, energy {_energy(metrics.get('energy_per_sample_j'))}")
     console.print(f"  why: {current.note}", highlight=False)
@@ -63,7 +66,7 @@ def render_show(console: Console, store: Store, workload: str) -> None:
     fronts = fronts_by_model(store, latest)
     for model, rows in fronts.items():
         on = f" on {model}" if len(fronts) > 1 else ""
-        front = Table(title=f"Pareto front of iteration {latest.id}{on}", title_justify="left")
+        front = Table(title=f"Pareto front of iteration {number[latest.id]}{on}", title_justify="left")
         for col, justify in (("trial", "right"), ("samples/s", "right"), ("peak memory", "right"), ("energy", "right"),
                              ("config (vs default)", "left")):
             front.add_column(col, justify=justify)
@@ -78,7 +81,7 @@ def render_history(console: Console, store: Store, workload: str) -> None:
     for col in ("it", "started", "status", "environment changes", "trials", "challenger (vs incumbent)",
                 "decision", "speed-up [95% CI]", "regression"):
         table.add_column(col, overflow="fold")
-    for iteration in iterations_of(store, workload):
+    for number, iteration in enumerate(iterations_of(store, workload), 1):
         counts = store.status_counts(iteration.id)
         trials = f"{sum(counts.values())} ({counts.get('ok', 0)} ok)"
         if iteration.previous_iteration_id is None:
@@ -91,7 +94,7 @@ def render_history(console: Console, store: Store, workload: str) -> None:
             challenger = "= incumbent" if same else describe_config(iteration.chosen_config, iteration.incumbent_config)
         status = iteration.status if iteration.status == "completed" else f"{iteration.status} ({iteration.phase})"
         regression = {True: "[red]yes[/]", False: "no", None: "-"}[iteration.regression]
-        table.add_row(str(iteration.id), f"{iteration.started_at:%Y-%m-%d %H:%M}", status, changes, trials,
+        table.add_row(str(number), f"{iteration.started_at:%Y-%m-%d %H:%M}", status, changes, trials,
                       challenger, iteration.decision or "-", format_speedup(iteration), regression)
     console.print(table)
 
@@ -114,13 +117,15 @@ def export_text(store: Store, workload: str, fmt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rollback_to(store: Store, workload: str, iteration_id: int) -> str:
+def rollback_to(store: Store, workload: str, to: int) -> str:
+    """Apply again what iteration ``to`` (the workload's own number, as `dstune history` shows it) applied."""
     iterations = iterations_of(store, workload)
+    number = {iteration.id: n for n, iteration in enumerate(iterations, 1)}
     completed = [i for i in iterations if i.status == "completed"]
-    target = next((i for i in completed if i.id == iteration_id), None)
+    target = next((i for i in completed if number[i.id] == to), None)
     if target is None:
-        ids = ", ".join(str(i.id) for i in completed) or "none"
-        raise UsageError(f"--to {iteration_id}: {workload!r} has no completed iteration {iteration_id} "
+        ids = ", ".join(str(number[i.id]) for i in completed) or "none"
+        raise UsageError(f"--to {to}: {workload!r} has no completed iteration {to} "
                          f"(completed iterations: {ids}). Pick one from `dstune history {workload}`.")
     rows = [row for row in store.applied_history(workload) if row.iteration_id == target.id]
     if rows:
@@ -131,5 +136,6 @@ def rollback_to(store: Store, workload: str, iteration_id: int) -> str:
         config, metrics = target.incumbent_config, {}
     applied_id = store.apply_config(workload, iteration_id=None, source_iteration_id=target.id, config=config,
                                     reason="rollback", note=f"rolled back to the configuration applied after "
-                                    f"iteration {target.id}", gpu_model=target.gpu_model, **metrics)
-    return f"{workload}: applied #{applied_id} = configuration of iteration {target.id}: {describe_config(config, {})}"
+                                    f"iteration {number[target.id]}", gpu_model=target.gpu_model, **metrics)
+    return (f"{workload}: applied #{applied_id} = configuration of iteration {number[target.id]}: "
+            f"{describe_config(config, {})}")

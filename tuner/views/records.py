@@ -72,7 +72,8 @@ def iteration_record(store: Store, iteration: Any) -> dict[str, Any]:
     counts = store.status_counts(iteration.id)
     facts = iteration.environment.facts if iteration.environment is not None else {}
     return {
-        "id": iteration.id, "workload": iteration.workload.name, "study": iteration.study_name,
+        "id": iteration.id, "number": store.iteration_number(iteration.id),  # id: the store's; number: the workload's
+        "workload": iteration.workload.name, "study": iteration.study_name,
         "status": iteration.status, "phase": iteration.phase, "started_at": iso(iteration.started_at),
         "ended_at": iso(iteration.ended_at), "host": iteration.host, "device": (iteration.context or {}).get("device_name") or facts.get("gpu") or "cpu",
         "previous_iteration_id": iteration.previous_iteration_id,

@@ -58,9 +58,9 @@ def _choose_iteration(store: Store, iterations: Sequence[Any], iteration_id: int
             raise UsageError(f"{iterations[0].workload.name!r} has no trials recorded yet, so there is nothing to "
                              "report. Run `dstune run` first.")
         return chosen
-    chosen = next((i for i in iterations if i.id == iteration_id), None)
+    chosen = next((i for n, i in enumerate(iterations, 1) if n == iteration_id), None)  # the workload's own number
     if chosen is None:
-        ids = ", ".join(str(i.id) for i in iterations)
+        ids = ", ".join(str(n) for n in range(1, len(iterations) + 1))
         raise UsageError(f"--iteration {iteration_id}: {iterations[0].workload.name!r} has no iteration "
                          f"{iteration_id} (its iterations: {ids}). Pick one from `dstune history`.")
     return chosen
@@ -115,7 +115,7 @@ def _hover(trial: dict[str, Any]) -> str:
 
 
 def pareto_figure(trials: list[dict[str, Any]], front_ids: set[int], iteration: Any, color_knob: str | None,
-                  incumbent_config: dict[str, Any] | None) -> Any:
+                  incumbent_config: dict[str, Any] | None, number: int | None = None) -> Any:
     import plotly.graph_objects as go
 
     ok = [t for t in trials if t["status"] == "ok" and t["samples_per_s"] and t["peak_memory_bytes"] is not None]
@@ -152,7 +152,7 @@ def pareto_figure(trials: list[dict[str, Any]], front_ids: set[int], iteration: 
     if budget and budget < 1.5 * largest:  # drawn only where it does not squash the trials into a corner
         fig.add_vline(x=budget / scale, line_dash="dash", line_color="#999",
                       annotation_text="memory budget", annotation_position="top left")
-    fig.update_layout(title=f"Iteration {iteration.id}: throughput vs peak memory ({len(ok)} ok trials; memory "
+    fig.update_layout(title=f"Iteration {number or iteration.id}: throughput vs peak memory ({len(ok)} ok trials; memory "
                             f"budget {format_bytes(budget)})",
                       xaxis_title=f"peak memory ({unit})", yaxis_title="samples/s", template="plotly_white",
                       height=520, legend={"title": {"text": color_knob or ""}})
@@ -181,7 +181,7 @@ def history_figure(records: list[dict[str, Any]]) -> Any:
     fig.add_trace(go.Scatter(
         x=[when[r["id"]] for r in done], y=[r["incumbent_median_samples_per_s"] for r in done], mode="lines+markers",
         name="incumbent (check median)", line={"color": "#1f77b4"}, marker={"size": 9},
-        text=[f"iteration {r['id']}: {r['decision']}<br>{html.escape(r['reason'] or '')}" for r in done],
+        text=[f"iteration {r['number']}: {r['decision']}<br>{html.escape(r['reason'] or '')}" for r in done],
         hovertemplate="%{x|%G-W%V, %Y-%m-%d %H:%M} UTC<br>%{y:.1f} samples/s<br>%{text}<extra></extra>"))
     promoted = [r for r in records if r["decision"] == "promoted" and r["challenger_median_samples_per_s"]]
     if promoted:
@@ -195,14 +195,14 @@ def history_figure(records: list[dict[str, Any]]) -> Any:
         fig.add_trace(go.Scatter(
             x=[when[r["id"]] for r in promoted], y=[r["challenger_median_samples_per_s"] for r in promoted],
             mode="markers", name="promotion", marker={"symbol": "triangle-up", "size": 16, "color": "#2ca02c"},
-            text=[f"iteration {r['id']}: {r['speedup']:.3f}x [{r['speedup_low']:.3f}, {r['speedup_high']:.3f}]"
+            text=[f"iteration {r['number']}: {r['speedup']:.3f}x [{r['speedup_low']:.3f}, {r['speedup_high']:.3f}]"
                   for r in promoted], hovertemplate="%{text}<extra>promotion</extra>"))
     regressed = [r for r in done if r["regression"]]
     if regressed:
         fig.add_trace(go.Scatter(
             x=[when[r["id"]] for r in regressed], y=[r["incumbent_median_samples_per_s"] for r in regressed],
             mode="markers", name="regression", marker={"symbol": "x", "size": 16, "color": "#d62728"},
-            text=[f"iteration {r['id']}: " + ("; ".join(c["text"] for c in r["environment_changes"]) or "no environment change")
+            text=[f"iteration {r['number']}: " + ("; ".join(c["text"] for c in r["environment_changes"]) or "no environment change")
                   for r in regressed], hovertemplate="%{text}<extra>regression</extra>"))
     fig.update_layout(title="Incumbent throughput, iteration by iteration", yaxis={"title": "samples/s", "rangemode": "tozero"},
                       xaxis_title="iteration start (UTC)", template="plotly_white", height=420)
@@ -254,7 +254,7 @@ def _incumbent_section(store: Store, workload: str, records: list[dict[str, Any]
             f"{current.iteration_id}, since {html.escape((current.applied_at or '')[:16].replace('T', ' '))} UTC): "
             f"<code>{html.escape(describe_config(current.config, {}))}</code></p>"
             f"<p>{_number(metrics.get('samples_per_s'))} samples/s (check median), peak memory "
-            f"{format_bytes(metrics.get('peak_memory_bytes'))}. Latest iteration {last['id']}: "
+            f"{format_bytes(metrics.get('peak_memory_bytes'))}. Latest iteration {last['number']}: "
             f"<span class=\"decision-{html.escape(last['decision'] or '')}\">{html.escape(last['decision'] or last['status'])}</span>"
             f"{speedup}.</p>")
 
@@ -266,7 +266,7 @@ def _environment_section(records: list[dict[str, Any]]) -> str:
             changes = "first iteration"
         else:
             changes = "<br>".join(html.escape(c["text"]) for c in record["environment_changes"]) or "none"
-        rows.append([str(record["id"]), html.escape((record["started_at"] or "")[:16].replace("T", " ")),
+        rows.append([str(record["number"]), html.escape((record["started_at"] or "")[:16].replace("T", " ")),
                      html.escape(record["device"] or "-"), changes])
     return _table(("iteration", "started (UTC)", "device", "changes since the previous iteration"), rows,
                   table_id="environment")
@@ -325,7 +325,7 @@ def _history_table(records: list[dict[str, Any]]) -> str:
         speedup = (f"{r['speedup']:.3f}x [{r['speedup_low']:.3f}, {r['speedup_high']:.3f}]"
                    if r["speedup"] is not None else "-")
         regression = '<span class="regression">yes</span>' if r["regression"] else ("no" if r["regression"] is False else "-")
-        rows.append([str(r["id"]), html.escape((r["started_at"] or "")[:16].replace("T", " ")), html.escape(r["status"]),
+        rows.append([str(r["number"]), html.escape((r["started_at"] or "")[:16].replace("T", " ")), html.escape(r["status"]),
                      str(r["trials"]["total"]), _number(r["incumbent_median_samples_per_s"]),
                      _number(r["challenger_median_samples_per_s"]), html.escape(r["decision"] or "-"), speedup, regression])
     return _table(("iteration", "started (UTC)", "status", "trials", "incumbent samples/s", "challenger samples/s",
@@ -350,15 +350,16 @@ def render_report(store: Store, workload: str, iteration_id: int | None = None, 
     def figure_html(fig: Any, div_id: str) -> str:
         return str(fig.to_html(include_plotlyjs=False, full_html=False, div_id=div_id, config=PLOT_CONFIG))
 
-    pareto = figure_html(pareto_figure(trials, front_ids, iteration, color_knob, iteration.incumbent_config), "pareto")
+    shown = next(r for r in records if r["id"] == iteration.id)
+    pareto = figure_html(pareto_figure(trials, front_ids, iteration, color_knob, iteration.incumbent_config,
+                                       shown["number"]), "pareto")
     importance = (figure_html(importance_figure(values), "importance") if values
                   else '<p class="note" id="importance-missing">No importance computed:</p>')
     history = figure_html(history_figure(records), "history")
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    shown = next(r for r in records if r["id"] == iteration.id)
     counts = ", ".join(f"{n} {s}" for s, n in shown["trials"].items() if s != "total")
     device = shown["device"]
-    data = {"workload": workload, "iteration": iteration.id, "iterations": len(records), "trials": len(trials),
+    data = {"workload": workload, "iteration": shown["number"], "iteration_id": iteration.id, "iterations": len(records), "trials": len(trials),
             "color_by": color_knob, "dstune": __version__}
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -370,7 +371,7 @@ def render_report(store: Store, workload: str, iteration_id: int | None = None, 
 <script type="application/json" id="dstune-report-data">{html.escape(json.dumps(data), quote=False)}</script>
 </head><body>
 <h1>dstune report: {html.escape(workload)}</h1>
-<p class="meta">{len(records)} iteration(s); this page shows iteration {iteration.id} on {html.escape(device or '-')}
+<p class="meta">{len(records)} iteration(s); this page shows iteration {shown["number"]} on {html.escape(device or '-')}
 ({counts}). Store {html.escape(store.shown_url)}, generated {generated} by dstune {html.escape(__version__)}.</p>
 <h2>Incumbent</h2>
 {_incumbent_section(store, workload, records)}
@@ -387,13 +388,13 @@ iteration started from, the ring the challenger it picked.</p>
 {_history_table(records)}
 <h2>Environment changes</h2>
 {_environment_section(records)}
-<h2>Trials of iteration {iteration.id}</h2>
+<h2>Trials of iteration {shown["number"]}</h2>
 {_learned_section(iteration)}
 {_memory_section(iteration)}
 {_trials_section(trials, iteration.chosen_trial_id)}
 </body></html>
 """
-    info = ReportInfo(path=Path(), workload=workload, iteration_id=iteration.id, trials=len(trials),
+    info = ReportInfo(path=Path(), workload=workload, iteration_id=shown["number"], trials=len(trials),
                       iterations=len(records), size_bytes=len(page.encode()))
     return page, info
 

@@ -35,6 +35,8 @@ class IterationSummary:
     def iteration_id(self) -> int:
         return int(self.iteration.id)
 
+    number: int = 0  # the iteration's place among its workload's, from 1 (ids count every workload's)
+
     @property
     def workload(self) -> str:
         return str(self.iteration.workload.name)
@@ -60,6 +62,7 @@ def summarize(store: Store, iteration_id: int) -> IterationSummary:
         iteration=iteration, status_counts=store.status_counts(iteration_id),
         front=pareto_front([t for t in ok if t.peak_memory_bytes is not None]),
         challenger=challenger, measurements=list(store.measurements(iteration_id)),
+        number=store.iteration_number(iteration_id),
     )
 
 
@@ -74,7 +77,7 @@ def render_summary(console: Console, summary: IterationSummary, stop_reason: str
     """The final tables: trials by status, Pareto front, challenger, the check and the decision."""
     iteration = summary.iteration
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.status_counts.items()))
-    console.print(f"\n[bold]Iteration {summary.iteration_id}[/] of {summary.workload}: {counts} "
+    console.print(f"\n[bold]Iteration {summary.number}[/] of {summary.workload}: {counts} "
                   f"(stopped: {stop_reason})")
     table = Table(title="Pareto front: throughput vs peak memory", title_justify="left")
     rows = list(summary.front)
