@@ -176,3 +176,20 @@ def test_config_shows_brackets_and_the_effective_defaults_whole_at_80_columns(tm
     assert "0.9 (of the device's memory)" in out and "None" not in out
     assert "/dstune.db" in out  # the path the default means (wrapped in its cell at 80 columns)
     assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_help_plugins_and_history_are_whole_at_80_columns(tmp_path):
+    from .conftest import run_cli
+
+    narrow = {"COLUMNS": "80"}
+    help_text = run_cli("run", "--help", cwd=tmp_path, env=narrow).stdout
+    for option in ("--fail-on-regression", "--no-numerics-guard", "--memory-model", "--strict-plugins"):
+        assert option in help_text
+    plugins = run_cli("plugins", cwd=tmp_path, env=narrow).stdout
+    assert "knob batch_size" in plugins and "checklist:" in plugins
+    db = str(tmp_path / "h.db")
+    run_cli("run", str(WORKLOADS / "nan_loss.py"), "--db", db, "--trials", "2", "--budget", "1m", cwd=tmp_path)
+    history = run_cli("history", "nan_loss", "--db", db, cwd=tmp_path, env=narrow).stdout
+    assert "iteration 1" in history and "status: completed" in history
+    for text in (help_text, plugins, history):
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80, text

@@ -19,7 +19,7 @@ from dstune.version import __version__
 if TYPE_CHECKING:
     from dstune.store import Store
 
-app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Automated tuning for PyTorch workloads.")
 err_console = Console(stderr=True)
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from .app import DB_OPTION, JSON_OPTION, app, err_console, open_store, print_json
 
@@ -102,13 +102,13 @@ def plugins(as_json: bool = JSON_OPTION) -> None:
     device_name, rows, problems = knob_catalogue()
     if as_json:
         return print_json({"device": device_name, "knobs": rows, "problems": problems})
-    table = Table(title=f"dstune plugins ({device_name})", title_justify="left")
-    for col in ("plugin", "version", "knob", "choices", "default", "checklist", "applies here"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(row["plugin"], row["version"], row["knob"], ", ".join(map(str, row["choices"])),
-                      str(row["default"]), str(row["checklist"]), "yes" if row["applies"] else "no")
-    Console().print(table)
+    from dstune.views.narrow import print_rows
+
+    print_rows(Console(), f"dstune plugins ({device_name})",
+               ("knob", "plugin", "version", "choices", "default", "checklist", "applies here"),
+               [(escape(row["knob"]), escape(row["plugin"]), escape(row["version"]),
+                 escape(", ".join(map(str, row["choices"]))), escape(str(row["default"])),
+                 escape(str(row["checklist"])), "yes" if row["applies"] else "no") for row in rows])
     for problem in problems:
         err_console.print(f"[yellow]warning:[/] {problem}")
 

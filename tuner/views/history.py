@@ -7,6 +7,7 @@ import shlex
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dstune.best_config import applied_best
@@ -77,10 +78,9 @@ def render_show(console: Console, store: Store, workload: str) -> None:
 
 
 def render_history(console: Console, store: Store, workload: str) -> None:
-    table = Table(title=f"{workload}: iterations", title_justify="left", show_lines=True)
-    for col in ("it", "started", "status", "environment changes", "trials", "challenger (vs incumbent)",
-                "decision", "speed-up [95% CI]", "regression"):
-        table.add_column(col, overflow="fold")
+    from .narrow import print_rows
+
+    rows = []
     for number, iteration in enumerate(iterations_of(store, workload), 1):
         counts = store.status_counts(iteration.id)
         trials = f"{sum(counts.values())} ({counts.get('ok', 0)} ok)"
@@ -94,9 +94,11 @@ def render_history(console: Console, store: Store, workload: str) -> None:
             challenger = "= incumbent" if same else describe_config(iteration.chosen_config, iteration.incumbent_config)
         status = iteration.status if iteration.status == "completed" else f"{iteration.status} ({iteration.phase})"
         regression = {True: "[red]yes[/]", False: "no", None: "-"}[iteration.regression]
-        table.add_row(str(number), f"{iteration.started_at:%Y-%m-%d %H:%M}", status, changes, trials,
-                      challenger, iteration.decision or "-", format_speedup(iteration), regression)
-    console.print(table)
+        rows.append((str(number), f"{iteration.started_at:%Y-%m-%d %H:%M}", status, escape(changes), trials,
+                     escape(challenger), iteration.decision or "-", format_speedup(iteration), regression))
+    print_rows(console, f"{workload}: iterations", ("iteration", "started", "status", "environment changes",
+                                                    "trials", "challenger (vs incumbent)", "decision",
+                                                    "speed-up [95% CI]", "regression"), rows, show_lines=True)
 
 
 def export_text(store: Store, workload: str, fmt: str) -> str:
