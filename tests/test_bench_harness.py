@@ -12,9 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.harness.oracle import cache_mismatch
 from benchmarks.harness.report import markdown, targets
 from dstune.trial.measure_settings import MeasureSettings
+
+pytestmark = pytest.mark.slow  # end to end: real runs in subprocesses (`-m "not slow"` leaves them out)
 
 REPO = Path(__file__).resolve().parents[1]
 

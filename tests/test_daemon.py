@@ -21,6 +21,8 @@ from croniter import croniter
 
 from .conftest import WORKLOADS, cli_in_process, db_rows
 
+pytestmark = pytest.mark.slow  # end to end: real runs in subprocesses (`-m "not slow"` leaves them out)
+
 PACED = str(WORKLOADS / "paced.py")
 FAST_RUN = ("--trials", "2", "--check-repeats", "2", "--windows", "2", "--window-time", "0.05",
             "--disable-plugin", "compile", "--budget", "3m", "--max-warmup", "3")

@@ -16,6 +16,8 @@ from dstune.devices.lock import Device, DeviceBusy, hold_device, resolve_device
 
 from .conftest import WORKLOADS, db_rows, run_cli
 
+pytestmark = pytest.mark.slow  # end to end: real runs in subprocesses (`-m "not slow"` leaves them out)
+
 PACED = str(WORKLOADS / "paced.py")
 FAST_RUN = ("--trials", "1", "--check-repeats", "2", "--windows", "2", "--window-time", "0.05",
             "--disable-plugin", "compile")

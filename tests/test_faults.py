@@ -12,6 +12,8 @@ import pytest
 
 from .conftest import WORKLOADS, db_rows, installed_plugin
 
+pytestmark = pytest.mark.slow  # end to end: real runs in subprocesses (`-m "not slow"` leaves them out)
+
 QUICK = ("--trials", "1", "--check-repeats", "2", "--window-time", "0.05", "--windows", "2",
          "--disable-plugin", "compile")
 

@@ -119,6 +119,7 @@ def test_the_allocators_cache_is_learned_from_full_size_trials() -> None:
     assert m.reserve_ratio == pytest.approx(1.03)
 
 
+@pytest.mark.slow
 def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tmp_path: Path) -> None:
     """A real run on a workload whose memory is known (about 38 MiB per sample, tests/workloads/memory_hungry.py).
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dstune.run.check import CheckResult, check_noise
 
 from .conftest import WORKLOADS, run_cli
@@ -15,6 +17,7 @@ def test_the_checks_spread_and_its_disagreement_with_the_trial_are_named() -> No
     assert check_noise(CheckResult(incumbent=[100, 104, 98], challenger=[200, 210]), 215) is None
 
 
+@pytest.mark.slow
 def test_a_trial_whose_windows_disagree_warns_once_and_names_wait_idle(tmp_path) -> None:
     result = run_cli("run", str(WORKLOADS / "jittery.py"), "--db", str(tmp_path / "j.db"), "--trials", "3",
                      "--only", "batch_size", "--check-repeats", "2", "--windows", "6", "--window-time", "0.25",

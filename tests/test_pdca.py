@@ -26,6 +26,8 @@ from dstune.trial.launch import run_in_subprocess
 from .conftest import FAST, WORKLOADS, copy_store, db_rows, probed, run_cli
 from .conftest import QUICK_RUN as QUICK
 
+pytestmark = pytest.mark.slow  # end to end: real runs in subprocesses (`-m "not slow"` leaves them out)
+
 
 def test_aa_check_promotes_at_most_once_in_20():
     """Incumbent and challenger are the same config: any promotion is a false one."""

@@ -31,6 +31,8 @@ from dstune.store.models import SCHEMA_VERSION
 from .conftest import QUICK_RUN, WORKLOADS, run_cli
 from .test_store import race_six_processes
 
+pytestmark = pytest.mark.slow  # end to end: real runs in subprocesses (`-m "not slow"` leaves them out)
+
 ADMIN_URL = os.environ.get("DSTUNE_TEST_POSTGRES")
 
 

@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from .conftest import WORKLOADS, db_rows, run_cli
+
+pytestmark = pytest.mark.slow  # end to end: real runs in subprocesses (`-m "not slow"` leaves them out)
 
 NO_COMPILE = ("--disable-plugin", "compile")
 

@@ -23,6 +23,8 @@ from dstune.store import Store
 
 from .conftest import WORKLOADS, cli_in_process, db_rows, parallel_seconds
 
+pytestmark = pytest.mark.slow  # end to end: real runs in subprocesses (`-m "not slow"` leaves them out)
+
 PACED = ("--window-time", "0.3", "--windows", "3", "--max-warmup", "1", "--disable-plugin", "compile",
          "--check-repeats", "2")
 

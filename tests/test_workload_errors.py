@@ -94,8 +94,10 @@ def test_a_workload_that_fails_as_written_says_its_own_error_once_and_exits_4(tm
                      "--trials", "8", cwd=tmp_path)
     assert result.returncode == 4, result.stdout + result.stderr
     error = " ".join(result.stderr.split())
+    source = (WORKLOADS / "raises_in_forward.py").read_text().splitlines()
+    line = next(n for n, text in enumerate(source, 1) if "raise ValueError" in text)
     assert ("every trial failed with the same error, so the workload fails as written, whatever the knobs: "
-            "ValueError: shapes do not line up: expected 16 features (raises_in_forward.py:12, in forward)") in error
+            f"ValueError: shapes do not line up: expected 16 features (raises_in_forward.py:{line}, in forward)") in error
     out = " ".join(result.stdout.split())
     assert "memory budget" not in out + error and "Traceback" not in out
     assert "(stopped: the workload fails)" in out and "No trial ran to the end" in out

@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from dstune.trial.numerics import REFERENCE_NOT_FINITE
+
 from .failures import signature
 
 RAN = frozenset({"ok", "pruned"})  # a configuration that ran: the workload works, something else failed
@@ -54,4 +56,8 @@ def workload_failure(rows: Sequence[Any], workload_file: Path) -> str | None:
     first = ended[0]
     place = where_in(first.error or "", workload_file)
     message = last_line(first.error or "")
+    # The workload's own: raised with its code on the stack, or its loss NaN before any knob touched it. A plugin
+    # failing in every trial is the plugin's fault, and is reported as such by the trials themselves.
+    if place is None and not (first.status == "numerics" and message.startswith(REFERENCE_NOT_FINITE[:40])):
+        return None
     return f"{message}" + (f" ({place})" if place else "")
