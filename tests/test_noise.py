@@ -19,7 +19,7 @@ def test_the_checks_spread_and_its_disagreement_with_the_trial_are_named() -> No
 
 @pytest.mark.slow
 def test_a_trial_whose_windows_disagree_warns_once_and_names_wait_idle(tmp_path) -> None:
-    result = run_cli("run", str(WORKLOADS / "jittery.py"), "--db", str(tmp_path / "j.db"), "--trials", "3",
+    result = run_cli("run", str(WORKLOADS / "jittery.py"), "--db", str(tmp_path / "j.db"), "--trials", "1",
                      "--only", "batch_size", "--check-repeats", "2", "--windows", "6", "--window-time", "0.25",
                      "--budget", "2m", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
