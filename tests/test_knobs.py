@@ -179,13 +179,15 @@ def test_a_loader_is_timed_over_whole_epochs_so_its_stalls_count(trials):
     composed = compose(pm, select_workload(OBSERVE, "stalling_data"), config, ctx)
     epoch = len(composed.loader)
     assert epoch == 32
-    metrics = measure(composed, MeasureSettings(windows=5, window_s=0.01, min_warmup_steps=1))
-    assert metrics["windows"] * metrics["steps_per_window"] >= 2 * epoch
-    assert metrics["warmup_steps"] > 2 * 2  # the batches both workers prepared during the first step
-    assert metrics["throughput_basis"] == "mean"
-
-    started = time.perf_counter()  # what training three epochs takes, by the wall clock
-    for _ in range(3 * epoch):
-        composed.step()
-    truth = 3 * epoch * 8 / (time.perf_counter() - started)
-    assert 0.6 < metrics["samples_per_s"] / truth < 1.6, (metrics["samples_per_s"], truth)
+    measured, truths = [], []
+    for _ in range(2):  # interleaved, best of two each: a busy machine only ever slows one of them down
+        metrics = measure(composed, MeasureSettings(windows=5, window_s=0.01, min_warmup_steps=1))
+        assert metrics["windows"] * metrics["steps_per_window"] >= 2 * epoch
+        assert metrics["warmup_steps"] > 2 * 2  # the batches both workers prepared during the first step
+        assert metrics["throughput_basis"] == "mean"
+        measured.append(metrics["samples_per_s"])
+        started = time.perf_counter()  # what training three epochs takes, by the wall clock
+        for _ in range(3 * epoch):
+            composed.step()
+        truths.append(3 * epoch * 8 / (time.perf_counter() - started))
+    assert 0.6 < max(measured) / max(truths) < 1.6, (measured, truths)

@@ -23,10 +23,13 @@ def _cost(metrics: dict) -> float:
 
 
 def test_a_step_timed_by_its_parts_agrees_with_whole_steps(trials):
-    parts, _ = trials.run(ACCUMULATING, "paced_accumulating", measure=SETTINGS)
-    whole, _ = trials.run(ACCUMULATING, "paced_accumulating",
-                          measure=MeasureSettings(**{**SETTINGS.to_dict(), "by_parts": False}))
-    assert parts.status == whole.status == "ok", (parts.error, whole.error)
+    runs: dict[str, list] = {"parts": [], "whole": []}
+    for _ in range(2):  # interleaved, best of two each: a busy machine only ever slows a measurement down
+        runs["parts"].append(trials.run(ACCUMULATING, "paced_accumulating", measure=SETTINGS)[0])
+        runs["whole"].append(trials.run(ACCUMULATING, "paced_accumulating",
+                                        measure=MeasureSettings(**{**SETTINGS.to_dict(), "by_parts": False}))[0])
+    assert all(o.status == "ok" for o in runs["parts"] + runs["whole"]), [o.error for o in runs["parts"] + runs["whole"]]
+    parts, whole = (max(runs[k], key=lambda o: o.metrics["samples_per_s"]) for k in ("parts", "whole"))
     by_parts, by_steps = parts.metrics, whole.metrics
     assert by_parts["timing"] == "parts" and "timing" not in by_steps
     assert by_parts["accumulation"] == 8 and by_parts["micro_batch"] == 4
