@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .context import TuneContext
 from .errors import UsageError
@@ -145,6 +145,16 @@ def smaller_config(pm: "pluggy.PluginManager", knobs: Sequence[Knob], config: Co
         if changes and all(k in choices and v in choices[k] for k, v in changes.items()):
             return {**config, **changes}
     return None
+
+
+def shrinker(pm: "pluggy.PluginManager", knobs: Sequence[Knob], ctx: TuneContext) -> "Callable[[Config], Config | None]":
+    """:func:`smaller_config` as the memory model's ``fit`` takes it: a plugin's failure counts as no smaller one."""
+
+    def smaller(config: Config) -> Config | None:
+        found = smaller_config(pm, knobs, config, ctx)
+        return found if isinstance(found, dict) else None
+
+    return smaller
 
 
 def batch_plan(pm: "pluggy.PluginManager", config: Config, ctx: TuneContext) -> BatchPlan | None:

@@ -33,7 +33,7 @@ import optuna
 from dstune.context import TuneContext
 from dstune.devices.slots import Slot
 from dstune.knobs import Config, config_key
-from dstune.plugin_calls import smaller_config
+from dstune.plugin_calls import shrinker, smaller_config
 from dstune.trial.launch import KILL_GRACE_S, run_in_subprocess
 from dstune.trial.numerics import GuardSettings
 from dstune.trial.records import TrialOutcome, TrialSpec
@@ -63,9 +63,6 @@ MEASURED_AS_THEY_ARE = frozenset({"default", "incumbent"})  # run even when pred
 WORKLOAD_FAILS = "the workload fails"
 NOISY_CV = 0.25  # a trial whose windows vary more than this was not measured on a quiet machine
 STOP_PRIORITY = (WORKLOAD_FAILS, CONVERGED, "exhausted", "invalid", "budget", "trials", "ended")
-
-def _dict_or_none(found: Config | str | None) -> Config | None:
-    return found if isinstance(found, dict) else None
 
 
 @dataclass
@@ -344,8 +341,7 @@ class TrialPool:
             setup.reporter.message(f"[warning] {smaller}")
             return
         if smaller is not None and setup.memory is not None:  # past the sizes the corrected model rules out
-            smaller = setup.memory.fit(smaller, lambda c: _dict_or_none(smaller_config(setup.pm, setup.space.knobs,
-                                                                                        c, setup.ctx)))
+            smaller = setup.memory.fit(smaller, shrinker(setup.pm, setup.space.knobs, setup.ctx))
         if smaller is None or config_key(smaller) in self.found.seen or config_key(smaller) in self.found.running:
             return
         setup.study.enqueue_trial(setup.space.params(smaller), user_attrs={SEED_ATTR: seed_kind},

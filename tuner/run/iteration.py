@@ -47,7 +47,7 @@ from dstune.environment_diff import diff_facts
 from dstune.errors import UsageError
 from dstune.heartbeat import Heartbeat
 from dstune.knobs import Config, Knob, checklist_config, config_key, default_config
-from dstune.plugin_calls import applicable_knobs, invalid_reason, pin_except, smaller_config
+from dstune.plugin_calls import applicable_knobs, invalid_reason, pin_except, shrinker
 from dstune.plugin_manager import plugin_manager
 from dstune.trial.fingerprint import fingerprint_hash
 from dstune.trial.launch import run_in_subprocess
@@ -234,11 +234,7 @@ class Iteration:
         if self.memory is None or kind in ("default", "incumbent"):
             return config
 
-        def smaller(current: Config) -> Config | None:
-            found = smaller_config(self.plugins.pm, self.space.knobs, current, self.ctx)
-            return found if isinstance(found, dict) else None
-
-        sized = self.memory.fit(config, smaller)
+        sized = self.memory.fit(config, shrinker(self.plugins.pm, self.space.knobs, self.ctx))
         if sized is None:
             self.reporter.message(f"[memory] the {kind} seed is predicted not to fit at any micro-batch; it runs as "
                                   "it is, to find out")

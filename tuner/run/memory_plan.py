@@ -22,6 +22,7 @@ from dstune.knobs import Config, Knob, checklist_config, config_key, default_con
 from dstune.plugin_calls import batch_plan, smaller_config
 from dstune.trial.launch import run_in_subprocess
 from dstune.trial.records import MEMORY, TrialSpec
+from dstune.units import format_bytes
 
 from .memory_model import MemoryModel, build, memory_labels, representatives
 from .options import RunOptions
@@ -90,13 +91,8 @@ def measure_model(options: RunOptions, ctx: TuneContext, ctx_dict: dict[str, Any
     model = build(labels, points, memory_budget, lambda config: batch_plan(pm, config, ctx), default_config(knobs),
                   sized)
     took = time.perf_counter() - started
-    say(f"[memory] measured in {took:.0f} s; memory budget {_bytes(memory_budget)}:")
+    say(f"[memory] measured in {took:.0f} s; memory budget {format_bytes(memory_budget)}:")
     for line in model.describe():
         say(f"[memory]   {line}")
     return model
 
-
-def _bytes(n: int) -> str:
-    from dstune.units import format_bytes
-
-    return format_bytes(n)
