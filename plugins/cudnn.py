@@ -1,22 +1,40 @@
 """cuDNN benchmark mode: let cuDNN time its algorithms for each input shape and keep the fastest.
 
-Pays off for convolutional models with fixed input shapes; means nothing off CUDA.
+Pays off for convolutional models with fixed input shapes.  It only picks
+convolution algorithms, so it is offered only on CUDA and only for a model
+with convolution modules (the probe counts them): on a transformer every
+trial of it would measure noise.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dstune import Knob, TuneContext, hookimpl
 
+if TYPE_CHECKING:
+    from torch import nn
+
 KNOB = "cudnn_benchmark"
+FACT = "cudnn.convolutions"
+
+
+@hookimpl
+def dstune_model_facts(model: nn.Module, workload: Any, ctx: TuneContext) -> dict[str, Any]:
+    from torch import nn
+
+    return {FACT: sum(1 for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd))}
+
+
+def _applies(ctx: TuneContext) -> bool:
+    return ctx.is_cuda and ctx.facts.get(FACT, 0) > 0
 
 
 @hookimpl
 def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     return [
         Knob(KNOB, choices=(False, True), default=False, checklist=True,
-             help="torch.backends.cudnn.benchmark", applies=lambda c: c.is_cuda)
+             help="torch.backends.cudnn.benchmark (models with convolutions)", applies=_applies)
     ]
 
 

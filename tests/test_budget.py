@@ -11,7 +11,7 @@ import pytest
 
 from dstune.run.act import decide
 from dstune.run.budget import Budget, CheckClock
-from dstune.run.check import interleaved_check
+from dstune.run.check import SETTLE_AFTER, interleaved_check
 from dstune.trial.records import TrialOutcome
 
 
@@ -78,3 +78,38 @@ def test_a_measurement_the_budget_cut_short_blames_neither_side():
     assert result.incumbent == [100.0] and result.challenger == [120.0] and result.estimate is None
     made = decide(result, has_challenger=True, min_gain=0.02, reference=None)
     assert made.decision == "kept" and "an interval needs two" in made.reason
+
+
+def _paced(rates: dict[str, list[float]]):
+    """A measure that returns the given throughputs per role, round by round, and counts the rounds run."""
+    ran: list[tuple[str, int]] = []
+
+    def measure(role: str, round_: int, config: dict) -> TrialOutcome:
+        ran.append((role, round_))
+        return TrialOutcome("ok", metrics={"samples_per_s": rates[role][round_]})
+    return measure, ran
+
+
+def test_a_check_whose_answer_is_plain_stops_after_three_rounds():
+    """GPT-2 on the H200: a 7.7x challenger, one round a minute; rounds four and five could not change the answer."""
+    measure, ran = _paced({"incumbent": [45.4, 45.5, 45.3, 45.4, 45.4], "challenger": [349.0, 348.6, 349.3, 349, 349]})
+    result = interleaved_check(measure, {"x": 1}, {"x": 2}, 5, min_gain=0.02)
+    assert len(ran) == 2 * SETTLE_AFTER and result.settled.startswith("settled after 3 of 5 rounds")
+    assert "wholly above 1 + 2%" in result.settled
+    assert decide(result, has_challenger=True, min_gain=0.02, reference=None).decision == "promoted"
+    # As plain the other way: the challenger a third slower.
+    measure, ran = _paced({"incumbent": [100.0, 101.0, 99.0, 100, 100], "challenger": [66.0, 67.0, 66.5, 66, 66]})
+    result = interleaved_check(measure, {"x": 1}, {"x": 2}, 5, min_gain=0.02)
+    assert len(ran) == 6 and "wholly below" in result.settled
+    assert decide(result, has_challenger=True, min_gain=0.02, reference=None).decision == "kept"
+
+
+def test_a_close_check_runs_every_round():
+    """3% faster with 1% noise: the 99% interval after three rounds still straddles 1 + 2%."""
+    measure, ran = _paced({"incumbent": [100.0, 99.0, 101.0, 100.0, 100.5],
+                           "challenger": [103.0, 103.5, 102.0, 104.0, 102.5]})
+    result = interleaved_check(measure, {"x": 1}, {"x": 2}, 5, min_gain=0.02)
+    assert len(ran) == 10 and result.settled is None and result.estimate.n == 5
+    # Without a minimum gain (the callers that want every round), no early stop either.
+    measure, ran = _paced({"incumbent": [45.0] * 5, "challenger": [349.0, 348.0, 350.0, 349.0, 349.5]})
+    assert interleaved_check(measure, {"x": 1}, {"x": 2}, 5).settled is None and len(ran) == 10

@@ -5,6 +5,12 @@ average, luckier than it is fast.  So the challenger is measured again
 against the incumbent, A B A B ..., each measurement in a fresh process, and
 only the paired comparison decides.  Interleaving makes slow drift (thermal
 state, a neighbour on the host) hit both sides alike.
+
+A check whose answer is plain before its last round stops there: from
+:data:`SETTLE_AFTER` pairs on, when even a 99% interval (stricter than the
+95% the decision uses, since the check looks more than once) lies wholly
+above or wholly below the minimum gain.  A speed-up of 7x is not made surer
+by a fifth round of a minute each; a close call gets every round.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from .workload_failure import last_line
 Measure = Callable[[str, int, Config], TrialOutcome]
 MayStart = Callable[[int], bool]  # whether round r (0-based) may start: the budget can still pay for it
 ROLES = ("incumbent", "challenger")
+SETTLE_AFTER = 3  # pairs before a check may stop early on a plain answer
+SETTLE_CONFIDENCE = 0.99
 
 
 @dataclass
@@ -33,14 +41,32 @@ class CheckResult:
     failures: dict[str, str] = field(default_factory=dict)
     estimate: RatioEstimate | None = None
     cut: str | None = None  # why the check stopped before its rounds were done (the budget ran out)
+    settled: str | None = None  # why the check stopped early on a plain answer
 
     def to_dict(self) -> dict[str, Any]:
         return {"incumbent": self.incumbent, "challenger": self.challenger, "failures": self.failures,
-                "estimate": self.estimate.to_dict() if self.estimate else None, "cut": self.cut}
+                "estimate": self.estimate.to_dict() if self.estimate else None, "cut": self.cut,
+                "settled": self.settled}
+
+
+def settled(incumbent: list[float], challenger: list[float], min_gain: float, repeats: int) -> str | None:
+    """Why the rounds so far already decide the check (a sentence), or None while more rounds could change it."""
+    pairs = min(len(incumbent), len(challenger))
+    if pairs < SETTLE_AFTER or pairs >= repeats:
+        return None
+    strict = paired_ratio(incumbent[:pairs], challenger[:pairs], SETTLE_CONFIDENCE)
+    if strict.low > 1 + min_gain:
+        side = "above"
+    elif strict.high < 1 + min_gain:
+        side = "below"
+    else:
+        return None
+    return (f"settled after {pairs} of {repeats} rounds: the speed-up's 99% interval {strict} lies wholly {side} "
+            f"1 + {min_gain:.0%}")
 
 
 def interleaved_check(measure: Measure, incumbent: Config, challenger: Config | None, repeats: int,
-                      may_start: MayStart = lambda round_: True) -> CheckResult:
+                      may_start: MayStart = lambda round_: True, min_gain: float | None = None) -> CheckResult:
     """Measure ``repeats`` rounds of (incumbent, challenger); with no challenger, the incumbent alone.
 
     ``measure(role, round, config)`` runs one fresh-process measurement.  A
@@ -48,7 +74,8 @@ def interleaved_check(measure: Measure, incumbent: Config, challenger: Config | 
     failure is the finding.  A round starts only if ``may_start(round)``
     says the budget pays for it, and a measurement the budget cut short
     (status ``interrupted``) ends the check with the rounds done: neither is
-    a failure of either configuration.
+    a failure of either configuration.  Given ``min_gain``, a check with a
+    challenger stops once its answer is plain (:func:`settled`).
     """
     result = CheckResult()
     configs = {"incumbent": incumbent, "challenger": challenger}
@@ -69,6 +96,10 @@ def interleaved_check(measure: Measure, incumbent: Config, challenger: Config | 
                 result.failures[role] = f"{outcome.status} in round {round_ + 1}: {last_line(outcome.error or '')[:300]}"
         if result.cut or len(result.failures) == sum(c is not None for c in configs.values()):
             break
+        if challenger is not None and min_gain is not None and not result.failures:
+            result.settled = settled(result.incumbent, result.challenger, min_gain, repeats)
+            if result.settled:
+                break
     if challenger is not None and not result.failures:  # a round the budget cut in half has no pair
         pairs = min(len(result.incumbent), len(result.challenger))
         result.incumbent, result.challenger = result.incumbent[:pairs], result.challenger[:pairs]

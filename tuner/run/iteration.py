@@ -345,9 +345,12 @@ class Iteration:
             self.reporter.check_measured(role, round_, outcome)
             return outcome
 
-        result = interleaved_check(measure, self.incumbent.config, challenger, repeats, clock.may_start)
+        result = interleaved_check(measure, self.incumbent.config, challenger, repeats, clock.may_start,
+                                   options.min_gain)
         if result.cut:
             self.reporter.message(f"the check stopped early: {result.cut}")
+        if result.settled:
+            self.reporter.message(f"the check {result.settled}")
         noise = check_noise(result, chosen.samples_per_s if chosen is not None and challenger else None)
         if noise:
             self.reporter.message(f"[warning] {noise}: the machine was not quiet, so the decision below rests on "

@@ -5,8 +5,9 @@ trying first what is cheap to try and likely to help.  The random start-up
 trials of a sampler in a space of a dozen categorical knobs mostly measure
 configurations nobody would try.  So, once the seeds have run:
 
-1. the neighbours of the best configuration so far, one knob changed, are
-   proposed in order of expected gain per second of trial cost;
+1. the neighbours of the best configuration so far, one knob changed (a
+   knob of numbers, the micro-batch, by one step), are proposed in order of
+   expected gain per second of trial cost;
 2. when those are measured, pairs of changes of the knobs that matter (a
    change that ran out of memory, or came within reach of the best) are
    proposed, since two changes can pay where each alone does not (a larger
@@ -96,14 +97,10 @@ class KnobEffects:
             return mirrored
         return PRIOR_GAIN if any(k == knob for k, _, _ in self.direct) else UNTRIED_GAIN
 
-    @staticmethod
-    def _numeric(value: object) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
     def _mirrored(self, knob: str, old: object, new: object, paths: dict[str, float]) -> float | None:
         """For a numeric knob, a step the other way from one measured to hurt is promising (a micro-batch
         halved ran slower: doubling it may run faster).  None where nothing tells."""
-        if not (self._numeric(old) and self._numeric(new)):
+        if not (_is_number(old) and _is_number(new)):
             return None
         hurt = [gain for shown, gain in paths.items()
                 if gain < -MATTERS and shown != repr(old) and self._opposite(shown, old, new)]
@@ -115,6 +112,26 @@ class KnobEffects:
         except ValueError:
             return False
         return (other - float(old)) * (float(new) - float(old)) < 0  # type: ignore[arg-type]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def steps(knob: Knob, current: object) -> list[object]:
+    """The values one step away from ``current``: for a knob of numbers (a micro-batch), the next smaller and
+    the next larger choice; for any other knob, every other choice.
+
+    A step to a far number is not a neighbour: a micro-batch of 1 beside 32
+    is a slow trial that tells nothing the step to 16 would not.  Stepping on
+    from a better value goes on from there, once it is the best.
+    """
+    if not (_is_number(current) and all(_is_number(c) for c in knob.choices)):
+        return [c for c in knob.choices if c != current]
+    ordered = sorted(knob.choices)  # type: ignore[type-var]
+    lower = [c for c in ordered if c < current]  # type: ignore[operator]
+    higher = [c for c in ordered if c > current]  # type: ignore[operator]
+    return lower[-1:] + higher[:1]
 
 
 @dataclass(frozen=True)
@@ -161,9 +178,7 @@ class Neighbourhood:
     def _singles(self, best: Config) -> Iterable[tuple[str, object]]:
         for knob in self.knobs:
             if knob.tunable and knob.name in best and knob.active_in(best):
-                for value in knob.choices:
-                    if value != best[knob.name]:
-                        yield knob.name, value
+                yield from ((knob.name, value) for value in steps(knob, best[knob.name]))
 
     def candidates(self, best: Config, best_rate: float, outcomes: dict[str, tuple[str, float]],
                    durations: dict[str, float], refused: Callable[[Config], bool]) -> list[Candidate]:

@@ -30,15 +30,23 @@ _T975 = {
     20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
     29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980,
 }
+# Two-sided 99% quantiles (0.995): the stricter bound a check may stop early on, having looked more than once.
+_T995 = {
+    1: 63.657, 2: 9.925, 3: 5.841, 4: 4.604, 5: 4.032, 6: 3.707, 7: 3.499, 8: 3.355, 9: 3.250, 10: 3.169,
+    12: 3.055, 15: 2.947, 20: 2.845, 30: 2.750, 60: 2.660, 120: 2.617,
+}
+_TABLES = {0.95: (_T975, 1.960), 0.99: (_T995, 2.576)}
 
 
-def t_quantile_975(df: float) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (rounded down: conservative)."""
+def t_quantile(df: float, confidence: float = 0.95) -> float:
+    """The two-sided ``confidence`` quantile of Student's t with ``df`` degrees of freedom (0.975 for 95%, 0.995
+    for 99%), with ``df`` rounded down to a table entry: conservative."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be at least 1, not {df}")
+    table, normal = _TABLES[confidence]
     if df > 120:
-        return 1.960
-    return _T975[max(k for k in _T975 if k <= df)]
+        return normal
+    return table[max(k for k in table if k <= df)]
 
 
 @dataclass(frozen=True)
@@ -71,14 +79,14 @@ def _logs(values: Sequence[float], what: str) -> list[float]:
     return [math.log(v) for v in values]
 
 
-def paired_ratio(a: Sequence[float], b: Sequence[float]) -> RatioEstimate:
-    """Speed-up of B over A from interleaved pairs ``(a[i], b[i])``."""
+def paired_ratio(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> RatioEstimate:
+    """Speed-up of B over A from interleaved pairs ``(a[i], b[i])``, with its ``confidence`` interval."""
     if len(a) != len(b) or len(a) < 2:
         raise ValueError(f"paired_ratio needs at least 2 pairs of equal length, got {len(a)} and {len(b)}")
     diffs = [lb - la for la, lb in zip(_logs(a, "A"), _logs(b, "B"))]
     n = len(diffs)
     mean = statistics.fmean(diffs)
-    half = t_quantile_975(n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+    half = t_quantile(n - 1, confidence) * statistics.stdev(diffs) / math.sqrt(n)
     return RatioEstimate(math.exp(mean), math.exp(mean - half), math.exp(mean + half), n)
 
 
@@ -93,5 +101,5 @@ def unpaired_ratio(before: Sequence[float], after: Sequence[float]) -> RatioEsti
     if se == 0.0:
         return RatioEstimate(math.exp(mean), math.exp(mean), math.exp(mean), min(len(lb), len(la)))
     df = (vb + va) ** 2 / (vb ** 2 / (len(lb) - 1) + va ** 2 / (len(la) - 1))
-    half = t_quantile_975(df) * se
+    half = t_quantile(df) * se
     return RatioEstimate(math.exp(mean), math.exp(mean - half), math.exp(mean + half), min(len(lb), len(la)))
