@@ -25,6 +25,7 @@ from dstune.trial.numerics import GuardSettings
 from dstune.trial.records import TrialOutcome
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
 FAST = MeasureSettings(windows=2, window_s=0.05, min_warmup_steps=1, max_warmup_s=2.0)
 

@@ -212,7 +212,7 @@ def test_channels_last_and_pinned_loader_on_cuda(trials):
     assert "pin_memory" in {k.name for k in applicable_knobs(pm, ctx)}
     config = {"loader_workers": 2, "pin_memory": True, "batch_size": 8}
     composed = compose(pm, select_workload(OBSERVE, "observe_data"), config, ctx)
-    assert composed.loader.pin_memory is True
+    assert composed.data_loader.pin_memory is True
     loss = composed.step()
     assert loss.device.type == "cuda"
 

@@ -76,7 +76,7 @@ def test_data_loader_knobs_configure_the_loader(trials):
     pm = plugin_manager().pm
     config = {"loader_workers": 2, "prefetch_factor": 4, "persistent_workers": True, "batch_size": 8}
     composed = compose(pm, select_workload(OBSERVE, "observe_data"), config, ctx)
-    loader = composed.loader
+    loader = composed.data_loader
     assert (loader.num_workers, loader.prefetch_factor, loader.persistent_workers) == (2, 4, True)
     assert _reasons({"loader_workers": 0, "persistent_workers": True}, ctx) == [
         "persistent_workers=True needs loader_workers > 0"]
@@ -177,7 +177,7 @@ def test_a_loader_is_timed_over_whole_epochs_so_its_stalls_count(trials):
     pm = plugin_manager().pm
     config = {"loader_workers": 2, "prefetch_factor": 2, "persistent_workers": False, "batch_size": 8}
     composed = compose(pm, select_workload(OBSERVE, "stalling_data"), config, ctx)
-    epoch = len(composed.loader)
+    epoch = len(composed.data_loader)
     assert epoch == 32
     measured, truths = [], []
     for _ in range(2):  # interleaved, best of two each: a busy machine only ever slows one of them down

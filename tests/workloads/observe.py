@@ -117,6 +117,11 @@ def observe_accum(ctx):
     return _workload(Net(), (32,))
 
 
+@dstune.workload(global_batch_size=16, batch_size=4)
+def observe_conv_accum(ctx):
+    return _workload(Net(conv=True), (3, 8, 8))
+
+
 @dstune.workload(mode="inference", batch_size=8)
 def observe_infer(ctx):
     return dstune.Workload(model=Net(), batch=lambda n, device: (torch.randn(n, 32, device=device),))

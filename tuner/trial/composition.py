@@ -2,7 +2,11 @@
 
 This is the one place where plugin hooks are turned into a model, an
 optimizer and a step function.  Trials use it, and so does production code
-through ``dstune.apply``, so what was measured is what runs.
+through ``dstune.apply``, so what was measured is what runs.  A trial feeds
+the step the workload's own batches; a production loop hands it its own
+(``step(batch)``: a global batch, split into the tuned micro-batches), and
+builds its DataLoader and evaluation context from the same configuration
+(``loader(dataset)``, ``autocast()``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import pluggy
 import torch
@@ -26,7 +30,21 @@ from .numerics import Guard
 
 @dataclass
 class Composed:
-    """A workload made runnable under one configuration."""
+    """A workload made runnable under one configuration: what a trial times and what ``dstune.apply`` returns.
+
+    - ``step()`` runs one optimizer step on the workload's own batches (the
+      synthetic ``batch=`` tensors, or its ``dataset=``); ``step(batch)`` on a
+      global batch the caller supplies, split into ``plan.micro_batch``-sized
+      micro-batches with the loss scaled for accumulation, under the tuned
+      autocast and grad scaler, ``zero_grad`` inside.  It returns the loss.
+    - ``micro_step(batch)`` and ``optimizer_step()`` are the two halves, for
+      loops that accumulate themselves: each micro-batch's loss is divided by
+      ``plan.accumulation`` before its backward pass.
+    - ``loader(dataset)`` is a DataLoader with the tuned loader settings,
+      yielding global batches for ``step``; ``loader()`` is the workload's own.
+    - ``autocast()`` enters the contexts a step runs under (autocast, SDPA
+      backend), for evaluation code.
+    """
 
     workload: Workload
     model: Any
@@ -34,14 +52,35 @@ class Composed:
     scaler: Any
     plan: BatchPlan
     device: torch.device
-    step: Callable[[], torch.Tensor]
+    step: Callable[..., torch.Tensor]
     mode: str
-    loader: Any = None  # the DataLoader of a dataset= workload, as the plugins configured it
+    data_loader: Any = None  # the DataLoader of a dataset= workload, as the plugins configured it
     guard: Guard | None = None
     # Training only: the parts of ``step``, so a measurement can time them apart (dstune.trial.measure).
-    micro_step: Callable[[], torch.Tensor] | None = None  # forward and backward of one micro-batch
+    micro_step: Callable[..., torch.Tensor] | None = None  # forward and backward of one micro-batch
     optimizer_step: Callable[[], None] | None = None  # the update and zero_grad, after the micro-batches
     begin_step: Callable[[], None] = lambda: None  # a new optimizer step begins (CUDA graphs are told)
+    step_contexts: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+    loader_kwargs: dict[str, Any] | None = None  # what the plugins give a DataLoader (workers, pinning, ...)
+
+    def autocast(self) -> ContextManager[Any]:
+        """The contexts a step runs under (autocast with the tuned dtype, the SDPA backend): for evaluation."""
+        return self.step_contexts()
+
+    def loader(self, dataset: Any = None, *, batch_size: int | None = None, shuffle: bool = True,
+               collate_fn: Callable[..., Any] | None = None, drop_last: bool = False,
+               **overrides: Any) -> torch.utils.data.DataLoader:
+        """A DataLoader over ``dataset`` with the tuned workers, pinning and prefetching, in global batches
+        (``plan.samples_per_step`` samples, what ``step(batch)`` takes) unless ``batch_size`` says otherwise;
+        with no dataset, the workload's own loader."""
+        if dataset is None:
+            if self.data_loader is None:
+                raise UsageError("loader(): this workload has no dataset= of its own. Pass your dataset: "
+                                 "loader(my_dataset).")
+            return self.data_loader
+        kwargs = {**(self.loader_kwargs or {}), **overrides}
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size or self.plan.samples_per_step,
+                                           shuffle=shuffle, drop_last=drop_last, collate_fn=collate_fn, **kwargs)
 
 
 def configure_process(pm: pluggy.PluginManager, config: dict[str, Any], ctx: TuneContext) -> None:
@@ -66,6 +105,36 @@ def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> A
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device, non_blocking) for v in batch)
     return batch
+
+
+def batch_rows(batch: Any) -> int:
+    """The number of samples in a batch: the first dimension of its first tensor."""
+    tensor = first_tensor(batch)
+    if tensor is None or tensor.dim() == 0:
+        raise UsageError(f"step(batch): found no tensor with a batch dimension in a {type(batch).__name__}. Pass "
+                         "a tensor, or a tuple, list or dict of tensors whose first dimension is the batch.")
+    return int(tensor.shape[0])
+
+
+def split_batch(batch: Any, size: int) -> list[Any]:
+    """``batch`` cut into chunks of ``size`` rows along the first dimension (the last may be smaller); values that
+    are not tensors (a list of ids, a flag) go whole into every chunk."""
+    rows = batch_rows(batch)
+    starts = range(0, rows, size)
+
+    def cut(value: Any, start: int) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            if value.shape[0] != rows:
+                raise UsageError(f"step(batch): the batch's tensors disagree on its size ({rows} and "
+                                 f"{value.shape[0]} rows). Give every tensor the batch as its first dimension.")
+            return value[start:start + size]
+        if isinstance(value, dict):
+            return {k: cut(v, start) for k, v in value.items()}
+        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+            return type(value)(cut(v, start) for v in value)
+        return value
+
+    return [cut(batch, start) for start in starts]
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
@@ -135,6 +204,7 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
     plan = pm.hook.dstune_batch_plan(config=config, ctx=ctx) or BatchPlan(ctx.default_batch_size)
     loader_kwargs = _merged(pm.hook.dstune_loader_kwargs(config=config, ctx=ctx))
     batches, loader = _batches(workload, plan, device, loader_kwargs, definition.name)
+    pinned = bool(loader_kwargs.get("pin_memory"))
     forward = workload.forward or default_forward
     if guard is not None:
         first = next(batches)
@@ -156,8 +226,8 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
 
     if ctx.mode == "inference":
 
-        def infer_step() -> torch.Tensor:
-            batch = next(batches)
+        def infer_step(given: Any = None) -> torch.Tensor:
+            batch = next(batches) if given is None else to_device(given, device, non_blocking=pinned)
             mark_step()
             with torch.inference_mode(), contexts():
                 out = forward(model, batch)
@@ -168,7 +238,8 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
                 guard.check(tensor)
             return tensor
 
-        return Composed(workload, model, None, None, plan, device, infer_step, ctx.mode, loader, guard)
+        return Composed(workload, model, None, None, plan, device, infer_step, ctx.mode, loader, guard,
+                        step_contexts=contexts, loader_kwargs=loader_kwargs)
 
     optimizer_kwargs = _merged(pm.hook.dstune_optimizer_kwargs(config=config, ctx=ctx))
     optimizer = workload.optimizer(model.parameters(), **optimizer_kwargs)
@@ -176,15 +247,18 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
     loss_fn = workload.loss
     accumulation = plan.accumulation
 
-    def micro_step() -> torch.Tensor:
-        batch = next(batches)
+    def backward(batch: Any, weight: float) -> torch.Tensor:
         with contexts():
             loss = loss_fn(model, batch)
         if guard is not None:
             guard.check(loss)
-        scaled = loss / accumulation if accumulation > 1 else loss
+        scaled = loss * weight if weight != 1.0 else loss
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         return loss.detach()
+
+    def micro_step(given: Any = None) -> torch.Tensor:
+        batch = next(batches) if given is None else to_device(given, device, non_blocking=pinned)
+        return backward(batch, 1.0 / accumulation)
 
     def optimizer_step() -> None:
         if scaler is not None:
@@ -194,12 +268,21 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def train_step() -> torch.Tensor:
+    def train_step(given: Any = None) -> torch.Tensor:
         mark_step()
-        for _ in range(accumulation):
-            loss = micro_step()
+        if given is None:
+            for _ in range(accumulation):
+                loss = micro_step()
+            optimizer_step()
+            return loss
+        rows = batch_rows(given)
+        total = torch.zeros((), device=device)
+        for chunk in split_batch(given, plan.micro_batch):  # each chunk's share of the global batch's mean
+            share = batch_rows(chunk) / rows
+            total += backward(to_device(chunk, device, non_blocking=pinned), share) * share
         optimizer_step()
-        return loss
+        return total
 
     return Composed(workload, model, optimizer, scaler, plan, device, train_step, ctx.mode, loader, guard,
-                    micro_step=micro_step, optimizer_step=optimizer_step, begin_step=mark_step)
+                    micro_step=micro_step, optimizer_step=optimizer_step, begin_step=mark_step,
+                    step_contexts=contexts, loader_kwargs=loader_kwargs)

@@ -130,11 +130,11 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
     of spending its warm-up and timed windows.
     """
     if (settings.by_parts and composed.plan.accumulation > 1 and composed.micro_step is not None
-            and composed.optimizer_step is not None and composed.loader is None):
+            and composed.optimizer_step is not None and composed.data_loader is None):
         return measure_by_parts(composed, settings, prune_below)
     clock = _Clock(composed.device)
     step = composed.step
-    queued = loader_queue(composed.loader)  # batches ready before the first step ends: too fast to judge by
+    queued = loader_queue(composed.data_loader)  # batches ready before the first step ends: too fast to judge by
     warm_times: list[float] = []
     warm_start = time.perf_counter()
     while True:
@@ -158,7 +158,7 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
             break
     warmup_s = time.perf_counter() - warm_start
     typical = statistics.median(warm_times[-3:])
-    windows, steps_per_window = _timed_steps(settings, typical, composed.loader)
+    windows, steps_per_window = _timed_steps(settings, typical, composed.data_loader)
 
     monitor = GpuMonitor(composed.device.index or 0) if clock.cuda else None
     per_window: list[float] = []
@@ -192,7 +192,7 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
     samples_per_step = composed.plan.samples_per_step
     timed_samples = samples_per_step * steps_per_window * windows
     # A loader's stalls fall in some windows and not others: only the whole span counts them fairly.
-    by_mean = composed.loader is not None
+    by_mean = composed.data_loader is not None
     metrics: dict[str, Any] = {
         "samples_per_s": samples_per_step / (mean if by_mean else median),
         "throughput_basis": "mean" if by_mean else "median",
