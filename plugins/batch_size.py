@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from dstune import BatchPlan, Knob, TuneContext, hookimpl
+from dstune.export import ExportPart
 
 KNOB = "batch_size"
 FREE_DOUBLINGS_GPU = 9  # up to 512 times the workload's batch
@@ -80,3 +81,21 @@ def dstune_smaller_config(config: dict[str, Any], ctx: TuneContext) -> dict[str,
     micro = config.get(KNOB)
     smaller = [c for c in _choices(ctx) if micro is not None and c < micro]
     return {KNOB: max(smaller)} if smaller else None
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    """Micro-batch and accumulation; a Trainer takes the first as its per-device batch, Lightning and
+    Accelerate from the user's DataLoader (the callback checks it)."""
+    micro = config.get(KNOB)
+    if micro is None:
+        return None
+    accumulation = ctx.global_batch_size // micro if ctx is not None and ctx.global_batch_size else 1
+    if target == "transformers":
+        return ExportPart({"per_device_train_batch_size": micro, "gradient_accumulation_steps": accumulation},
+                          handled=(KNOB,))
+    if target == "lightning":
+        return ExportPart({"accumulate_grad_batches": accumulation}, callback={"batch_size": micro}, handled=(KNOB,))
+    return ExportPart({"gradient_accumulation_steps": accumulation}, handled=(KNOB,), notes=(
+        f"batch_size={micro}: Accelerate takes the micro-batch from your DataLoader; build it with "
+        f"batch_size={micro}",))

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 from dstune import Knob, TuneContext, hookimpl
+from dstune.export import ExportPart
 
 KNOB = "activation_checkpointing"
 EVERY_OTHER = "every_other"
@@ -106,3 +107,20 @@ def dstune_prepare_model(model: nn.Module, config: dict[str, Any], ctx: TuneCont
     for block in repeated_blocks(model):
         _checkpoint_forward(block)
     return model
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    if KNOB not in config:
+        return None
+    setting = config[KNOB]
+    if not setting:
+        return ExportPart({"gradient_checkpointing": False} if target == "transformers" else {}, handled=(KNOB,))
+    if target == "lightning":
+        return ExportPart(callback={KNOB: setting}, handled=(KNOB,))
+    if target == "transformers" and setting is True:
+        return ExportPart({"gradient_checkpointing": True,
+                           "gradient_checkpointing_kwargs": {"use_reentrant": False}}, handled=(KNOB,))
+    return ExportPart(handled=(KNOB,), notes=(
+        f"{KNOB}={setting!r}: {target} has no setting for it; wrap every "
+        f"{'other ' if setting == EVERY_OTHER else ''}repeated block in torch.utils.checkpoint yourself",))

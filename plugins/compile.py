@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from dstune import Knob, TuneContext, hookimpl
+from dstune.export import PREPARE_IN_PLACE, ExportPart
 
 KNOB = "compile"
 DYNAMIC = "compile_dynamic"
@@ -59,4 +60,28 @@ def dstune_prepare_model(model: Any, config: dict[str, Any], ctx: TuneContext) -
     import torch
 
     dynamic = False if config.get(DYNAMIC) == "static" else None
+    if ctx.facts.get(PREPARE_IN_PLACE):  # a Lightning module's child: compiled in place, its names unchanged
+        model.compile(mode=None if mode == "default" else mode, dynamic=dynamic)
+        return model
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=dynamic)
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    if KNOB not in config:
+        return None
+    mode, static = config[KNOB], config.get(DYNAMIC) == "static"
+    handled = tuple(k for k in (KNOB, DYNAMIC) if k in config)
+    if mode == "off":
+        return ExportPart({"torch_compile": False} if target == "transformers" else {}, handled=handled)
+    if target == "lightning":
+        return ExportPart(callback={KNOB: mode, **({DYNAMIC: "static"} if static else {})}, handled=handled)
+    notes = (f"{DYNAMIC}=static: {target} has no setting for it; call torch.compile(model, dynamic=False) "
+             "yourself",) if static else ()
+    if target == "transformers":
+        return ExportPart({"torch_compile": True, "torch_compile_backend": "inductor", "torch_compile_mode": mode},
+                          handled=handled, notes=notes)
+    if mode != "default":
+        notes += (f"{KNOB}={mode}: pass dynamo_plugin=accelerate.utils.TorchDynamoPlugin(backend='inductor', "
+                  f"mode='{mode}') instead of dynamo_backend",)
+    return ExportPart({"dynamo_backend": "inductor"}, handled=handled, notes=notes)

@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from dstune import Knob, TuneContext, hookimpl
+from dstune.export import ExportPart, callback_or_note
 
 EXPANDABLE = "expandable_segments"
 GC_THRESHOLD = "gc_threshold"
@@ -60,3 +61,10 @@ def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
         if setter is None:
             setter = torch.cuda.memory._set_allocator_settings
         setter(conf)
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    conf = alloc_conf(config, "") if config.get(EXPANDABLE) or config.get(GC_THRESHOLD) is not None else ""
+    return callback_or_note(config, {EXPANDABLE: False, GC_THRESHOLD: None}, target,
+                            f"export PYTORCH_CUDA_ALLOC_CONF={conf} before the process starts")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dstune import Knob, TuneContext, hookimpl
+from dstune.export import ExportPart, callback_or_note
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,3 +52,12 @@ def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
 
     if KNOB in config:
         torch.backends.cudnn.benchmark = bool(config[KNOB])
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    if KNOB not in config:
+        return None
+    if target == "lightning":
+        return ExportPart({"benchmark": bool(config[KNOB])}, handled=(KNOB,))
+    return callback_or_note(config, {KNOB: False}, target, "set torch.backends.cudnn.benchmark = True")

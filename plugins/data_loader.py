@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from dstune import Knob, TuneContext, hookimpl
+from dstune.export import ExportPart
 
 WORKERS = "loader_workers"
 PIN = "pin_memory"
@@ -76,3 +77,24 @@ def dstune_loader_kwargs(config: dict[str, Any], ctx: TuneContext) -> dict[str, 
         kwargs["prefetch_factor"] = int(config.get(PREFETCH, PYTORCH_PREFETCH))
         kwargs["persistent_workers"] = bool(config.get(PERSISTENT, False))
     return kwargs
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    present = {k: config[k] for k in (WORKERS, PIN, PREFETCH, PERSISTENT) if k in config}
+    if not present:
+        return None
+    if target == "transformers":
+        arguments = {"dataloader_num_workers": present.get(WORKERS, 0), "dataloader_pin_memory": present.get(PIN, False)}
+        if present.get(WORKERS):
+            arguments |= {"dataloader_persistent_workers": present.get(PERSISTENT, False),
+                          "dataloader_prefetch_factor": present.get(PREFETCH, PYTORCH_PREFETCH)}
+        return ExportPart(arguments, handled=tuple(present))
+    if target == "lightning":  # the callback's loader_kwargs hold them, for the DataLoader the user builds
+        return ExportPart(callback=present, handled=tuple(present))
+    loader = {"num_workers": WORKERS, "pin_memory": PIN, "prefetch_factor": PREFETCH,
+              "persistent_workers": PERSISTENT}
+    wanted = ", ".join(f"{arg}={present[knob]!r}" for arg, knob in loader.items()
+                       if knob in present and (knob != PREFETCH or present.get(WORKERS)))
+    return ExportPart(handled=tuple(present), notes=(
+        f"loader settings: {target} takes them from your DataLoader; build it with {wanted}",))

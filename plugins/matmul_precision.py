@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from dstune import Knob, TuneContext, hookimpl
+from dstune.export import ExportPart, callback_or_note
 
 KNOB = "matmul_precision"
 CHOICES = ("highest", "high", "medium")
@@ -33,3 +34,14 @@ def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
 
     if config.get(KNOB, "highest") != "highest":
         torch.set_float32_matmul_precision(config[KNOB])
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    if KNOB not in config:
+        return None
+    value = config[KNOB]
+    if target == "transformers" and value in ("highest", "high") and (ctx is None or ctx.is_cuda):
+        return ExportPart({"tf32": value == "high"}, handled=(KNOB,))  # TrainingArguments' tf32 is CUDA's switch
+    return callback_or_note(config, {KNOB: "highest"}, target,
+                            f"call torch.set_float32_matmul_precision({value!r}) before training")

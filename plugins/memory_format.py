@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 from dstune import Knob, TuneContext, hookimpl
+from dstune.export import ExportPart, callback_or_note
 
 KNOB = "memory_format"
 FACT = "memory_format.conv2d"
@@ -41,3 +42,9 @@ def dstune_prepare_model(model: nn.Module, config: dict[str, Any], ctx: TuneCont
     import torch
 
     return model.to(memory_format=torch.channels_last)
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    return callback_or_note(config, {KNOB: "contiguous"}, target,
+                            "call model.to(memory_format=torch.channels_last) before training")

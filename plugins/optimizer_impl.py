@@ -13,6 +13,7 @@ import inspect
 from typing import Any
 
 from dstune import Knob, TuneContext, hookimpl
+from dstune.export import ExportPart
 
 KNOB = "optimizer_impl"
 FACT = "optimizer.accepts"
@@ -60,3 +61,17 @@ def dstune_knobs(ctx: TuneContext) -> list[Knob]:
 @hookimpl
 def dstune_optimizer_kwargs(config: dict[str, Any], ctx: TuneContext) -> dict[str, Any] | None:
     return dict(KWARGS.get(config.get(KNOB, "default"), {})) or None
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    """Transformers builds the optimizer itself (AdamW by default): ``optim`` names the kernel."""
+    value = config.get(KNOB)
+    if value is None:
+        return None
+    if target == "transformers":
+        return ExportPart({"optim": "adamw_torch_fused" if value == "fused" else "adamw_torch"}, handled=(KNOB,))
+    if value == "default":
+        return ExportPart(handled=(KNOB,))
+    return ExportPart(handled=(KNOB,), notes=(
+        f"{KNOB}={value}: {target} takes the optimizer you build; pass {value}=True to it",))

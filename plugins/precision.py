@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import torch
 
 from dstune import Knob, TuneContext, hookimpl
+from dstune.export import ExportPart
 
 KNOB = "precision"
 TOLERANCE = {"bf16": 5e-2, "fp16": 2e-2}
@@ -71,3 +72,16 @@ def dstune_grad_scaler(config: dict[str, Any], ctx: TuneContext) -> Any:
 
         return torch.amp.GradScaler(ctx.device)
     return None
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    if KNOB not in config:
+        return None
+    value = config[KNOB]
+    arguments: dict[str, Any] = {
+        "transformers": {"bf16": value == "bf16", "fp16": value == "fp16"},
+        "lightning": {"precision": {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(value, "32-true")},
+        "accelerate": {"mixed_precision": {"bf16": "bf16", "fp16": "fp16"}.get(value, "no")},
+    }.get(target, {})
+    return ExportPart(arguments=arguments, handled=(KNOB,))

@@ -23,6 +23,7 @@ from functools import cache
 from typing import Any, Callable
 
 from dstune import Knob, TuneContext, hookimpl
+from dstune.export import ExportPart, callback_or_note
 
 KNOB = "sdpa_backend"
 FACT = "sdpa.used"
@@ -191,3 +192,9 @@ def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
 
     for name, switch in BACKENDS.items():
         getattr(torch.backends.cuda, switch)(name == backend)
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    return callback_or_note(config, {KNOB: "auto"}, target,
+                            "train under torch.nn.attention.sdpa_kernel(...) with that backend")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dstune import Knob, TuneContext, hookimpl
+from dstune.export import ExportPart, callback_or_note
 
 
 def _thread_choices(n: int) -> tuple[Any, ...]:
@@ -35,3 +36,9 @@ def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
         torch.set_num_threads(int(config["intra_op_threads"]))
     if config.get("interop_threads") is not None:
         torch.set_num_interop_threads(int(config["interop_threads"]))
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    return callback_or_note(config, {"intra_op_threads": None, "interop_threads": None}, target,
+                            "call torch.set_num_threads / torch.set_num_interop_threads at start-up")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -52,6 +53,28 @@ def test_a_run_tunes_the_plugins_knob_and_it_takes_effect(installed, tmp_path):
     applied = subprocess.run([sys.executable, "-c", probe, str(WORKLOADS)], capture_output=True, text=True,
                              env={**os.environ, **installed}, timeout=120)
     assert applied.stdout.strip() == "flushed", applied.stderr
+
+
+def test_the_plugins_knob_exports_through_its_own_hook(installed, tmp_path):
+    """dstune_export: Lightning's callback applies flush_denormal (through the plugin's own process hook); for
+    Transformers a warning says how to set it by hand, not that no plugin maps it."""
+    probe = ("import json, warnings, torch, dstune.export as export\n"
+             "from dstune.integrations.lightning import DstuneCallback\n"
+             "with warnings.catch_warnings(record=True) as caught:\n"
+             "    warnings.simplefilter('always')\n"
+             "    hf = export.transformers({'flush_denormal': True})\n"
+             "    pl = export.lightning({'flush_denormal': True})\n"
+             "DstuneCallback(pl.callback)\n"
+             "print(json.dumps({'hf': dict(hf), 'warnings': [str(w.message) for w in caught], 'callback': pl.callback,"
+             " 'flushed': bool(torch.tensor([1e-40]) * 1.0 == 0)}))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **installed}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["callback"] == {"flush_denormal": True} and found["flushed"] is True
+    assert found["hf"] == {} and len(found["warnings"]) == 1
+    assert "flush_denormal=True: transformers has no setting for it" in found["warnings"][0]
+    assert "torch.set_flush_denormal(True)" in found["warnings"][0]
 
 
 @pytest.mark.gpu

@@ -93,4 +93,4 @@ def test_readme_hook_reference_is_generated_from_the_hookspecs():
     readme = (ROOT / "README.md").read_text()
     assert replace_section(readme) == readme, "README is stale: run `python -m dstune.hook_reference README.md`"
     hooks = [name for name in dir(hookspecs) if name.startswith("dstune_")]
-    assert len(hooks) == 11 and all(f"#### `{name}(" in render() for name in hooks)
+    assert len(hooks) == 12 and all(f"#### `{name}(" in render() for name in hooks)

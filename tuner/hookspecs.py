@@ -133,3 +133,18 @@ def dstune_step_context(config: dict[str, Any], ctx: Any) -> Any:
     Runs in the trial process, anew for every micro-step, so return a fresh
     context manager each time.
     """
+
+
+@hookspec
+def dstune_export(config: dict[str, Any], target: str, ctx: Any) -> Any:
+    """How this plugin's knobs are set in a training tool: an :class:`dstune.export.ExportPart`, or None.
+
+    ``target`` is ``transformers`` (``TrainingArguments`` keywords),
+    ``lightning`` (``Trainer`` keywords, and ``callback`` settings for
+    :class:`dstune.integrations.lightning.DstuneCallback`) or ``accelerate``
+    (``Accelerator`` keywords).  List the knobs you account for in
+    ``handled``, and in ``notes`` say what the target cannot express (a
+    non-default value with no argument); a knob no plugin handles is named
+    in a warning.  ``ctx`` is the tuning run's context, or None when the
+    configuration came without one.  Runs in the exporting process.
+    """

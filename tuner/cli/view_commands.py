@@ -67,19 +67,51 @@ def report(
 @app.command()
 def export(
     workload: str = typer.Argument(..., help="Workload name."),
-    format: str = typer.Option("json", "--format", "-f", help="json (for DSTUNE_CONFIG) or env (KEY=VALUE lines)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    format: str = typer.Option("json", "--format", "-f", help="json (for DSTUNE_CONFIG), env (KEY=VALUE lines), or the keyword arguments of transformers (TrainingArguments), lightning (Trainer) or accelerate (Accelerator), as JSON."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout (lightning: the callback's settings go beside it, in FILE.callback.json)."),
     db: Optional[str] = DB_OPTION,
 ) -> None:
-    """Print the applied configuration as JSON or as shell KEY=VALUE lines."""
-    from dstune.views.history import export_text
+    """Print the applied configuration: as JSON, as shell lines, or as a trainer's keyword arguments."""
+    import json
 
-    text = export_text(open_store(db), workload, format)
+    from dstune.views.history import export_for, export_text
+
+    store = open_store(db)
+    callback: dict | None = None
+    if format in ("transformers", "lightning", "accelerate"):
+        exported = export_for(store, workload, format)
+        text = json.dumps(dict(exported), indent=2, sort_keys=True) + "\n"
+        for note in exported.warnings:
+            err_console.print(f"warning: {note}", highlight=False, markup=False)
+        callback = exported.callback if format == "lightning" else None
+    else:
+        text = export_text(store, workload, format)
     if output is None:
         sys.stdout.write(text)
-    else:
-        output.write_text(text)
-        err_console.print(f"wrote {output}")
+        if callback:
+            err_console.print(f"DstuneCallback settings (dstune.integrations.lightning): {json.dumps(callback)}",
+                              highlight=False, markup=False)
+        return
+    output.write_text(text)
+    err_console.print(f"wrote {output}", highlight=False, markup=False)
+    if callback is not None:
+        beside = output.with_name(output.name.removesuffix(".json") + ".callback.json")
+        beside.write_text(json.dumps(callback, indent=2, sort_keys=True) + "\n")
+        err_console.print(f"wrote {beside}: DstuneCallback(**json.load(open({str(beside)!r}))) applies it",
+                          highlight=False, markup=False)
+
+
+@app.command()
+def dashboard(
+    workload: Optional[str] = typer.Argument(None, help="Workload whose studies to name (default: every study)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on."),
+    port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to serve on."),
+    db: Optional[str] = DB_OPTION,
+) -> None:
+    """Serve optuna-dashboard on the store in use: live studies, trials and Pareto fronts (needs dstune[dashboard])."""
+    from dstune.views.dashboard import serve
+
+    serve(open_store(db), workload, host, port, lambda line: Console().print(line, highlight=False, markup=False))
 
 
 @app.command()

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dstune.best_config import applied_best
+from dstune.best_config import BestConfig, applied_best
 from dstune.environment_diff import format_change
 from dstune.errors import UsageError
 from dstune.knobs import describe_config
@@ -20,9 +20,10 @@ from .records import fronts_by_model, iterations_of
 from .summary import format_speedup
 
 if TYPE_CHECKING:
+    from dstune.export import Exported
     from dstune.store import Store
 
-EXPORT_FORMATS = ("json", "env")
+EXPORT_FORMATS = ("json", "env", "transformers", "lightning", "accelerate")
 
 
 def _energy(value: float | None) -> str:
@@ -102,14 +103,15 @@ def render_history(console: Console, store: Store, workload: str) -> None:
 
 
 def export_text(store: Store, workload: str, fmt: str) -> str:
+    """The applied configuration as text: ``json`` (for DSTUNE_CONFIG), ``env`` lines, or a trainer's keyword
+    arguments as JSON (see :func:`export_for`)."""
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}. Use json for "
-                         "DSTUNE_CONFIG, env for KEY=VALUE lines.")
-    iterations_of(store, workload)
-    current = applied_best(store, workload)
-    if current is None:
-        raise UsageError(f"nothing has been applied to {workload!r} yet: no iteration has completed. "
-                         "Run `dstune run` to completion first.")
+                         "DSTUNE_CONFIG, env for KEY=VALUE lines, or the name of the tool you train with.")
+    if fmt not in ("json", "env"):
+        exported = export_for(store, workload, fmt)
+        return json.dumps(dict(exported), indent=2, sort_keys=True) + "\n"
+    current = _applied(store, workload)
     if fmt == "json":
         return json.dumps(current.to_dict(), indent=2, sort_keys=True) + "\n"
     lines = [f"DSTUNE_WORKLOAD={shlex.quote(workload)}", f"DSTUNE_APPLIED_ID={current.applied_id}"]
@@ -117,6 +119,23 @@ def export_text(store: Store, workload: str, fmt: str) -> str:
         text = "" if value is None else (json.dumps(value) if not isinstance(value, str) else value)
         lines.append(f"DSTUNE_{name.upper()}={shlex.quote(text)}")
     return "\n".join(lines) + "\n"
+
+
+def _applied(store: Store, workload: str) -> BestConfig:
+    iterations_of(store, workload)
+    current = applied_best(store, workload)
+    if current is None:
+        raise UsageError(f"nothing has been applied to {workload!r} yet: no iteration has completed. "
+                         "Run `dstune run` to completion first.")
+    return current
+
+
+def export_for(store: Store, workload: str, target: str) -> Exported:
+    """The applied configuration as ``target``'s keyword arguments (``.callback``: Lightning's callback settings,
+    ``.warnings``: what the target cannot express, not issued here: the caller prints them)."""
+    from dstune.export import export
+
+    return export(_applied(store, workload), target, warn=False)
 
 
 def rollback_to(store: Store, workload: str, to: int) -> str:

@@ -2,7 +2,9 @@
 
 Both knobs set process-wide state, so both use ``dstune_configure_process``,
 which runs in each fresh trial process before CUDA starts and before the
-workload is imported.  TunableOp is configured through its environment
+workload is imported.  Both export (``dstune_export``): to Lightning's
+callback, which runs that same hook, and for Transformers and Accelerate to
+a warning that says how to set them by hand.  TunableOp is configured through its environment
 variables for that reason: they are read when CUDA initialises.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dstune import Knob, TuneContext, hookimpl
+from dstune.export import ExportPart, callback_or_note
 
 __version__ = "0.2.0"
 
@@ -48,3 +51,10 @@ def dstune_configure_process(config: dict[str, Any], ctx: TuneContext) -> None:
 
         if not torch.set_flush_denormal(True):
             raise RuntimeError("this CPU cannot flush denormals (needs SSE3); leave flush_denormal off")
+
+
+@hookimpl
+def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) -> ExportPart | None:
+    return callback_or_note(config, {TUNABLEOP: "off", FLUSH_DENORMAL: False}, target,
+                            "for tunableop export PYTORCH_TUNABLEOP_ENABLED=1 PYTORCH_TUNABLEOP_TUNING=1 before "
+                            "the process starts; for flush_denormal call torch.set_flush_denormal(True)")

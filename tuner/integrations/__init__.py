@@ -1,0 +1,1 @@
+"""Glue between dstune's tuned configurations and the trainers people use (Lightning's callback lives here)."""
