@@ -33,12 +33,14 @@ batches = [(torch.randn(16, 3, 8, 8, generator=generator), torch.randint(0, 4, (
 tuned = [composed.step(batch).item() for batch in batches]
 facts = json.load(open(os.environ["DSTUNE_OBSERVE"]))
 
+device = composed.device  # the GPU on a CUDA machine, as the trial ran
+plain = plain.to(device)
 optimizer = torch.optim.SGD(plain.parameters(), lr=0.01)
 reference = []
 for x, y in batches:
     total = 0.0
-    for xs, ys in zip(x.split(4), y.split(4)):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    for xs, ys in zip(x.to(device).split(4), y.to(device).split(4)):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = F.cross_entropy(plain(xs).float(), ys)
         (loss / 4).backward()
         total += loss.item() / 4
@@ -46,7 +48,7 @@ for x, y in batches:
     optimizer.zero_grad()
     reference.append(total)
 with torch.no_grad(), composed.autocast():
-    evaluated = composed.model(batches[0][0].to(memory_format=torch.channels_last)).dtype
+    evaluated = composed.model(batches[0][0].to(device, memory_format=torch.channels_last)).dtype
 loader = composed.loader(torch.utils.data.TensorDataset(*batches[0]))
 print(json.dumps({{"tuned": tuned, "reference": reference, "facts": facts, "plan": [composed.plan.micro_batch,
     composed.plan.accumulation], "eval_dtype": str(evaluated), "loader_batch": loader.batch_size,
@@ -64,9 +66,11 @@ def test_a_users_own_batches_train_as_the_trial_did_and_match_a_plain_loop(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     # The settings the trial had: autocast's dtype, the micro-batch the loss saw, NHWC, compile, threads.
-    for fact in ("autocast_cpu", "output_dtype", "batch_rows", "conv_channels_last", "model_type", "num_threads"):
+    autocast = "autocast_cuda" if in_trial["device"].startswith("cuda") else "autocast_cpu"
+    for fact in (autocast, "output_dtype", "batch_rows", "conv_channels_last", "model_type", "num_threads",
+                 "device"):
         assert found["facts"][fact] == in_trial[fact], fact
-    assert found["facts"]["autocast_cpu"] is True and found["facts"]["output_dtype"] == "torch.bfloat16"
+    assert found["facts"][autocast] is True and found["facts"]["output_dtype"] == "torch.bfloat16"
     assert found["facts"]["batch_rows"] == 4 and found["plan"] == [4, 4]  # 16 = 4 micro-batches of 4
     assert found["facts"]["conv_channels_last"] is True and found["facts"]["num_threads"] == 1
     assert found["facts"]["model_type"] == "OptimizedModule"
