@@ -19,7 +19,7 @@ from dstune.best_config import BestConfig
 from dstune.context import TuneContext
 from dstune.export import DstuneExportWarning, export
 
-from .conftest import WORKLOADS, run_cli
+from .conftest import QUICK_RUN, WORKLOADS, run_cli
 
 # A configuration tuned on the CPU for a global batch of 16: bf16, 4 micro-batches of 4, 2 loader workers.
 CONTEXT = TuneContext(workload="tiny", device="cpu", global_batch_size=16).__dict__
@@ -142,7 +142,7 @@ def test_lightning_trainer_trains_with_the_exported_arguments_and_the_callback(t
 def test_export_cli_writes_each_trainers_arguments_and_names_what_it_cannot_express(tmp_path):
     db = tmp_path / "export.db"
     ran = run_cli("run", str(WORKLOADS / "observe.py"), "--workload", "observe_conv_accum", "--db", str(db),
-                  "--trials", "1", "--check-repeats", "2", "--budget", "60s", cwd=tmp_path)
+                  "--trials", "1", "--check-repeats", "2", "--budget", "60s", *QUICK_RUN, cwd=tmp_path)
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
     for target in ("transformers", "lightning", "accelerate"):
         out = tmp_path / f"{target}.json"
@@ -195,3 +195,21 @@ def test_dashboard_serves_the_stores_studies_and_names_the_workloads(tmp_path):
     assert f"observe-it1: http://127.0.0.1:{port}/dashboard/studies/" in printed
     missing = run_cli("dashboard", "--db", str(tmp_path / "none.db"), cwd=tmp_path)
     assert missing.returncode == 2 and not (tmp_path / "none.db").exists()  # never creates a store
+
+
+@pytest.mark.parametrize("workload", ["lightning_classifier", "hf_tiny_gpt2"])
+def test_dstune_run_tunes_a_lightning_module_and_a_hugging_face_model_as_they_are(tmp_path, workload):
+    """No rewriting as a dstune.Workload: the adapters take the module with its DataModule (its training_step's
+    loss, configure_optimizers' AdamW) and the HF model with its dataset and collator."""
+    db = tmp_path / "adapters.db"
+    ran = run_cli("run", str(WORKLOADS / "from_trainers.py"), "--workload", workload, "--db", str(db),
+                  "--trials", "3", "--check-repeats", "2", "--budget", "90s", *QUICK_RUN, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select status, json_extract(config, '$.batch_size'), json_extract(config, "
+                            "'$.optimizer_impl') from dstune_trials").fetchall()
+    assert sum(status == "ok" for status, *_ in rows) >= 2, rows  # (a slower one may be pruned: that ran too)
+    assert all(status in ("ok", "pruned") for status, *_ in rows), rows
+    assert {batch for _, batch, _ in rows} <= {1, 2, 4, 8, 16, 32}  # micro-batches of the declared global batch

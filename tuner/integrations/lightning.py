@@ -1,4 +1,8 @@
-"""``DstuneCallback``: what Lightning's ``Trainer`` has no flag for, applied from a tuned configuration.
+"""Lightning and dstune: ``workload_from`` tunes a LightningModule, ``DstuneCallback`` trains with the result.
+
+``workload_from(module, datamodule=...)`` (at the end) turns a LightningModule
+and its data into the workload ``dstune run`` tunes, with no rewriting.  The
+callback applies what Lightning's ``Trainer`` has no flag for.
 
 ``dstune export WORKLOAD --format lightning`` (or ``dstune.export.lightning``)
 splits a configuration in two: ``Trainer`` keyword arguments (precision,
@@ -77,3 +81,56 @@ class DstuneCallback(lightning.Callback):
                 warnings.warn(f"the training DataLoader's {name} is {found!r}, but the tuned setting is {value!r}: "
                               f"build it as DataLoader(dataset, batch_size=callback.batch_size, "
                               "**callback.loader_kwargs)", DstuneExportWarning, stacklevel=2)
+
+
+def _first_optimizer(configured: Any) -> Any:
+    """The optimizer out of whatever ``configure_optimizers`` returned (one, a list, a tuple with schedulers, a
+    dict with ``optimizer``)."""
+    import torch
+
+    if isinstance(configured, torch.optim.Optimizer):
+        return configured
+    if isinstance(configured, dict) and "optimizer" in configured:
+        return configured["optimizer"]
+    if isinstance(configured, (list, tuple)) and configured:
+        return _first_optimizer(configured[0])
+    raise TypeError(f"configure_optimizers returned {type(configured).__name__}; dstune needs an optimizer, a list "
+                    "or tuple starting with one, or a dict with 'optimizer'")
+
+
+def workload_from(module: lightning.LightningModule, datamodule: lightning.LightningDataModule | None = None,
+                  train_dataloader: Any = None) -> Any:
+    """A :class:`dstune.Workload` from a LightningModule and its data, for ``dstune run``.
+
+    The loss is what ``training_step`` returns (a tensor, or a dict's
+    ``loss``); the optimizer is ``configure_optimizers``' (rebuilt with
+    dstune's kernel choice); the data is the training DataLoader's dataset
+    and collate function, from ``datamodule`` (``prepare_data``, then
+    ``setup("fit")``), ``train_dataloader``, or the module's own
+    ``train_dataloader()``.  dstune sets the batch size and the loader
+    settings; the global batch is the one ``@dstune.workload`` declares.
+    Schedulers and Lightning's hooks around the step do not run in a trial.
+    """
+    import dstune
+
+    from .optimizers import rebuilt
+
+    if datamodule is not None:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        loader = datamodule.train_dataloader()
+    else:
+        loader = train_dataloader if train_dataloader is not None else module.train_dataloader()
+    if not hasattr(loader, "dataset"):
+        raise TypeError(f"the training data is a {type(loader).__name__}; dstune needs a torch DataLoader")
+
+    def loss(model: Any, batch: Any) -> Any:
+        out = module.training_step(batch, 0)
+        found = out.get("loss") if isinstance(out, dict) else out
+        if found is None:
+            raise ValueError(f"{type(module).__name__}.training_step returned {out!r}: return the loss, or a dict "
+                             "with 'loss'")
+        return found
+
+    return dstune.Workload(model=module, optimizer=rebuilt(lambda: _first_optimizer(module.configure_optimizers())),
+                           dataset=loader.dataset, collate_fn=loader.collate_fn, loss=loss)
