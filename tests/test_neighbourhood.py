@@ -131,6 +131,8 @@ def test_a_knob_of_numbers_steps_to_its_nearest_choices_only():
     assert steps(micro, 32) == [16] and steps(micro, 8) == [4, 16] and steps(micro, 1) == [2]
     backend = Knob("sdpa_backend", choices=("auto", "flash", "efficient", "math"), default="auto", checklist="auto")
     assert steps(backend, "flash") == ["auto", "efficient", "math"]
+    crashed = {16, 4}.__contains__  # a crash says nothing of the number beyond it: step over it
+    assert steps(micro, 8, crashed) == [2, 32] and steps(micro, 32, crashed) == [8]
     threads = Knob("threads", choices=(None, 1, 2), default=None, checklist=None)  # None is no number: every choice
     assert steps(threads, 1) == [None, 2]
     knobs = (micro, *KNOBS[1:])

@@ -118,20 +118,31 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def steps(knob: Knob, current: object) -> list[object]:
+STEP_OVER = frozenset({"crash", "timeout", "numerics", "invalid"})  # failures that say nothing of the next number
+
+
+def steps(knob: Knob, current: object, failed: Callable[[object], bool] = lambda value: False) -> list[object]:
     """The values one step away from ``current``: for a knob of numbers (a micro-batch), the next smaller and
     the next larger choice; for any other knob, every other choice.
 
     A step to a far number is not a neighbour: a micro-batch of 1 beside 32
     is a slow trial that tells nothing the step to 16 would not.  Stepping on
-    from a better value goes on from there, once it is the best.
+    from a better value goes on from there, once it is the best.  A value
+    that ``failed`` (it crashed: a kernel without that size, a plugin's bug)
+    is stepped over, since it says nothing of the number beyond it; one
+    that ran out of memory is not, since the larger ones would too.
     """
     if not (_is_number(current) and all(_is_number(c) for c in knob.choices)):
         return [c for c in knob.choices if c != current]
     ordered = sorted(knob.choices)  # type: ignore[type-var]
-    lower = [c for c in ordered if c < current]  # type: ignore[operator]
+    lower = [c for c in reversed(ordered) if c < current]  # type: ignore[operator]
     higher = [c for c in ordered if c > current]  # type: ignore[operator]
-    return lower[-1:] + higher[:1]
+    found = []
+    for side in (lower, higher):
+        nearest = next((c for c in side if not failed(c)), None)
+        if nearest is not None:
+            found.append(nearest)
+    return found
 
 
 @dataclass(frozen=True)
@@ -175,10 +186,14 @@ class Neighbourhood:
         by_name = {k.name: k for k in self.knobs}
         return base * max((by_name[name].cost.get(value, COSTLY_FACTOR) for name, value in mine), default=1.0)
 
-    def _singles(self, best: Config) -> Iterable[tuple[str, object]]:
+    def _singles(self, best: Config, outcomes: dict[str, tuple[str, float]]) -> Iterable[tuple[str, object]]:
         for knob in self.knobs:
             if knob.tunable and knob.name in best and knob.active_in(best):
-                yield from ((knob.name, value) for value in steps(knob, best[knob.name]))
+                def failed(value: object, name: str = knob.name) -> bool:
+                    found = outcomes.get(config_key(self.normalise({**best, name: value})))
+                    return found is not None and found[0] in STEP_OVER
+
+                yield from ((knob.name, value) for value in steps(knob, best[knob.name], failed))
 
     def candidates(self, best: Config, best_rate: float, outcomes: dict[str, tuple[str, float]],
                    durations: dict[str, float], refused: Callable[[Config], bool]) -> list[Candidate]:
@@ -189,7 +204,7 @@ class Neighbourhood:
         """
         singles: list[Candidate] = []
         promising: list[tuple[str, object, float]] = []  # single changes worth combining, with their gain
-        for name, value in self._singles(best):
+        for name, value in self._singles(best, outcomes):
             config = self.normalise({**best, name: value})
             key = config_key(config)
             if key in outcomes:
