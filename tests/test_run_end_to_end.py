@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,8 +36,13 @@ def test_run_records_every_trial_and_prints_the_front(tmp_path):
     assert status == "completed" and chosen is not None and budget > 0 and decision in ("promoted", "kept")
     # The check re-measured incumbent (the default config, before anything was applied) and challenger.
     roles = [r[0] for r in db_rows(db, "select role from dstune_measurements order by id")]
+    check = json.loads(db_rows(db, 'select "check" from dstune_iterations')[0][0])
     if chosen == incumbent:
         assert roles == ["incumbent"] * 5
+    elif check["settled"]:  # a plain answer ends the check after 3 or 4 of its 5 rounds, and says so
+        rounds = len(roles) // 2
+        assert 3 <= rounds < 5 and roles == ["incumbent", "challenger"] * rounds, roles
+        assert f"the check settled after {rounds} of 5 rounds" in " ".join(out.split())
     else:
         assert roles == ["incumbent", "challenger"] * 5
     applied = db_rows(db, "select reason, config from dstune_applied")
