@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow  # end to end: real runs in subprocesses (`-m "not
 
 
 def test_aa_check_promotes_at_most_once_in_20():
-    """Incumbent and challenger are the same config: any promotion is a false one."""
+    """Incumbent and challenger are the same config: any promotion is a false one, early stops included (a check
+    may end after 3 rounds when even its 99% interval lies below 1 + 2%)."""
     info = probed(WORKLOADS / "observe.py", "observe")
     ctx = TuneContext.from_dict(info["ctx"])
     config = default_config(applicable_knobs(plugin_manager().pm, ctx))
@@ -41,8 +42,9 @@ def test_aa_check_promotes_at_most_once_in_20():
 
     estimates, promotions = [], 0
     for _ in range(20):
-        result = interleaved_check(measure, config, dict(config), repeats=5)
-        assert not result.failures and len(result.incumbent) == len(result.challenger) == 5
+        result = interleaved_check(measure, config, dict(config), repeats=5, min_gain=0.02)
+        assert not result.failures and len(result.incumbent) == len(result.challenger) >= 3
+        assert (len(result.incumbent) == 5) == (result.settled is None)  # fewer rounds only when it settled
         estimates.append(result.estimate)
         promotions += decide(result, has_challenger=True, min_gain=0.02, reference=None).promoted
     print("\nA/A speed-ups:", ", ".join(str(e) for e in estimates))

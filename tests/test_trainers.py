@@ -210,12 +210,11 @@ def test_dstune_run_tunes_a_lightning_module_and_a_hugging_face_model_as_they_ar
     loss, configure_optimizers' AdamW) and the HF model with its dataset and collator."""
     db = tmp_path / "adapters.db"
     ran = run_cli("run", str(WORKLOADS / "from_trainers.py"), "--workload", workload, "--db", str(db),
-                  "--trials", "2", "--check-repeats", "2", "--budget", "90s", *QUICK_RUN, cwd=tmp_path)
+                  "--trials", "1", "--check-repeats", "2", "--budget", "90s", *QUICK_RUN, cwd=tmp_path)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     import sqlite3
 
     with sqlite3.connect(db) as conn:
         rows = conn.execute("select status, json_extract(config, '$.batch_size'), json_extract(config, "
                             "'$.optimizer_impl') from dstune_trials").fetchall()
-    assert len(rows) == 2 and rows[0][0] == "ok" and rows[1][0] in ("ok", "pruned"), rows  # pruned: slower
-    assert {batch for _, batch, _ in rows} <= {1, 2, 4, 8, 16, 32}  # micro-batches of the declared global batch
+    assert rows == [("ok", 16 if workload == "lightning_classifier" else 8, "default")], rows  # as declared
