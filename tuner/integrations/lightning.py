@@ -62,6 +62,9 @@ class DstuneCallback(lightning.Callback):
     def setup(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, stage: str) -> None:
         import torch
 
+        if self.applied:  # setup runs once per stage (fit, validate, ...): prepare the model once
+            return
+
         ctx = self._ctx.with_updates(device="cuda" if torch.cuda.is_available() and
                                      pl_module.device.type == "cuda" else self._ctx.device)
         for name, child in list(pl_module.named_children()):
