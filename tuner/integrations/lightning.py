@@ -49,10 +49,11 @@ class DstuneCallback(lightning.Callback):
         import torch
 
         self.settings = {**(settings or {}), **more}
-        self.batch_size = self.settings.pop("batch_size", None)
         self._pm = plugin_manager(disabled_plugins).pm
         self._ctx = TuneContext(workload="lightning", device="cuda" if torch.cuda.is_available() else "cpu",
                                 facts={PREPARE_IN_PLACE: True})
+        plan = self._pm.hook.dstune_batch_plan(config=dict(self.settings), ctx=self._ctx)  # the plugin's word
+        self.batch_size: int | None = plan.micro_batch if plan is not None else None
         self._pm.hook.dstune_configure_process(config=dict(self.settings), ctx=self._ctx)
         self.loader_kwargs: dict[str, Any] = {}
         for part in self._pm.hook.dstune_loader_kwargs(config=dict(self.settings), ctx=self._ctx):
