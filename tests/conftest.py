@@ -10,8 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-import torch
+# Every trial, check and script the tests start inherits one intra-op thread. On the 2-core CI machine a
+# process spinning beside the suite then costs a trial at most its share of a core. With PyTorch's default
+# of one thread per core, each parallel region waited for the descheduled thread, and trials ran 4-5x
+# slower (docs/RELIABILITY.md). Tests of the thread knobs set other values, so they can still fail.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from dstune.context import TuneContext
 from dstune.knobs import default_config

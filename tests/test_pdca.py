@@ -149,7 +149,7 @@ def test_apply_composes_what_the_trial_measured(tmp_path, trials):
                      "--check-repeats", "2", *QUICK, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     # Put a configuration that changes every observable fact in production, as a rollback would.
-    config = {"precision": "bf16", "intra_op_threads": 1, "interop_threads": 1, "activation_checkpointing": True,
+    config = {"precision": "bf16", "intra_op_threads": 2, "interop_threads": 1, "activation_checkpointing": True,
               "batch_size": 16}
     with sqlite3.connect(db) as conn:
         conn.execute("insert into dstune_applied (workload_id, iteration_id, config, reason, applied_at) "
@@ -168,7 +168,7 @@ def test_apply_composes_what_the_trial_measured(tmp_path, trials):
                  "matmul_precision", "model_type", "batch_rows", "device"):
         assert in_production[fact] == in_trial[fact], fact
     autocast = "autocast_cuda" if in_trial["device"].startswith("cuda") else "autocast_cpu"
-    assert in_production[autocast] is True and in_production["num_threads"] == 1
+    assert in_production[autocast] is True and in_production["num_threads"] == 2  # the tests' default is 1
     assert in_production["block_calls"] > in_production["loss_calls"] * 3  # checkpointed blocks ran twice
 
     # DSTUNE_CONFIG: the exported file replaces the store.
@@ -205,12 +205,17 @@ def test_interrupted_check_promotes_nothing(tmp_path):
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # As from a terminal: a shell's background job would otherwise pass SIGINT on as ignored.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    # Wait for the check itself, however slow the machine: a SIGINT sent on a timer could land in Do.
+    deadline = time.monotonic() + 280
+    in_check = False
+    while not in_check and time.monotonic() < deadline and proc.poll() is None:
         tables = {r[0] for r in db_rows(db, "select name from sqlite_master")} if db.exists() else set()
-        if "dstune_measurements" in tables and db_rows(db, "select count(*) from dstune_measurements")[0][0] >= 2:
-            break
+        in_check = "dstune_measurements" in tables and db_rows(
+            db, "select count(*) from dstune_measurements")[0][0] >= 2
         time.sleep(0.2)
+    if not in_check:
+        proc.kill()
+        pytest.fail("the run never reached its check's second measurement: " + "".join(proc.communicate()))
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err

@@ -21,9 +21,10 @@ def test_precision_sets_autocast_dtype(trials, precision, dtype, autocast):
 
 
 def test_thread_counts_are_set(trials):
-    outcome, facts = trials.run(OBSERVE, "observe", intra_op_threads=1, interop_threads=2)
+    # Not the tests' defaults (conftest: one intra-op thread), so a knob that did nothing would fail.
+    outcome, facts = trials.run(OBSERVE, "observe", intra_op_threads=2, interop_threads=1)
     assert outcome.status == "ok", outcome.error
-    assert facts["num_threads"] == 1 and facts["num_interop_threads"] == 2
+    assert facts["num_threads"] == 2 and facts["num_interop_threads"] == 1
 
 
 @pytest.mark.parametrize("enabled", [False, True])
