@@ -8,6 +8,9 @@ since inference throughput often keeps rising far past a training-sized
 batch; on the CPU, where running out of memory means the host's and
 throughput flattens early, to sixteen times it.
 
+A data-parallel workload's ranks share the global batch: the micro-batch is
+each rank's, and accumulation makes up each rank's share of the global batch.
+
 The tuning guide's advice is the largest batch that fits, so that is the
 checklist value; it starts at the largest choice and, each time that runs
 out of memory, ``dstune_smaller_config`` halves it, until it fits.
@@ -28,7 +31,7 @@ FREE_BATCH_CAP = 65536
 
 def _choices(ctx: TuneContext) -> tuple[int, ...]:
     if ctx.global_batch_size:
-        g = ctx.global_batch_size
+        g = ctx.rank_batch_size or ctx.global_batch_size
         values = {g // 2**k for k in range(7) if g % 2**k == 0}
     else:
         b = ctx.default_batch_size
@@ -61,7 +64,11 @@ def dstune_knobs(ctx: TuneContext) -> list[Knob]:
 @hookimpl
 def dstune_validate(config: dict[str, Any], ctx: TuneContext) -> str | None:
     micro = config.get(KNOB)
-    if micro and ctx.global_batch_size and ctx.global_batch_size % micro:
+    share = ctx.rank_batch_size
+    if micro and share and share % micro:
+        if ctx.world_size > 1:
+            return (f"batch_size={micro} does not divide each rank's {share} of global_batch_size="
+                    f"{ctx.global_batch_size} over {ctx.world_size} ranks")
         return f"batch_size={micro} does not divide global_batch_size={ctx.global_batch_size}"
     return None
 
@@ -71,7 +78,8 @@ def dstune_batch_plan(config: dict[str, Any], ctx: TuneContext) -> BatchPlan | N
     micro = config.get(KNOB)
     if micro is None:
         return None
-    accumulation = ctx.global_batch_size // micro if ctx.global_batch_size else 1
+    share = ctx.rank_batch_size
+    accumulation = share // micro if share else 1
     return BatchPlan(micro_batch=micro, accumulation=accumulation)
 
 
@@ -90,7 +98,8 @@ def dstune_export(config: dict[str, Any], target: str, ctx: TuneContext | None) 
     micro = config.get(KNOB)
     if micro is None:
         return None
-    accumulation = ctx.global_batch_size // micro if ctx is not None and ctx.global_batch_size else 1
+    share = ctx.rank_batch_size if ctx is not None else None
+    accumulation = share // micro if share else 1
     if target == "transformers":
         return ExportPart({"per_device_train_batch_size": micro, "gradient_accumulation_steps": accumulation},
                           handled=(KNOB,))

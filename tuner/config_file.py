@@ -32,7 +32,7 @@ FILE_KEYS: dict[str, str] = {
     "disable-plugins": "disable_plugin",
     "check-repeats": "check_repeats", "min-gain": "min_gain", "select": "select", "seed": "seed",
     "windows": "windows", "window-time": "window_time", "gpus": "gpus", "search": "search",
-    "memory-model": "memory_model",
+    "memory-model": "memory_model", "world-size": "world_size",
 }
 ENV_VARS: dict[str, str] = {param: "DSTUNE_" + key.upper().replace("-", "_") for key, param in FILE_KEYS.items()}
 LIST_PARAMS = frozenset({"only", "exclude", "disable_plugin", "gpus"})

@@ -37,10 +37,21 @@ class TuneContext:
     model_class: str = ""
     param_count: int = 0
     facts: dict[str, Any] = field(default_factory=dict)
+    # Data-parallel training (@dstune.workload(data_parallel=True)): a trial is one job of world_size ranks.
+    # rank and local_rank are this process's; the probe and the planning process see rank 0.
+    data_parallel: bool = False
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
 
     @property
     def is_cuda(self) -> bool:
         return self.device == "cuda"
+
+    @property
+    def rank_batch_size(self) -> int | None:
+        """Each rank's share of the global batch (the global batch itself when training on one process)."""
+        return self.global_batch_size // self.world_size if self.global_batch_size else None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -51,11 +51,18 @@ class Exported(dict):  # type: ignore[type-arg]
     """The target's keyword arguments (this dict), with ``target``, ``callback`` (Lightning's callback settings)
     and ``warnings`` (what could not be expressed, also issued as :class:`DstuneExportWarning`)."""
 
-    def __init__(self, target: str, arguments: dict[str, Any], callback: dict[str, Any], notes: list[str]) -> None:
+    def __init__(self, target: str, arguments: dict[str, Any], callback: dict[str, Any], notes: list[str],
+                 launch: str | None = None) -> None:
         super().__init__(arguments)
         self.target = target
         self.callback = callback
         self.warnings = notes
+        self.launch = launch  # a data-parallel configuration: how to start its ranks
+
+
+LAUNCHERS = {"transformers": "torchrun --standalone --nproc-per-node {n} YOUR_SCRIPT.py",
+             "lightning": "torchrun --standalone --nproc-per-node {n} YOUR_SCRIPT.py (or Trainer(devices={n}))",
+             "accelerate": "accelerate launch --num-processes {n} YOUR_SCRIPT.py"}
 
 
 def export(cfg: "BestConfig | Mapping[str, Any]", target: str, disabled_plugins: tuple[str, ...] = (),
@@ -93,7 +100,8 @@ def export(cfg: "BestConfig | Mapping[str, Any]", target: str, disabled_plugins:
     if warn:
         for note in notes:
             warnings.warn(note, DstuneExportWarning, stacklevel=3)
-    return Exported(target, arguments, callback, notes)
+    launch = LAUNCHERS[target].format(n=ctx.world_size) if ctx is not None and ctx.data_parallel else None
+    return Exported(target, arguments, callback, notes, launch)
 
 
 def _defaults(pm: Any, ctx: TuneContext | None) -> dict[str, Any]:

@@ -169,11 +169,29 @@ def batch_plan(pm: "pluggy.PluginManager", config: Config, ctx: TuneContext) -> 
         return None
 
 
-def device_context(definition: "WorkloadDef") -> TuneContext:
-    """The context of this process's device, before the workload is built (imports torch)."""
+def device_context(definition: "WorkloadDef", world_size: int = 1) -> TuneContext:
+    """The context of this process's device, before the workload is built (imports torch).
+
+    A data-parallel workload's ranks share the host's CPUs, so each is given its share of them; on the CPU
+    (gloo) the ranks are processes on the same cores.
+    """
     import torch
 
+    from .errors import UsageError
+
+    if world_size > 1 and not definition.data_parallel:
+        raise UsageError(f"--world-size {world_size}: workload {definition.name!r} ({definition.source}:"
+                         f"{definition.line}) does not train data-parallel. Declare it with "
+                         "@dstune.workload(data_parallel=True), or drop --world-size.")
+    if definition.global_batch_size and definition.global_batch_size % world_size:
+        raise UsageError(f"--world-size {world_size} does not divide workload {definition.name!r}'s "
+                         f"global_batch_size={definition.global_batch_size}: each rank takes an equal share. Give a "
+                         "world size that divides it.")
     cuda = torch.cuda.is_available()
+    if cuda and world_size > torch.cuda.device_count():
+        raise UsageError(f"--world-size {world_size}: this process sees {torch.cuda.device_count()} GPU(s). A "
+                         "data-parallel trial takes one GPU per rank; give --gpus with as many GPUs, or a smaller "
+                         "--world-size.")
     props = torch.cuda.get_device_properties(0) if cuda else None
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return TuneContext(
@@ -184,20 +202,22 @@ def device_context(definition: "WorkloadDef") -> TuneContext:
         capability=(props.major, props.minor) if props else None,
         bf16_supported=bool(torch.cuda.is_bf16_supported()) if cuda else True,
         device_memory=int(props.total_memory) if props else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-        cpu_count=cpus,
+        cpu_count=max(1, cpus // world_size),
         global_batch_size=definition.global_batch_size,
         default_batch_size=definition.default_batch_size,
+        data_parallel=definition.data_parallel,
+        world_size=world_size,
     )
 
 
-def probe_context(definition: "WorkloadDef", pm: "pluggy.PluginManager", strict: bool = True
+def probe_context(definition: "WorkloadDef", pm: "pluggy.PluginManager", strict: bool = True, world_size: int = 1
                   ) -> tuple[TuneContext, list[str], list[str]]:
     """Build the workload once and describe it: device, model class and size, plugin facts.
 
     Returns the context, the plugins whose ``dstune_model_facts`` raised, and
     a message for each; with ``strict`` the first such failure is an error.
     """
-    ctx = device_context(definition)
+    ctx = device_context(definition, world_size)
     built = definition.build(ctx)
     model = built.model
     facts: dict[str, Any] = {}

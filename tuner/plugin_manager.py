@@ -35,6 +35,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "dstune.plugins.cuda_allocator",
     "dstune.plugins.sdpa",
     "dstune.plugins.compile",
+    "dstune.plugins.data_parallel",  # after compile: its trylast wrapping then runs before compile's
 )
 
 ENTRY_POINT_GROUP = "dstune"

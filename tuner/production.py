@@ -83,11 +83,18 @@ def apply(workload_fn: Callable[..., Any], cfg: BestConfig | dict[str, Any],
     """Configure this process and build the workload under ``cfg``; return model, optimizer and ``step``.
 
     Call it before anything initialises CUDA, as a trial does: process-wide
-    settings (threads, allocator, backend flags) are made first.
+    settings (threads, allocator, backend flags) are made first.  A
+    data-parallel workload runs under ``torchrun --nproc-per-node N`` with the
+    N it was tuned for: each rank calls ``apply``, which joins the process
+    group (unless the script already has) and wraps the model as the trial did
+    (DDP or FSDP, with the tuned settings).
     """
+    import os
+
     import torch
 
     from dstune.trial.composition import compose, configure_process
+    from dstune.trial.distributed import join_process_group, rank_context
 
     from .plugin_calls import applicable_knobs, probe_context
     from .plugin_manager import plugin_manager
@@ -101,9 +108,20 @@ def apply(workload_fn: Callable[..., Any], cfg: BestConfig | dict[str, Any],
             raise UsageError(f"the configuration of {chosen.workload!r} was tuned on {ctx.device_name}, but this "
                              "process sees no CUDA device. Run on a GPU, or tune a configuration for the CPU.")
     else:
-        ctx = probe_context(definition, plugins.pm, strict=True)[0]
+        ranks = int(os.environ.get("WORLD_SIZE", "1")) if definition.data_parallel else 1
+        ctx = probe_context(definition, plugins.pm, strict=True, world_size=ranks)[0]
+    if ctx.data_parallel:
+        launched = int(os.environ.get("WORLD_SIZE", "0"))
+        if launched != ctx.world_size:
+            raise UsageError(f"{chosen.workload!r} was tuned as a data-parallel job of {ctx.world_size} ranks, but "
+                             + (f"this process is one of {launched}" if launched else "this process was not started "
+                                "by torchrun") + f". Start it with `torchrun --nproc-per-node {ctx.world_size} "
+                             "SCRIPT.py`, or tune again with the world size you train with.")
+        ctx = rank_context(ctx)
     config = checked_config(chosen, applicable_knobs(plugins.pm, ctx))
     configure_process(plugins.pm, config, ctx)
+    if ctx.data_parallel:
+        join_process_group(ctx)
     return compose(plugins.pm, definition, config, ctx)
 
 

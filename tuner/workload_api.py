@@ -53,6 +53,7 @@ class WorkloadDef:
     batch_size: int | None
     source: str
     line: int
+    data_parallel: bool = False  # trains data-parallel: a trial is one job of ctx.world_size ranks
 
     @property
     def default_batch_size(self) -> int:
@@ -88,16 +89,24 @@ def workload(
     mode: str = "train",
     global_batch_size: int | None = None,
     batch_size: int | None = None,
+    data_parallel: bool = False,
 ) -> Any:
     """Declare a workload function; usable bare or with arguments.
 
     ``global_batch_size`` keeps training semantics fixed: the batch-size
     strategy then tunes the micro-batch and gradient accumulation makes up the
     rest.  ``batch_size`` is the batch the workload runs with when untuned
-    (default: the global batch size, else 32).
+    (default: the global batch size, else 32).  With ``data_parallel=True``
+    the workload trains data-parallel: each trial is one job of
+    ``ctx.world_size`` processes (``dstune run --world-size N``), dstune wraps
+    the model (DDP or FSDP, a knob), the global batch is shared among the
+    ranks, and the function sees ``ctx.rank`` and ``ctx.world_size``.
     """
     if mode not in MODES:
         raise UsageError(f"@dstune.workload(mode={mode!r}): mode must be one of {', '.join(MODES)}.")
+    if data_parallel and mode != "train":
+        raise UsageError("@dstune.workload(data_parallel=True) trains data-parallel; an inference workload has no "
+                         "gradients to share. Drop data_parallel=True, or use mode='train'.")
     for label, value in (("global_batch_size", global_batch_size), ("batch_size", batch_size)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UsageError(f"@dstune.workload({label}={value!r}): give a positive whole number.")
@@ -116,6 +125,7 @@ def workload(
                 batch_size=batch_size,
                 source=source,
                 line=line,
+                data_parallel=bool(data_parallel),
             ),
         )
         return func

@@ -40,6 +40,7 @@ def run(
     tolerance: List[str] = typer.Option([], "--tolerance", help="Numerics tolerance: KNOB:VALUE=REL (e.g. precision:bf16=0.1) or base=REL (repeatable)."),
     study: Optional[str] = typer.Option(None, "--study", help="Optuna study name (default WORKLOAD-itN); `dstune worker --study NAME` joins it."),
     gpus: List[str] = typer.Option([], "--gpus", envvar="DSTUNE_GPUS", help="Run trials in parallel, one per GPU (indices or UUIDs, comma-separated, or all); the check runs on the first."),
+    world_size: int = typer.Option(1, "--world-size", min=1, envvar="DSTUNE_WORLD_SIZE", help="Data-parallel workloads: ranks per trial, one GPU each (CPU processes with gloo without GPUs); each trial is one torch.distributed job."),
     windows: int = typer.Option(5, "--windows", min=2, envvar="DSTUNE_WINDOWS", help="Timed windows per trial."),
     window_time: float = typer.Option(0.5, "--window-time", min=0.01, envvar="DSTUNE_WINDOW_TIME", help="Seconds per timed window (at least)."),
     max_warmup: float = typer.Option(60.0, "--max-warmup", min=0.1, help="Most seconds of warm-up per trial."),

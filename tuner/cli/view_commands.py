@@ -83,6 +83,9 @@ def export(
         text = json.dumps(dict(exported), indent=2, sort_keys=True) + "\n"
         for note in exported.warnings:
             err_console.print(f"warning: {note}", highlight=False, markup=False)
+        if exported.launch:
+            err_console.print(f"launch: {exported.launch} (tuned as a data-parallel job of that many ranks)",
+                              highlight=False, markup=False)
         callback = exported.callback if format == "lightning" else None
     else:
         text = export_text(store, workload, format)

@@ -5,6 +5,10 @@ so the workload's ``cuda:0`` is the slot's GPU and trials on different
 GPUs never share one.  The process holds every slot's device lock for the
 whole iteration (:mod:`dstune.devices.lock`), so nothing else tunes on them.
 Without ``--gpus`` there is one slot: the GPU the process was given.
+
+A data-parallel trial (``--world-size N``) takes a group of N GPUs: the
+slots are ``--gpus`` cut into groups of N, each trial sees its group, and the
+process holds the lock of every GPU in every group.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class Slot:
 
     gpu: str | None
     device: Device
+    group: tuple[Device, ...] = ()  # a data-parallel slot's other GPUs, locked with the first
 
     @property
     def env(self) -> dict[str, str]:
@@ -63,10 +68,24 @@ def _gpu_count() -> int:
         return 0
 
 
-def resolve_slots(gpus: Sequence[str], warn: Callable[[str], None] = lambda text: None) -> list[Slot]:
-    """One slot per GPU in ``gpus`` (one slot for the inherited GPU when empty); the same GPU twice is refused."""
+def resolve_slots(gpus: Sequence[str], warn: Callable[[str], None] = lambda text: None,
+                  world_size: int = 1) -> list[Slot]:
+    """One slot per GPU in ``gpus``, or per group of ``world_size`` GPUs (one slot for the inherited GPUs when
+    empty); the same GPU twice is refused."""
     if not gpus:
         return [Slot(None, resolve_device())]
+    if world_size > 1:
+        if len(gpus) % world_size:
+            raise UsageError(f"--gpus {','.join(gpus)} gives {len(gpus)} GPU(s), which --world-size {world_size} "
+                             f"cannot cut into groups of {world_size}: a data-parallel trial takes one GPU per rank. "
+                             f"Give a multiple of {world_size} GPUs.")
+        groups = [gpus[i:i + world_size] for i in range(0, len(gpus), world_size)]
+        slots = [Slot(",".join(group), resolve_device(group[0]), tuple(resolve_device(g) for g in group[1:]))
+                 for group in groups]
+        devices = [device for slot in slots for device in (slot.device, *slot.group)]
+        if len({device.key for device in devices}) < len(devices) and any(d.nvml_index is not None for d in devices):
+            raise UsageError(f"--gpus {','.join(gpus)} names the same GPU twice. Give each GPU once.")
+        return slots
     slots = [Slot(gpu, resolve_device(gpu)) for gpu in gpus]
     if all(slot.device.nvml_index is None for slot in slots):
         if len(slots) > 1:
@@ -88,8 +107,8 @@ def hold_slots(slots: Sequence[Slot], what: str, timeout_s: float | None,
     """Hold the lock of every slot's device (each once: CPU slots share the host's lock) inside the block."""
     with contextlib.ExitStack() as stack:
         held: set[str] = set()
-        for slot in slots:
-            if slot.device.key not in held:
-                held.add(slot.device.key)
-                stack.enter_context(hold_device(slot.device, what, timeout_s, on_wait))
+        for device in (device for slot in slots for device in (slot.device, *slot.group)):
+            if device.key not in held:
+                held.add(device.key)
+                stack.enter_context(hold_device(device, what, timeout_s, on_wait))
         yield

@@ -457,7 +457,7 @@ def run_iteration(options: RunOptions, reporter: Reporter) -> RunResult:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     Store(options.db)  # a store that cannot be opened is a usage error now, not after waiting for a device
-    slots = resolve_slots(options.gpus, reporter.message)
+    slots = resolve_slots(options.gpus, reporter.message, options.world_size)
     what = f"dstune run {options.workload_file}" + (f" for schedule {options.schedule_id}" if options.schedule_id else "")
     with hold_slots(slots, what, options.lock_timeout_s, reporter.message):
         return Iteration(options, reporter, slots).run()

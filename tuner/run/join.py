@@ -182,6 +182,6 @@ def run_worker(db: str | None, study: str, gpus: tuple[str, ...], workload_file:
             f"workload file {path} (where the coordinator of study {study} has it) does not exist on this host. "
             "Copy the workload here and name it with --workload-file PATH.")
     options = RunOptions.from_record(iteration.options or {}, path, db, iteration.study_name, iteration.workload.name)
-    slots = resolve_slots(gpus, reporter.message)
+    slots = resolve_slots(gpus, reporter.message, options.world_size)
     with hold_slots(slots, f"dstune worker --study {study}", lock_timeout_s, reporter.message):
         return Worker(store, iteration, options, slots, reporter).run()

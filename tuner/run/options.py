@@ -60,6 +60,7 @@ class RunOptions:
     gpus: tuple[str, ...] = ()  # one trial slot per GPU (empty: the one GPU the process was given)
     search: str = LOCAL  # after the seeds: neighbours of the best (local), or Optuna's sampler throughout
     memory_model: str = "auto"  # predict each configuration's peak before running it (dstune.run.memory_model)
+    world_size: int = 1  # data-parallel workloads: each trial is one job of this many ranks (dstune.trial.distributed)
 
     def wants_memory_model(self, is_cuda: bool) -> bool:
         """Whether to measure the memory model: ``on``, or ``auto`` on a GPU or with a memory budget given."""
@@ -96,7 +97,7 @@ class RunOptions:
 # What an iteration records of its options (besides its measure settings, workload name and GPUs).
 RECORDED = ("trials", "budget_s", "seed", "trial_timeout_s", "disabled_plugins", "check_repeats", "min_gain", "only",
             "exclude", "numerics_guard", "tolerances", "memory_budget", "max_latency_s", "search",
-            "memory_model")
+            "memory_model", "world_size")
 
 
 def knob_names(values: Any) -> tuple[str, ...]:
@@ -147,6 +148,7 @@ def options_from_params(params: Mapping[str, Any], label: Callable[[str], str] |
         lock_timeout_s=parse_duration(lock_timeout, where("lock_timeout"), allow_zero=True) if lock_timeout else None,
         search=_search(params.get("search") or LOCAL, where("search")),
         memory_model=_memory_model(params.get("memory_model") or "auto", where("memory_model")),
+        world_size=int(params.get("world_size") or 1),
     )
 
 

@@ -96,7 +96,8 @@ def compile_cache_env(workload: str) -> dict[str, str]:
 def probe(options: RunOptions, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Import and build the workload once in a fresh process (on the GPU ``env`` gives); its context and environment."""
     spec = TrialSpec(kind=PROBE, workload_file=str(options.workload_file), workload_name=options.workload_name,
-                     disabled_plugins=options.disabled_plugins, strict_plugins=options.strict_plugins)
+                     disabled_plugins=options.disabled_plugins, strict_plugins=options.strict_plugins,
+                     world_size=options.world_size)
     outcome = run_in_subprocess(spec, timeout_s=PROBE_TIMEOUT_S, env=env)
     if outcome.status == "usage_error":
         raise UsageError(outcome.error or "the workload file could not be used")

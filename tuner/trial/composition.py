@@ -25,6 +25,7 @@ from dstune.knobs import BatchPlan
 from dstune.plugin_calls import chain_hook
 from dstune.workload_api import Workload, WorkloadDef
 
+from .distributed import gradient_sync
 from .numerics import Guard
 
 
@@ -160,13 +161,16 @@ def default_forward(model: Any, batch: Any) -> Any:
 
 
 def _batches(workload: Workload, plan: BatchPlan, device: torch.device, loader_kwargs: dict[str, Any],
-             name: str) -> tuple[Iterator[Any], Any]:
+             name: str, ranked: bool = False) -> tuple[Iterator[Any], Any]:
     if workload.batch is not None:
         # Two distinct batches, made once: data generation stays out of the timing.
         fixed = [workload.batch(plan.micro_batch, device) for _ in range(2)]
         return itertools.cycle(fixed), None
+    # Data-parallel ranks each read their own share of the dataset, as a DistributedSampler gives it.
+    sampler = (torch.utils.data.DistributedSampler(workload.dataset, shuffle=True, drop_last=True)
+               if ranked and torch.distributed.is_initialized() else None)
     loader = torch.utils.data.DataLoader(
-        workload.dataset, batch_size=plan.micro_batch, shuffle=True, drop_last=True,
+        workload.dataset, batch_size=plan.micro_batch, shuffle=sampler is None, sampler=sampler, drop_last=True,
         collate_fn=workload.collate_fn, **loader_kwargs,
     )
     if len(loader) == 0:
@@ -203,7 +207,7 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
     model.train(ctx.mode == "train")
     plan = pm.hook.dstune_batch_plan(config=config, ctx=ctx) or BatchPlan(ctx.default_batch_size)
     loader_kwargs = _merged(pm.hook.dstune_loader_kwargs(config=config, ctx=ctx))
-    batches, loader = _batches(workload, plan, device, loader_kwargs, definition.name)
+    batches, loader = _batches(workload, plan, device, loader_kwargs, definition.name, ctx.data_parallel)
     pinned = bool(loader_kwargs.get("pin_memory"))
     forward = workload.forward or default_forward
     if guard is not None:
@@ -268,17 +272,23 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    # Data-parallel: gradients are all-reduced in an accumulation's last backward pass only (DDP's no_sync).
+    sync = (lambda last: gradient_sync(model, last)) if ctx.data_parallel else (lambda last: None)
+
     def train_step(given: Any = None) -> torch.Tensor:
         mark_step()
         if given is None:
-            for _ in range(accumulation):
+            for i in range(accumulation):
+                sync(i == accumulation - 1)
                 loss = micro_step()
             optimizer_step()
             return loss
         rows = batch_rows(given)
         total = torch.zeros((), device=device)
-        for chunk in split_batch(given, plan.micro_batch):  # each chunk's share of the global batch's mean
+        chunks = split_batch(given, plan.micro_batch)
+        for i, chunk in enumerate(chunks):  # each chunk's share of the global batch's mean
             share = batch_rows(chunk) / rows
+            sync(i == len(chunks) - 1)
             total += backward(to_device(chunk, device, non_blocking=pinned), share) * share
         optimizer_step()
         return total

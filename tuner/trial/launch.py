@@ -34,6 +34,7 @@ from typing import Callable
 from dstune.devices.processes import die_with_parent
 from dstune.errors import UsageError
 
+from .distributed import SAFE_ENV
 from .records import TrialOutcome, TrialSpec
 
 TAIL_BYTES = 4000
@@ -208,6 +209,7 @@ def run_in_subprocess(spec: TrialSpec, timeout_s: float, env: dict[str, str] | N
         child_env = dict(os.environ)
         child_env.update(env or {})
         child_env["PYTHONUNBUFFERED"] = "1"
+        child_env.update(SAFE_ENV)  # NVLink multicast off in every trial, whatever the caller's environment says
         paths = [str(spec_path), str(result_path), str(out_path), str(err_path)]
         runner = _run_forked if start_method() == "forkserver" else _run_exec
         started = time.perf_counter()

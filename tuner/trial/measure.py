@@ -42,6 +42,7 @@ import torch
 if TYPE_CHECKING:
     from .composition import Composed
 
+from .distributed import agree_all, agree_any, agree_max, world
 from .gpu_monitor import GpuMonitor
 from .measure_settings import MeasureSettings
 from .numerics import NumericsError
@@ -129,8 +130,11 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
     first are already slower than that raises :class:`HopelessTrial` instead
     of spending its warm-up and timed windows.
     """
+    ranks = world()
+    # A data-parallel step's all-reduce happens in its last micro-step only, so its parts are not what a whole
+    # step costs: it is timed whole, and every rank runs the same steps (dstune.trial.distributed).
     if (settings.by_parts and composed.plan.accumulation > 1 and composed.micro_step is not None
-            and composed.optimizer_step is not None and composed.data_loader is None):
+            and composed.optimizer_step is not None and composed.data_loader is None and ranks == 1):
         return measure_by_parts(composed, settings, prune_below)
     clock = _Clock(composed.device)
     step = composed.step
@@ -144,21 +148,22 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
         clock.sync()
         warm_times.append(time.perf_counter() - t0)
         if prune_below and len(warm_times) >= 3:
-            estimate = composed.plan.samples_per_step / statistics.median(warm_times[1:])
-            if estimate < prune_below:
-                raise HopelessTrial(estimate, {
+            estimate = composed.plan.samples_per_step / statistics.median(warm_times[1:])  # this rank's
+            if agree_any(estimate * ranks < prune_below):
+                raise HopelessTrial(estimate * ranks, {
                     "samples_per_s": estimate, "first_step_s": warm_times[0], "warmup_steps": len(warm_times),
                     "micro_batch": composed.plan.micro_batch, "accumulation": composed.plan.accumulation,
                     **peak_memory(composed.device)})
         # The first step pays for compilation; the next ``queued`` were prepared while it did.
         enough = len(warm_times) >= settings.min_warmup_steps + 1
-        if enough and len(warm_times) > queued and _steady(warm_times[1:], settings.steady_tolerance):
-            break
-        if enough and time.perf_counter() - warm_start > settings.max_warmup_s:
+        done = enough and ((len(warm_times) > queued and _steady(warm_times[1:], settings.steady_tolerance))
+                           or time.perf_counter() - warm_start > settings.max_warmup_s)
+        if agree_all(done):
             break
     warmup_s = time.perf_counter() - warm_start
     typical = statistics.median(warm_times[-3:])
     windows, steps_per_window = _timed_steps(settings, typical, composed.data_loader)
+    windows, steps_per_window = agree_max(windows), agree_max(steps_per_window)
 
     monitor = GpuMonitor(composed.device.index or 0) if clock.cuda else None
     per_window: list[float] = []

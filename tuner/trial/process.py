@@ -40,7 +40,8 @@ def run_probe(spec: TrialSpec) -> dict[str, Any]:
 
     plugins = plugin_manager(spec.disabled_plugins)
     definition = select_workload(spec.workload_file, spec.workload_name)
-    ctx, failed, problems = probe_context(definition, plugins.pm, strict=spec.strict_plugins)
+    ctx, failed, problems = probe_context(definition, plugins.pm, strict=spec.strict_plugins,
+                                          world_size=spec.world_size)
     for name in failed:
         plugins.pm.unregister(name=name)
     return {
@@ -52,23 +53,28 @@ def run_probe(spec: TrialSpec) -> dict[str, Any]:
     }
 
 
-def run_trial(spec: TrialSpec) -> dict[str, Any]:
-    """Configure the process, build, measure."""
+def run_trial(spec: TrialSpec, rank: bool = False) -> dict[str, Any]:
+    """Configure the process, build, measure; as one rank of a data-parallel job when ``rank``."""
     import torch
 
     from dstune.context import TuneContext
     from dstune.plugin_manager import plugin_manager
 
     from .composition import compose, configure_process
+    from .distributed import join_process_group, rank_context
     from .measure import measure
     from .measure_settings import MeasureSettings
     from .numerics import Guard, GuardSettings
     from .workload_file import select_workload
 
     ctx = TuneContext.from_dict(spec.ctx)
+    if rank:
+        ctx = rank_context(ctx)
     config = spec.config
     plugins = plugin_manager(spec.disabled_plugins)
     configure_process(plugins.pm, config, ctx)
+    if rank:
+        join_process_group(ctx)
     random.seed(spec.seed)
     torch.manual_seed(spec.seed)
     definition = select_workload(spec.workload_file, spec.workload_name)
@@ -78,18 +84,23 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     return {"status": "ok", "metrics": metrics}
 
 
-def run_memory_spec(spec: TrialSpec) -> dict[str, Any]:
+def run_memory_spec(spec: TrialSpec, rank: bool = False) -> dict[str, Any]:
     """Measure the peak memory of a training step under each of ``spec.variants`` (dstune.trial.memory_probe)."""
     from dstune.context import TuneContext
     from dstune.plugin_manager import plugin_manager
 
     from .composition import compose, configure_process
+    from .distributed import join_process_group, rank_context
     from .memory_probe import run_memory
     from .workload_file import select_workload
 
     ctx = TuneContext.from_dict(spec.ctx)
+    if rank:
+        ctx = rank_context(ctx)
     plugins = plugin_manager(spec.disabled_plugins)
     configure_process(plugins.pm, spec.variants[0] if spec.variants else spec.config, ctx)
+    if rank:
+        join_process_group(ctx)
     torch_seed(spec.seed)
     definition = select_workload(spec.workload_file, spec.workload_name)
     return {"status": "ok", "points": run_memory(plugins.pm, definition, spec.variants, ctx, compose)}
@@ -114,7 +125,8 @@ def _partial_memory() -> dict[str, Any]:
         return {}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, rank: bool = False) -> int:
+    """Run the spec; ``rank``: as one rank of a data-parallel job (:mod:`dstune.trial.rank`)."""
     argv = sys.argv[1:] if argv is None else argv
     spec_path, result_path = argv
     spec = TrialSpec.from_json(Path(spec_path).read_text())
@@ -124,8 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     from .numerics import NumericsError
 
     try:
-        result = (run_probe(spec) if spec.is_probe else run_memory_spec(spec) if spec.kind == MEMORY
-                  else run_trial(spec))
+        if spec.ctx.get("data_parallel") and not spec.is_probe and not rank:
+            from .distributed import run_job
+
+            result = run_job(spec, spec_path, result_path)  # this process launches the ranks and judges them
+        else:
+            result = (run_probe(spec) if spec.is_probe else run_memory_spec(spec, rank) if spec.kind == MEMORY
+                      else run_trial(spec, rank))
     except UsageError as exc:
         write_result(result_path, {"status": "usage_error", "error": str(exc)})
         return 2

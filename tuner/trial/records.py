@@ -36,6 +36,7 @@ class TrialSpec:
     numerics: dict[str, Any] | None = None  # GuardSettings, as a dict; None: no numerics guard
     prune_below: float | None = None  # stop after warm-up when the estimate is under this many samples/s
     variants: list[dict[str, Any]] = field(default_factory=list)  # memory: the configurations to measure
+    world_size: int = 1  # probe: the ranks a data-parallel workload's trials will run as (dstune run --world-size)
 
     @property
     def is_probe(self) -> bool:
