@@ -168,3 +168,28 @@ def test_dstune_run_tunes_a_data_parallel_workload_and_apply_runs_it_under_torch
     for p in printed:
         wanted = "DistributedDataParallel" if p["wrapper"] == "ddp" else "FSDP"
         assert p["model"].startswith(wanted) and p["loss"] > 0
+
+
+def test_a_world_size_that_does_not_share_the_global_batch_evenly_is_refused():
+    from dstune.errors import UsageError
+    from dstune.plugin_calls import device_context
+    from dstune.trial.workload_file import select_workload
+
+    definition = select_workload(DP, "dp_net")  # global_batch_size=32
+    with pytest.raises(UsageError, match=r"--world-size 3 does not divide workload 'dp_net'.s global_batch_size=32"):
+        device_context(definition, 3)
+    assert device_context(definition, 2).rank_batch_size == 16
+
+
+def test_apply_outside_torchrun_names_the_launch_it_needs(monkeypatch):
+    import dstune
+    from dstune.best_config import BestConfig
+    from dstune.errors import UsageError
+    from dstune.trial.workload_file import select_workload
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ctx = TuneContext(workload="dp_net", global_batch_size=32, data_parallel=True, world_size=2)
+    cfg = BestConfig("dp_net", {"dp_wrapper": "fsdp"}, context=json.loads(ctx.to_json()))
+    with pytest.raises(UsageError, match=r"tuned as a data-parallel job of 2 ranks, but this process was not started "
+                                         r"by torchrun\. Start it with `torchrun --nproc-per-node 2 SCRIPT\.py`"):
+        dstune.apply(select_workload(DP, "dp_net").fn, cfg)

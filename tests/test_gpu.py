@@ -332,3 +332,18 @@ def test_gpus_runs_a_trial_on_each_gpu_at_once_and_a_worker_joins_on_another(tmp
     rows = db_rows(db, "select gpu, pid, status from dstune_trials order by id")
     print(f"coordinator on GPU 0 and worker on GPU 1: {rows}\n{worker.stdout.splitlines()[-1]}")
     assert len(rows) == 6 and {r[0] for r in rows} == {"0", "1"} and len({r[1] for r in rows}) == 2
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_data_parallel_trials_run_as_nccl_jobs_on_two_gpus(tmp_path):
+    """The CPU tests' gloo jobs (tests/test_distributed.py), with NCCL: DDP, FSDP with bf16, and a rank out of memory."""
+    from .test_distributed import run_job
+
+    for overrides in ({"batch_size": 4}, {"batch_size": 16, "dp_wrapper": "fsdp", "fsdp_mixed_precision": "bf16"}):
+        outcome, ranks = run_job("dp_net", tmp_path, **overrides)
+        print(f"\n{overrides}: {outcome.status}, {outcome.metrics.get('samples_per_s')} samples/s, ranks "
+              f"{outcome.metrics.get('rank_samples_per_s')}")
+        assert outcome.status == "ok", outcome.error or outcome.stderr_tail
+        assert {seen["backend"] for seen in ranks.values()} == {"nccl"} and sorted(ranks) == [0, 1]
+    oom, _ = run_job("dp_faults", tmp_path, timeout_s=60, batch_size=2)
+    assert oom.status == "oom" and oom.error.startswith("rank 1 of 2"), oom.error
