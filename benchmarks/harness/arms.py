@@ -156,6 +156,8 @@ def dstune_arm(bench: Bench, budget: str, db: Path, env: dict[str, str], log: Pa
                "--budget", budget, *extra_args]
     if bench.options.workload_name:
         command[4:4] = ["--workload", bench.options.workload_name]
+    if bench.options.world_size > 1:
+        command[4:4] = ["--world-size", str(bench.options.world_size)]
     started = time.perf_counter()
     with log.open("ab") as out:
         out.write(f"\n--- {' '.join(command)} ---\n".encode())

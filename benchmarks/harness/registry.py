@@ -29,6 +29,7 @@ class BenchWorkload:
     # Model FLOPs of one sample (forward and backward for training), from the probe's context; for MFU.
     flops_per_sample: Callable[[dict[str, Any]], float] | None = None
     note: str = ""
+    world_size: int = 1  # data-parallel workloads: ranks per trial (dstune run --world-size), one GPU each
 
 
 def gpt2_flops_per_sample(ctx: dict[str, Any]) -> float:
@@ -90,6 +91,17 @@ WORKLOADS: dict[str, BenchWorkload] = {
         flops_per_sample=llama_1b_flops_per_sample,
         note="48 points, many out of memory at once (fp32 beyond micro-batch 8); TF32 matmuls and fused AdamW "
              "fixed on; compiled points cost a minute or more each: run it once, with --resume across calls",
+    ),
+    "llama_1b_dp": BenchWorkload(
+        name="llama_1b_dp",
+        file=REPO / "examples" / "llama_1b_dp.py",
+        grid={"dp_wrapper": ("ddp", "fsdp"), "batch_size": (4, 8, 16), "activation_checkpointing": (False, True),
+              "precision": ("fp32", "bf16")},
+        fixed={"matmul_precision": "high", "optimizer_impl": "fused", "compile": "off"},
+        flops_per_sample=llama_1b_flops_per_sample,
+        world_size=2,
+        note="two ranks, one GPU each; 24 eager points (wrapper x micro-batch per rank x checkpointing x "
+             "precision); TF32 matmuls and fused AdamW fixed on; the wrappers' own settings at PyTorch's defaults",
     ),
     "augmented_images": BenchWorkload(
         name="augmented_images",

@@ -77,7 +77,8 @@ class BenchmarkRun:
         self.state: dict[str, Any] = (json.loads(self.state_path.read_text())
                                       if settings.resume and self.state_path.exists() else {})
         self.shared_env = cache_env(out / "cache-shared")
-        self.bench = Bench(spec.file, workdir=None, env=self.shared_env, measure=settings.measure())
+        self.bench = Bench(spec.file, workdir=None, env=self.shared_env, measure=settings.measure(),
+                           world_size=spec.world_size)
 
     def _save(self) -> None:
         self.state_path.write_text(json.dumps(self.state, indent=1, default=str))
@@ -107,6 +108,25 @@ class BenchmarkRun:
             return checklist_arm(bench, env, log, self.settings.checklist_cap)
         raise ValueError(name)
 
+    def _scaling(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Scaling efficiency of ``config``: its samples/s on the N ranks over N times its samples/s on one
+        (the same per-rank micro-batch, accumulating the whole global batch), interleaved over the rounds."""
+        one = Bench(self.spec.file, env=self.shared_env, measure=self.settings.measure(), world_size=1)
+        world = self.spec.world_size
+        pairs = []
+        for i in range(max(1, self.settings.rounds)):
+            many = self.bench.measure(f"{world} ranks, round {i + 1}", config, self.shared_env)
+            single = one.measure(f"1 rank, round {i + 1}", config, self.shared_env)
+            self.say(f"scaling round {i + 1}: {world} ranks {many.status} {many.metrics.get('samples_per_s')}, "
+                     f"1 rank {single.status} {single.metrics.get('samples_per_s')}")
+            if many.status == single.status == "ok":
+                pairs.append((many.metrics["samples_per_s"], single.metrics["samples_per_s"]))
+        if not pairs:
+            return {"world_size": world, "error": "the configuration did not run on both"}
+        ratios = sorted(a / (world * b) for a, b in pairs)
+        return {"world_size": world, "config": config, "pairs_samples_per_s": pairs,
+                "efficiency_median": ratios[len(ratios) // 2], "efficiency_range": [ratios[0], ratios[-1]]}
+
     def run(self) -> dict[str, Any]:
         started = datetime.now(timezone.utc)
         machine = self._stage("machine", lambda: machine_facts(self.bench, self.shared_env, self.log))
@@ -129,10 +149,15 @@ class BenchmarkRun:
             arms.append(arm)
         figures = self._stage("rounds", lambda: side_by_side(self.bench, arms, self.settings.rounds,
                                                              self.shared_env, self.say))
+        chosen = next((a for a in arms if a.name == "dstune" and not a.failed and a.config), None)
+        scaling = (self._stage("scaling", lambda: self._scaling(chosen.config))
+                   if self.spec.world_size > 1 and chosen is not None else None)
         result = {
             "workload": self.spec.name,
             "mode": self.bench.ctx.mode,
             "param_count": self.bench.ctx.param_count,
+            "world_size": self.bench.ctx.world_size,
+            "scaling": scaling,
             "date": started.isoformat(timespec="seconds"),
             "machine": machine,
             "dstune_commit": dstune_commit(),

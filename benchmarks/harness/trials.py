@@ -66,10 +66,11 @@ class Bench:
     """A probed workload on this machine: its context, knobs and environment, and a way to measure configs."""
 
     def __init__(self, workload_file: Path, workload_name: str | None = None, workdir: Path | None = None,
-                 measure: MeasureSettings | None = None, env: Mapping[str, str] | None = None) -> None:
+                 measure: MeasureSettings | None = None, env: Mapping[str, str] | None = None,
+                 world_size: int = 1) -> None:
         start_early()
         self.options = RunOptions(workload_file=Path(workload_file), workload_name=workload_name,
-                                  measure=measure or MeasureSettings())
+                                  measure=measure or MeasureSettings(), world_size=world_size)
         self.workdir = workdir
         self.env = dict(env or {})
         probed = probe(self.options, env=self.env)
