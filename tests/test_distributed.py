@@ -53,6 +53,7 @@ def run_job(workload: str, tmp_path: Path, timeout_s: float = 120.0, env: dict[s
     return outcome, ranks
 
 
+@pytest.mark.slow
 def test_a_ddp_trial_is_one_job_of_two_ranks_with_the_tuned_ddp_settings(tmp_path):
     outcome, ranks = run_job("dp_net", tmp_path, batch_size=4, ddp_bucket_cap_mb=50,
                              ddp_gradient_as_bucket_view=True, ddp_static_graph=True)
@@ -73,6 +74,7 @@ def test_a_ddp_trial_is_one_job_of_two_ranks_with_the_tuned_ddp_settings(tmp_pat
     assert metrics["peak_memory_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_an_fsdp_trial_shards_every_block_with_the_tuned_mixed_precision(tmp_path):
     kept, ranks = run_job("dp_net", tmp_path, batch_size=16, dp_wrapper="fsdp",
                           fsdp_reshard_after_forward=False, fsdp_mixed_precision="bf16-reduce-fp32")
@@ -87,6 +89,7 @@ def test_an_fsdp_trial_shards_every_block_with_the_tuned_mixed_precision(tmp_pat
     assert all(seen["param_kinds"] == ["DTensor:float32"] for seen in ranks.values())  # sharded again, fp32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("micro, status, says", [
     (2, "oom", "rank 1 of 2"),
     (4, "crash", "ValueError: rank 1's own bug"),
@@ -119,6 +122,7 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_world_size_needs_a_data_parallel_workload(tmp_path):
     result = run_cli("run", str(WORKLOADS / "observe.py"), "--workload", "observe", "--world-size", "2",
                      "--db", str(tmp_path / "x.db"), cwd=tmp_path)
