@@ -225,7 +225,11 @@ def test_two_daemons_on_one_gpu_run_a_missed_and_a_due_schedule_once_each_never_
         conn.execute("update dstune_schedules set next_due_at = ? where id = ?",
                      (missed.strftime("%Y-%m-%d %H:%M:%S.%f"), weekly))
     port = _free_port()
-    serving, serving_log = _daemon(db, tmp_path, "--gpu", "0", "--metrics-port", str(port), log_name="serving.log")
+    # Its steps paced at 0.3 s, the first daemon's iteration lasts long enough for the second daemon to start,
+    # claim the other schedule and wait for the lock (a 2-trial iteration of fast steps could end before the
+    # second process had imported dstune, and then there was nothing to wait for).
+    serving, serving_log = _daemon(db, tmp_path, "--gpu", "0", "--metrics-port", str(port), log_name="serving.log",
+                                   env=SLOW_STEPS)
     # The second daemon starts while the first one's iteration runs, so the two always contend for the GPU.
     _wait_for(lambda: db_rows(db, "select 1 from dstune_iterations where status = 'running'"), 120,
               "the first daemon's iteration to start", serving_log)
