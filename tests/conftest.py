@@ -7,17 +7,12 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-# Every trial, check and script the tests start inherits one intra-op thread. On the 2-core CI machine a
-# process spinning beside the suite then costs a trial at most its share of a core. With PyTorch's default
-# of one thread per core, each parallel region waited for the descheduled thread, and trials ran 4-5x
-# slower (docs/RELIABILITY.md). Tests of the thread knobs set other values, so they can still fail.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 from dstune.context import TuneContext
 from dstune.knobs import default_config
@@ -29,6 +24,33 @@ from dstune.trial.launch import run_in_subprocess
 from dstune.trial.measure_settings import MeasureSettings
 from dstune.trial.numerics import GuardSettings
 from dstune.trial.records import TrialOutcome
+
+
+def _idle_cores(sample_s: float = 1.0) -> int:
+    """How many of this machine's cores nothing else was using over ``sample_s`` (from /proc/stat)."""
+    def times() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
+    cores = os.cpu_count() or 1
+    try:
+        idle0, total0 = times()
+        time.sleep(sample_s)
+        idle1, total1 = times()
+    except OSError:
+        return cores
+    busy = 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+    return max(1, min(cores, round(cores * (1.0 - busy))))
+
+
+# On a busy machine every trial, check and script the tests start inherits one intra-op thread per idle core.
+# With PyTorch's default of one thread per core, a process spinning on one of the CI machine's two cores made
+# each parallel region wait for the descheduled thread, and trials ran 4-5x slower (docs/RELIABILITY.md). On a
+# quiet machine PyTorch's default stands: one thread cost some tests 60% more time there.
+if "OMP_NUM_THREADS" not in os.environ and _idle_cores() < (os.cpu_count() or 1):
+    os.environ["OMP_NUM_THREADS"] = str(_idle_cores(0.5))
+# A thread count the tests' trials do not get by default: the thread knobs' tests set it, so they can fail.
+OTHER_THREADS = 1 if int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()) > 1 else 2
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

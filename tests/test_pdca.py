@@ -23,7 +23,7 @@ from dstune.run.options import RunOptions, trial_spec
 from dstune.run.speedup import paired_ratio
 from dstune.trial.launch import run_in_subprocess
 
-from .conftest import FAST, WORKLOADS, copy_store, db_rows, probed, run_cli
+from .conftest import FAST, OTHER_THREADS, WORKLOADS, copy_store, db_rows, probed, run_cli
 from .conftest import QUICK_RUN as QUICK
 
 pytestmark = pytest.mark.slow  # end to end: real runs in subprocesses (`-m "not slow"` leaves them out)
@@ -149,7 +149,7 @@ def test_apply_composes_what_the_trial_measured(tmp_path, trials):
                      "--check-repeats", "2", *QUICK, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     # Put a configuration that changes every observable fact in production, as a rollback would.
-    config = {"precision": "bf16", "intra_op_threads": 2, "interop_threads": 1, "activation_checkpointing": True,
+    config = {"precision": "bf16", "intra_op_threads": OTHER_THREADS, "interop_threads": 1, "activation_checkpointing": True,
               "batch_size": 16}
     with sqlite3.connect(db) as conn:
         conn.execute("insert into dstune_applied (workload_id, iteration_id, config, reason, applied_at) "
@@ -168,7 +168,7 @@ def test_apply_composes_what_the_trial_measured(tmp_path, trials):
                  "matmul_precision", "model_type", "batch_rows", "device"):
         assert in_production[fact] == in_trial[fact], fact
     autocast = "autocast_cuda" if in_trial["device"].startswith("cuda") else "autocast_cpu"
-    assert in_production[autocast] is True and in_production["num_threads"] == 2  # the tests' default is 1
+    assert in_production[autocast] is True and in_production["num_threads"] == OTHER_THREADS
     assert in_production["block_calls"] > in_production["loss_calls"] * 3  # checkpointed blocks ran twice
 
     # DSTUNE_CONFIG: the exported file replaces the store.

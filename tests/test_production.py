@@ -7,13 +7,13 @@ import os
 import subprocess
 import sys
 
-from .conftest import EXAMPLES, WORKLOADS
+from .conftest import EXAMPLES, OTHER_THREADS, WORKLOADS
 
 OBSERVE = WORKLOADS / "observe.py"
 # Every knob that changes how a step runs: bf16 autocast, 4 micro-batches of 4 for the global 16, NHWC
-# convolutions, a compiled model, two threads (the tests' default is one: see conftest).
+# convolutions, a compiled model, a thread count trials do not get by default (conftest.OTHER_THREADS).
 CONFIG = {"precision": "bf16", "batch_size": 4, "memory_format": "channels_last", "compile": "default",
-          "intra_op_threads": 2}
+          "intra_op_threads": OTHER_THREADS}
 
 # Run in a process of its own: apply sets process-wide state (threads). It trains three steps on batches the
 # "user" made, then the same weights and batches in a plain PyTorch loop written from the docs.
@@ -72,7 +72,7 @@ def test_a_users_own_batches_train_as_the_trial_did_and_match_a_plain_loop(tmp_p
         assert found["facts"][fact] == in_trial[fact], fact
     assert found["facts"][autocast] is True and found["facts"]["output_dtype"] == "torch.bfloat16"
     assert found["facts"]["batch_rows"] == 4 and found["plan"] == [4, 4]  # 16 = 4 micro-batches of 4
-    assert found["facts"]["conv_channels_last"] is True and found["facts"]["num_threads"] == 2
+    assert found["facts"]["conv_channels_last"] is True and found["facts"]["num_threads"] == OTHER_THREADS
     assert found["facts"]["model_type"] == "OptimizedModule"
     # The same weights and data give a plain loop's losses, within bf16's tolerance, step after step.
     for tuned, reference in zip(found["tuned"], found["reference"]):

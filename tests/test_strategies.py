@@ -7,7 +7,7 @@ import pytest
 from dstune.plugin_calls import applicable_knobs
 from dstune.plugin_manager import plugin_manager
 
-from .conftest import WORKLOADS
+from .conftest import OTHER_THREADS, WORKLOADS
 
 OBSERVE = WORKLOADS / "observe.py"
 
@@ -21,10 +21,10 @@ def test_precision_sets_autocast_dtype(trials, precision, dtype, autocast):
 
 
 def test_thread_counts_are_set(trials):
-    # Not the tests' defaults (conftest: one intra-op thread), so a knob that did nothing would fail.
-    outcome, facts = trials.run(OBSERVE, "observe", intra_op_threads=2, interop_threads=1)
+    # Not the trials' defaults (conftest.OTHER_THREADS), so a knob that did nothing would fail.
+    outcome, facts = trials.run(OBSERVE, "observe", intra_op_threads=OTHER_THREADS, interop_threads=1)
     assert outcome.status == "ok", outcome.error
-    assert facts["num_threads"] == 2 and facts["num_interop_threads"] == 1
+    assert facts["num_threads"] == OTHER_THREADS and facts["num_interop_threads"] == 1
 
 
 @pytest.mark.parametrize("enabled", [False, True])
