@@ -183,7 +183,10 @@ def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tm
     assert "[memory] not run: micro-batch" in out
     optuna_trials = optuna.load_study(study_name=study, storage=f"sqlite:///{db}").trials
     told = [t for t in optuna_trials if t.user_attrs.get("dstune_infeasible") == "predicted"]
-    assert len(told) == len(refused)
+    # Each refused configuration is told to Optuna as infeasible; the sampler may propose one again, and is told
+    # again (with no second row), so the configurations agree, not the counts.
+    refused_sizes = {json.loads(t["config"])["batch_size"] for t in refused}
+    assert len(told) >= len(refused) and {t.params["batch_size"] for t in told} == refused_sizes
     assert all(t.constraints["memory_over_budget"] > 0 for t in told)  # infeasible for the sampler, by memory
 
 

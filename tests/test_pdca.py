@@ -77,14 +77,16 @@ def test_injected_slowdown_is_flagged_as_a_regression_every_time(tmp_path):
     for week in range(2):
         normal = run_cli(*args, cwd=tmp_path)
         assert normal.returncode == 0, normal.stdout + normal.stderr
-        slowed = run_cli(*args, cwd=tmp_path, env={"DSTUNE_TEST_SLOWDOWN": "0.15"})
+        # 30%: a host whose sleeps overshoot by a millisecond or two dilutes 15% to under 10% (a quiet CI run
+        # measured 570-626 samples/s slowed against about 640), within what the check calls noise.
+        slowed = run_cli(*args, cwd=tmp_path, env={"DSTUNE_TEST_SLOWDOWN": "0.3"})
         assert slowed.returncode == 3, slowed.stdout + slowed.stderr
         assert "Regression:" in slowed.stdout and "regression detected" in slowed.stderr
     rows = db_rows(Path(db), "select regression, json_extract(\"check\", '$.regression_estimate.ratio') "
                            "from dstune_iterations order by id")
     assert [r[0] for r in rows] == [None, 1, 0, 1]  # the first has no earlier measurement to compare with
     for _, ratio in rows[1::2]:
-        assert 0.70 < ratio < 0.95, rows  # about 1/1.15, give or take the noise of a 2-core machine
+        assert 0.60 < ratio < 0.92, rows  # about 1/1.3, give or take the noise of a 2-core machine
     # Nothing was promoted: the incumbent was the only candidate each time.
     assert db_rows(Path(db), "select reason from dstune_applied") == [("baseline",)]
 
