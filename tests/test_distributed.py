@@ -63,6 +63,7 @@ def test_a_ddp_trial_is_one_job_of_two_ranks_with_the_tuned_ddp_settings(tmp_pat
         assert (seen["rank"], seen["world_size"], seen["backend"]) == (rank, 2, "gloo")
         assert seen["model_type"] == "DistributedDataParallel" and seen["static_graph"] is True
         assert seen["bucket_bytes_cap"] == 50 * MiB
+        assert (seen["nvls"], seen["multicast_off"]) == ("0", "1")  # NVLink multicast off in every rank
         assert seen["batch_rows"] == 4  # each rank's 16 of the global 32, in micro-batches of 4
         # Accumulation all-reduces in its last micro-step only (DDP's no_sync for the three before).
         assert seen["recent_syncs"][-4:] == [False, False, False, True]
@@ -198,3 +199,50 @@ def test_apply_outside_torchrun_names_the_launch_it_needs(monkeypatch):
     with pytest.raises(UsageError, match=r"tuned as a data-parallel job of 2 ranks, but this process was not started "
                                          r"by torchrun\. Start it with `torchrun --nproc-per-node 2 SCRIPT\.py`"):
         dstune.apply(select_workload(DP, "dp_net").fn, cfg)
+
+
+def test_gpus_are_cut_into_one_group_per_data_parallel_trial():
+    from dstune.devices.slots import resolve_slots
+    from dstune.errors import UsageError
+
+    slots = resolve_slots(("0", "1", "2", "3"), world_size=2)
+    assert [slot.gpu for slot in slots] == ["0,1", "2,3"]  # each trial's CUDA_VISIBLE_DEVICES
+    assert [slot.env for slot in slots] == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    assert all(len(slot.group) == 1 for slot in slots)  # the second GPU of each group is locked with the first
+    with pytest.raises(UsageError, match=r"--gpus 0,1,2 gives 3 GPU\(s\), which --world-size 2 cannot cut into "
+                                         r"groups of 2"):
+        resolve_slots(("0", "1", "2"), world_size=2)
+
+
+def test_each_trainer_export_names_the_launch_and_the_wrappers_settings(tmp_path):
+    import warnings
+
+    import dstune.export as export
+    from dstune.best_config import BestConfig
+    from dstune.export import DstuneExportWarning
+
+    ctx = json.loads(TuneContext(workload="dp_net", global_batch_size=32, data_parallel=True, world_size=2,
+                                 bf16_supported=True).to_json())
+    ddp = BestConfig("dp_net", {"dp_wrapper": "ddp", "ddp_bucket_cap_mb": 50, "ddp_gradient_as_bucket_view": True,
+                                "ddp_static_graph": True, "batch_size": 4}, context=ctx)
+    fsdp = BestConfig("dp_net", {"dp_wrapper": "fsdp", "fsdp_reshard_after_forward": False, "batch_size": 4},
+                      context=ctx)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hf = export.transformers(ddp)
+        hf_fsdp = export.transformers(fsdp)
+        pl = export.lightning(ddp)
+        acc = export.accelerate(fsdp)
+    assert hf.launch == "torchrun --standalone --nproc-per-node 2 YOUR_SCRIPT.py"
+    assert hf["ddp_bucket_cap_mb"] == 50 and hf["ddp_static_graph"] is True
+    assert hf["per_device_train_batch_size"] == 4 and hf["gradient_accumulation_steps"] == 4  # each rank's 16
+    assert hf_fsdp["fsdp"] is True and hf_fsdp["fsdp_config"] == {"version": 2, "reshard_after_forward": False}
+    assert pl["strategy"] == "ddp" and acc.launch.startswith("accelerate launch --num-processes 2")
+    said = [str(w.message) for w in caught if issubclass(w.category, DstuneExportWarning)]
+    assert any("ddp_gradient_as_bucket_view=True" in s for s in said)  # TrainingArguments has no such argument
+    assert any("DDPStrategy(bucket_cap_mb=50, gradient_as_bucket_view=True, static_graph=True)" in s for s in said)
+    assert any("FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=False" in s for s in said)
+    from transformers import TrainingArguments
+
+    for exported in (hf, hf_fsdp):  # what Trainer users pass on, as they would
+        TrainingArguments(output_dir=str(tmp_path), **exported)

@@ -69,6 +69,8 @@ def _observe(model, batch):
                                for p in inner.parameters()}),
         "batch_rows": int(batch[0].shape[0]),
         "autocast_cpu": torch.is_autocast_enabled("cpu"),
+        "nvls": os.environ.get("NCCL_NVLS_ENABLE"),
+        "multicast_off": os.environ.get("TORCH_SYMM_MEM_DISABLE_MULTICAST"),
     }
     with open(f"{path}.rank{rank}", "w") as fh:
         json.dump(facts, fh)
