@@ -56,8 +56,7 @@ def run_job(spec: TrialSpec, spec_path: str, result_path: str) -> dict[str, Any]
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     world = int(spec.ctx.get("world_size") or 1)
-    os.environ.update(SAFE_ENV)
-    os.environ[LAUNCHER_ENV] = str(os.getpid())
+    os.environ[LAUNCHER_ENV] = str(os.getpid())  # the ranks inherit this environment (SAFE_ENV included)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world, run_id=f"dstune-{uuid.uuid4().hex[:12]}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
     endings: dict[int, str] = {}
