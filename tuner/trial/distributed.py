@@ -57,6 +57,10 @@ def run_job(spec: TrialSpec, spec_path: str, result_path: str) -> dict[str, Any]
 
     world = int(spec.ctx.get("world_size") or 1)
     os.environ[LAUNCHER_ENV] = str(os.getpid())  # the ranks inherit this environment (SAFE_ENV included)
+    # Each rank's share of the cores, as torchrun gives ranks one thread each: N ranks of PyTorch's default (a
+    # thread per core) oversubscribe the host, and each parallel region waits for descheduled threads. The
+    # threads knob still sets its own count in each rank.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(spec.ctx.get("cpu_count") or 1))))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world, run_id=f"dstune-{uuid.uuid4().hex[:12]}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
     endings: dict[int, str] = {}
