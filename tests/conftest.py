@@ -47,8 +47,9 @@ def _idle_cores(sample_s: float = 1.0) -> int:
 # With PyTorch's default of one thread per core, a process spinning on one of the CI machine's two cores made
 # each parallel region wait for the descheduled thread, and trials ran 4-5x slower (docs/RELIABILITY.md). On a
 # quiet machine PyTorch's default stands: one thread cost some tests 60% more time there.
-if "OMP_NUM_THREADS" not in os.environ and _idle_cores() < (os.cpu_count() or 1):
-    os.environ["OMP_NUM_THREADS"] = str(_idle_cores(0.5))
+_IDLE = _idle_cores() if "OMP_NUM_THREADS" not in os.environ else None
+if _IDLE is not None and _IDLE < (os.cpu_count() or 1):
+    os.environ["OMP_NUM_THREADS"] = str(_IDLE)
 # A thread count the tests' trials do not get by default: the thread knobs' tests set it, so they can fail.
 OTHER_THREADS = 1 if int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()) > 1 else 2
 
