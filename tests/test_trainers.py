@@ -58,6 +58,7 @@ loader = trainer.get_train_dataloader()
 trainer.train()
 print(json.dumps({**seen, "workers": loader.num_workers if hasattr(loader, "num_workers") else
                   loader.base_dataloader.num_workers, "checkpointing": model.is_gradient_checkpointing,
+                  "nan_filter": trainer.args.logging_nan_inf_filter,
                   "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
                                     else trainer.optimizer).__name__}))
 """
@@ -76,11 +77,13 @@ def test_transformers_trainer_trains_with_the_exported_arguments(tmp_path):
     assert kwargs["bf16"] is True and kwargs["per_device_train_batch_size"] == 4
     assert kwargs["gradient_accumulation_steps"] == 4 and kwargs["dataloader_num_workers"] == 2
     assert kwargs["optim"] == "adamw_torch" and kwargs["gradient_checkpointing"] is True
+    assert kwargs["logging_nan_inf_filter"] is False  # its per-step NaN test waits for the GPU every step
     (tmp_path / "args.json").write_text(json.dumps(kwargs))
     seen = _run(HF_SCRIPT, str(tmp_path / "args.json"), str(tmp_path / "out"))
     assert seen["steps"] == 3 and seen["micro"][:12] == [4] * 12  # 3 steps x 4 micro-batches of 4 (and recomputes)
     assert all(seen["autocast"])  # bf16 autocast in every forward
     assert seen["workers"] == 2 and seen["checkpointing"] is True and seen["optimizer"] == "AdamW"
+    assert seen["nan_filter"] is False
 
 
 LIGHTNING_SCRIPT = """

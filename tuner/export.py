@@ -60,6 +60,13 @@ class Exported(dict):  # type: ignore[type-arg]
         self.launch = launch  # a data-parallel configuration: how to start its ranks
 
 
+# Settings of a target that no knob maps but that decide whether it trains as fast as dstune measured.  With
+# transformers' default ``logging_nan_inf_filter=True`` the Trainer tests every micro-step's loss for NaN in Python,
+# which waits for the GPU each step: GPT-2 with the tuned configuration trained at 0.950x dstune's figure with it
+# and 0.984x without, side by side on an H200 (benchmarks/results/2026-12-01-h200-gpt2-trainer-vs-check.json).
+# Without the filter a NaN loss shows in the logged average instead of being left out; training is the same.
+TARGET_SETTINGS: dict[str, dict[str, Any]] = {"transformers": {"logging_nan_inf_filter": False}}
+
 LAUNCHERS = {"transformers": "torchrun --standalone --nproc-per-node {n} YOUR_SCRIPT.py",
              "lightning": "torchrun --standalone --nproc-per-node {n} YOUR_SCRIPT.py (or Trainer(devices={n}))",
              "accelerate": "accelerate launch --num-processes {n} YOUR_SCRIPT.py"}
@@ -92,6 +99,8 @@ def export(cfg: "BestConfig | Mapping[str, Any]", target: str, disabled_plugins:
         callback.update(part.callback)
         handled.update(part.handled)
         notes.extend(part.notes)
+    for name, value in TARGET_SETTINGS.get(target, {}).items():
+        arguments.setdefault(name, value)
     defaults = _defaults(pm, ctx)
     for name, value in sorted(config.items()):
         if name not in handled and (name not in defaults or value != defaults[name]):
