@@ -66,7 +66,19 @@ def test_harness_measures_each_arm_side_by_side_and_reuses_the_oracle_cache(tmp_
     assert "point 2/3" not in wider.stdout and "point 3/3" not in wider.stdout
     grown = json.loads((results / "oracle-quickstart-cpu.json").read_text())
     assert [p["config"]["batch_size"] for p in grown["points"]] == [32, 64, 128]
-    assert grown["points"][1:] == oracle["points"] and grown["reused_points"] == 2
+    assert grown["points"][1:] == oracle["points"] and grown["reused_points"] == 2 and grown["complete"] is True
+
+    # A call's time limit cut the grid after its first point: the cache says so, and the next run goes on.
+    (results / "oracle-quickstart-cpu.json").write_text(json.dumps({**grown, "complete": False,
+                                                                     "points": grown["points"][:1]}))
+    resumed = _harness("run", "examples/quickstart.py", "--arms", "oracle", "--rounds", "1",
+                       "--grid", "batch_size=32,64,128", "--results", str(results), "--out", str(tmp_path / "work4"),
+                       "--tag", "cpu-test4")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "was cut short; reusing the 1 points both share" in resumed.stdout
+    assert "point 1/3" not in resumed.stdout and "point 2/3" in resumed.stdout and "point 3/3" in resumed.stdout
+    finished = json.loads((results / "oracle-quickstart-cpu.json").read_text())
+    assert finished["complete"] is True and [p["config"]["batch_size"] for p in finished["points"]] == [32, 64, 128]
 
     table = _harness("table", str(written))
     assert table.returncode == 0 and "| default |" in table.stdout

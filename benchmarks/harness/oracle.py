@@ -5,7 +5,10 @@ and its result is kept as JSON beside the other results.  A later run reuses
 it only when the GPU, the driver, the torch version, the workload file and
 the measurement settings are the same; otherwise it says which differ and
 measures again.  When only the grid changed (a batch size added), the points
-both grids share are reused and only the new ones are measured.  The oracle's configuration is the grid point with the highest
+both grids share are reused and only the new ones are measured.  The cache
+is written after every point, marked incomplete until the last: a grid
+longer than one device call (the 1.3B decoder's compiled points take a
+minute each) goes on where the call's limit cut it.  The oracle's configuration is the grid point with the highest
 throughput; the harness re-measures it beside the other arms, so the ratio
 to the oracle compares numbers taken in the same session.
 """
@@ -25,6 +28,7 @@ from .trials import Bench, Measurement
 
 CACHE_KEYS = ("gpu", "driver", "torch", "workload_source")
 GRID_DIFFERS = "the grid's points differ"
+PARTIAL = "the cached grid was cut short"
 
 
 def grid_points(bench: Bench, spec: BenchWorkload) -> tuple[list[dict[str, Any]], list[str]]:
@@ -99,33 +103,41 @@ def run_oracle(bench: Bench, spec: BenchWorkload, results: Path, env: dict[str, 
     if reuse and path.exists():
         cached = json.loads(path.read_text())
         differ = cache_mismatch(cached, identity)
+        if not differ and not cached.get("complete", True):
+            differ = [PARTIAL]
         if not differ:
             say(f"oracle: reusing {path.name} (measured {cached['date']}, {len(cached['points'])} points)")
             return {**cached, "source": "cache", "cache_file": path.name}
-        if differ == [GRID_DIFFERS]:
+        if differ in ([GRID_DIFFERS], [PARTIAL]):
             wanted = {_key(c) for c in points}
             known = {_key(p["config"]): p for p in cached["points"] if _key(p["config"]) in wanted}
             earlier_s = sum(p.get("duration_s") or 0.0 for p in known.values())
-            say(f"oracle: {path.name} has another grid; reusing the {len(known)} points both share "
+            why = "was cut short" if differ == [PARTIAL] else "has another grid"
+            say(f"oracle: {path.name} {why}; reusing the {len(known)} points both share "
                 f"(measured {cached['date']}), measuring {len(points) - len(known)}")
         else:
             say(f"oracle: {path.name} is for another setup ({'; '.join(differ)}); measuring the grid again")
     started = time.perf_counter()
-    measured: list[dict[str, Any]] = []
+    found_points: dict[str, dict[str, Any]] = dict(known)
+    results.mkdir(parents=True, exist_ok=True)
+
+    def record(complete: bool) -> dict[str, Any]:
+        measured = [found_points[_key(c)] for c in points if _key(c) in found_points]  # in the grid's order
+        found = {
+            "workload": spec.name, "identity": identity, "notes": notes, "space": spec.note,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "complete": complete,
+            "grid_s": round(time.perf_counter() - started + earlier_s, 1), "points": measured,
+            "reused_points": len(known), "best": best_point(measured),
+        }
+        path.write_text(json.dumps(found, indent=1, default=str) + "\n")
+        return found
+
     for i, config in enumerate(points, 1):
         if _key(config) in known:
-            measured.append(known[_key(config)])
             continue
         m: Measurement = bench.measure(f"grid {i}", config, env)
         rate = f"{m.samples_per_s:.1f} samples/s" if m.ok else m.status
         say(f"oracle: point {i}/{len(points)} {rate} ({m.duration_s:.0f} s)")
-        measured.append(m.to_dict())
-    record = {
-        "workload": spec.name, "identity": identity, "notes": notes, "space": spec.note,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "grid_s": round(time.perf_counter() - started + earlier_s, 1), "points": measured,
-        "reused_points": len(known), "best": best_point(measured),
-    }
-    results.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1, default=str) + "\n")
-    return {**record, "source": "measured", "cache_file": path.name}
+        found_points[_key(config)] = m.to_dict()
+        record(complete=False)
+    return {**record(complete=True), "source": "measured", "cache_file": path.name}
