@@ -76,6 +76,27 @@ def test_once_no_single_change_is_left_pairs_of_the_knobs_that_matter_follow():
     assert _neighbourhood().candidates(BEST, 100.0, outcomes, durations, refused=lambda c: False) == []
 
 
+def test_a_change_this_iteration_measured_to_do_nothing_is_not_paid_a_compile_around_a_compiled_centre():
+    """GPT-2 on the H200: eager trials showed thread counts, the allocator and gc thresholds within 1% of the
+    centre; around the compiled best each of them would cost a compile to show the same.  A change measured
+    in an earlier iteration only orders: the software may have changed since."""
+    compiled = {**BEST, "compile": "default"}
+    this_run = [(BEST, 100.0), ({**BEST, "threads": 2}, 100.4), ({**BEST, "batch_size": 32}, 110.0)]
+    hood = _neighbourhood()
+    hood.settled.learn(this_run)
+    hood.effects.learn(this_run)
+    outcomes = {config_key(compiled): ("ok", 150.0)}
+    found = hood.candidates(compiled, 150.0, outcomes, {config_key(compiled): 30.0}, refused=lambda c: False)
+    assert set(_changes(found)) == {"batch_size=8", "batch_size=32", "checkpointing=True", "compile=off",
+                                    "compile=autotune"}  # threads=2 did nothing: not compiled again
+    compiled_ones = [c.describe() for c in found if c.config["compile"] == "default"]
+    assert compiled_ones[0] == "batch_size=32"  # measured to help in eager trials: the first to be compiled
+    earlier = _neighbourhood()
+    earlier.effects.learn(this_run)  # the same measurements, from last week's iteration
+    found = earlier.candidates(compiled, 150.0, outcomes, {config_key(compiled): 30.0}, refused=lambda c: False)
+    assert "threads=2" in _changes(found)
+
+
 def test_the_best_eager_configuration_is_searched_around_before_a_compiled_best():
     from dstune.run.budget import Budget
     from dstune.run.failures import FailureMemory

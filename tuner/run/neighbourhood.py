@@ -12,7 +12,9 @@ configurations nobody would try.  So, once the seeds have run:
    change that ran out of memory, or came within reach of the best) are
    proposed, since two changes can pay where each alone does not (a larger
    micro-batch that only fits with activation checkpointing);
-3. a better configuration moves the centre, and its neighbours open up;
+3. a better configuration moves the centre, and its neighbours open up,
+   except the changes this iteration measured to gain nothing (a compiled
+   centre does not pay a compile to confirm what eager trials showed);
 4. when nothing around the best is left, the neighbourhood is exhausted.
 
 The expected gain of a change is learned: from pairs of measured
@@ -49,6 +51,7 @@ SKIP_BELOW = -0.10  # a change measured to cost more than this (log) is not prop
 WITHIN_REACH = math.log(0.9)  # a single change this close to the best is worth combining with another
 MATTERS = 0.02  # a knob matters when a change of it moved throughput by more than this (log), or ran out of memory
 MAX_PAIRS = 8
+NOT_WORTH = MATTERS / 2  # a change this iteration measured to gain no more than this (log) is not proposed again
 COSTLY_FACTOR = 4.0  # a costly choice (compilation) before any was measured: this many eager trials
 
 Measured = tuple[Config, float]  # a configuration and its samples/s
@@ -79,6 +82,10 @@ class KnobEffects:
         else the prior, a little higher for a knob nothing has told about
         yet, so that each knob is tried before the known ones are refined.
         """
+        return self.estimate(knob, old, new)[0]
+
+    def estimate(self, knob: str, old: object, new: object) -> tuple[float, bool]:
+        """:meth:`gain`, and whether it was measured (directly or along a chain) rather than a prior."""
         start, goal = repr(old), repr(new)
         paths = {start: 0.0}
         frontier = [start]
@@ -91,11 +98,11 @@ class KnobEffects:
                         step.append(b)
             frontier = step
         if goal in paths:
-            return paths[goal]
+            return paths[goal], True
         mirrored = self._mirrored(knob, old, new, paths)
         if mirrored is not None:
-            return mirrored
-        return PRIOR_GAIN if any(k == knob for k, _, _ in self.direct) else UNTRIED_GAIN
+            return mirrored, False
+        return (PRIOR_GAIN if any(k == knob for k, _, _ in self.direct) else UNTRIED_GAIN), False
 
     def _mirrored(self, knob: str, old: object, new: object, paths: dict[str, float]) -> float | None:
         """For a numeric knob, a step the other way from one measured to hurt is promising (a micro-batch
@@ -169,7 +176,8 @@ class Neighbourhood:
     knobs: Sequence[Knob]
     normalise: Callable[[Config], Config]  # inactive knobs back to their defaults, as the search space has them
     is_costly: Callable[[Config], bool]
-    effects: KnobEffects = field(default_factory=KnobEffects)
+    effects: KnobEffects = field(default_factory=KnobEffects)  # this iteration's and earlier ones': the order
+    settled: KnobEffects = field(default_factory=KnobEffects)  # this iteration's alone: what is not tried again
 
     def _cost(self, config: Config, durations: dict[str, float]) -> float:
         """Seconds a trial of ``config`` should take: what trials with the same costly choices took, else the
@@ -185,6 +193,14 @@ class Neighbourhood:
         base = statistics.median(eager) if eager else 1.0
         by_name = {k.name: k for k in self.knobs}
         return base * max((by_name[name].cost.get(value, COSTLY_FACTOR) for name, value in mine), default=1.0)
+
+    def _settled(self, knob: str, old: object, new: object) -> bool:
+        """Whether this iteration measured the change to gain nothing worth a trial (NOT_WORTH): around a new
+        centre it is not tried again.  Above all around a compiled centre, whose every trial compiles: a
+        change that did nothing in eager trials is not paid a compile to confirm it.  Earlier iterations'
+        measurements only order the changes (the software may have changed since)."""
+        gain, measured = self.settled.estimate(knob, old, new)
+        return measured and gain <= NOT_WORTH
 
     def _singles(self, best: Config, outcomes: dict[str, tuple[str, float]]) -> Iterable[tuple[str, object]]:
         for knob in self.knobs:
@@ -219,7 +235,7 @@ class Neighbourhood:
             if refused(config):
                 continue
             gain = self.effects.gain(name, best[name], value)
-            if gain > SKIP_BELOW:
+            if gain > SKIP_BELOW and not self._settled(name, best[name], value):
                 singles.append(Candidate(config, ((name, value),), gain, self._cost(config, durations)))
         if singles:
             return sorted(singles, key=lambda c: -c.score)
@@ -262,10 +278,11 @@ class LocalSearch:
         """
         if found.best_config is None or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             return None
-        effects = KnobEffects()
+        effects, settled = KnobEffects(), KnobEffects()
         for measured in (*self.earlier, found.rates()):
             effects.learn(measured)
-        self.neighbourhood.effects = effects
+        settled.learn(found.rates())
+        self.neighbourhood.effects, self.neighbourhood.settled = effects, settled
         candidates: list[Candidate] = []
         centres = self._centres(found)
         for centre, rate in centres:  # the best eager configuration's neighbours first
