@@ -16,10 +16,21 @@ from .conftest import WORKLOADS
 
 ACCUMULATING = WORKLOADS / "paced_accumulating.py"
 SETTINGS = MeasureSettings(windows=3, window_s=0.1, min_warmup_steps=2, max_warmup_s=5.0)
+# Windows shorter than one whole step (8 x 10 ms): by parts a window is two micro-steps, by whole steps one step.
+# With 0.1 s windows both timings ran about 0.1 s a window, and the whole-step cost (warm-up steps aside) came
+# within 1.6x of the parts' on a slow host.
+COST_SETTINGS = MeasureSettings(windows=3, window_s=0.02, min_warmup_steps=2, max_warmup_s=5.0)
+MINIMUM_WARMUP = COST_SETTINGS.min_warmup_steps + 1  # the first step, then the minimum that must agree
 
 
 def _cost(metrics: dict) -> float:
-    return metrics["warmup_s"] + metrics["timed_wall_s"]
+    """Seconds the measurement's design costs: its timed windows, and the warm-up steps a steady machine needs.
+
+    How long the warm-up goes on past its minimum depends on the machine's noise (it ends when step times
+    agree), not on the design, and on a busy host it varied from 1 to 5 s between runs of one configuration.
+    """
+    per_warmup_step = metrics["warmup_s"] / metrics["warmup_steps"]
+    return metrics["timed_wall_s"] + per_warmup_step * min(metrics["warmup_steps"], MINIMUM_WARMUP)
 
 
 def test_a_step_timed_by_its_parts_agrees_with_whole_steps(trials):
@@ -44,10 +55,10 @@ def test_a_step_timed_by_its_parts_agrees_with_whole_steps(trials):
 
 def test_accumulation_does_not_make_a_trial_cost_more_to_measure(trials):
     """Micro-batch 4 accumulated 8 times costs about what micro-batch 32 costs, not eight times as much."""
-    small, _ = trials.run(ACCUMULATING, "paced_accumulating", measure=SETTINGS, batch_size=4)
-    large, _ = trials.run(ACCUMULATING, "paced_accumulating", measure=SETTINGS, batch_size=32)
+    small, _ = trials.run(ACCUMULATING, "paced_accumulating", measure=COST_SETTINGS, batch_size=4)
+    large, _ = trials.run(ACCUMULATING, "paced_accumulating", measure=COST_SETTINGS, batch_size=32)
     whole, _ = trials.run(ACCUMULATING, "paced_accumulating", batch_size=4,
-                          measure=MeasureSettings(**{**SETTINGS.to_dict(), "by_parts": False}))
+                          measure=MeasureSettings(**{**COST_SETTINGS.to_dict(), "by_parts": False}))
     assert small.status == large.status == whole.status == "ok"
     costs = {name: _cost(o.metrics) for name, o in (("4x8", small), ("32x1", large), ("4x8 whole", whole))}
     print("\nmeasurement cost (s):", {k: round(v, 2) for k, v in costs.items()})
