@@ -61,7 +61,7 @@ def report(
     info = write_report(open_store(db), workload, output, iteration, color_by)
     Console().print(f"wrote {info.path} ({info.size_bytes / 2**20:.1f} MiB): {info.workload}, iteration "
                     f"{info.iteration_id} ({info.trials} trials), {info.iterations} iteration(s) of history; "
-                    "opens offline in any browser", highlight=False)
+                    "opens offline in any browser", highlight=False, markup=False, soft_wrap=True)  # a path whole
 
 
 @app.command()
@@ -96,12 +96,12 @@ def export(
                               highlight=False, markup=False)
         return
     output.write_text(text)
-    err_console.print(f"wrote {output}", highlight=False, markup=False)
+    err_console.print(f"wrote {output}", highlight=False, markup=False, soft_wrap=True)
     if callback is not None:
         beside = output.with_name(output.name.removesuffix(".json") + ".callback.json")
         beside.write_text(json.dumps(callback, indent=2, sort_keys=True) + "\n")
         err_console.print(f"wrote {beside}: DstuneCallback(**json.load(open({str(beside)!r}))) applies it",
-                          highlight=False, markup=False)
+                          highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
