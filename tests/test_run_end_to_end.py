@@ -240,9 +240,12 @@ def test_a_short_budget_for_slow_trials_still_runs_trials_and_a_shorter_check(tm
     assert result.returncode == 0, result.stdout + result.stderr
     trials = db_rows(db, "select status from dstune_trials")
     assert len(trials) >= 3, result.stdout  # before the cap: the default alone, then the check
-    [(repeats,)] = db_rows(db, "select json_extract(\"check\", '$.repeats') from dstune_iterations")
+    [(repeats, settled)] = db_rows(db, "select json_extract(\"check\", '$.repeats'), "
+                                       "json_extract(\"check\", '$.settled') from dstune_iterations")
     rounds = db_rows(db, "select count(distinct round) from dstune_measurements")[0][0]
-    assert 2 <= repeats < 5 and rounds == repeats, result.stdout
+    assert 2 <= repeats < 5, result.stdout  # fewer rounds than the five asked for: what the time left pays for
+    # ... all of them, unless the answer was plain sooner (a 16x speed-up settles after 3 of 4).
+    assert rounds == repeats or (settled and 2 <= rounds < repeats), (rounds, repeats, settled, result.stdout)
 
 
 def test_a_latency_limit_picks_the_fastest_trial_in_time_and_replaces_an_incumbent_beyond_it(tmp_path):
