@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
     best = dstune.best("gpt2", db=opts.db)
     exported = dstune.export.transformers(best)
-    env = {**os.environ, **cache_env(Path("/tmp/dstune-trainer-cache"))}
-    bench = Bench(Path(opts.workload), env=cache_env(Path("/tmp/dstune-trainer-cache")))
+    caches = cache_env(Path("/tmp/dstune-trainer-cache"))  # one compile cache for dstune's trial and the Trainer
+    env = {**os.environ, **caches}
+    bench = Bench(Path(opts.workload), env=caches)
     config, notes = bench.complete(best.config)
     variants = [v for v in opts.variants.split(",") if v]
     runs: list[dict[str, Any]] = []
