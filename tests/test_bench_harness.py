@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness.oracle import cache_mismatch
+from benchmarks.harness.oracle import cache_mismatch, implied_oom, measuring_order
+from benchmarks.harness.registry import WORKLOADS
 from benchmarks.harness.report import markdown, targets
 from dstune.trial.measure_settings import MeasureSettings
 
@@ -82,6 +83,28 @@ def test_harness_measures_each_arm_side_by_side_and_reuses_the_oracle_cache(tmp_
 
     table = _harness("table", str(written))
     assert table.returncode == 0 and "| default |" in table.stdout
+
+
+def test_oracle_measures_the_smaller_points_first_and_runs_none_beyond_one_out_of_memory() -> None:
+    order = WORKLOADS["llama_1b"].memory_order
+    points = [{"precision": p, "batch_size": b, "activation_checkpointing": c}
+              for p in ("bf16", "fp32") for b in (32, 16, 8, 4) for c in (False, "every_other", True)]
+    measuring = [points[i] for i in measuring_order(order, points)]
+    # The grid's blocks stay in its order (bf16 first); within one, the least memory first.
+    assert [m["precision"] for m in measuring] == ["bf16"] * 12 + ["fp32"] * 12
+    assert measuring[0] == {"precision": "bf16", "batch_size": 4, "activation_checkpointing": True}
+    assert measuring[11] == {"precision": "bf16", "batch_size": 32, "activation_checkpointing": False}
+    failed = {"label": "grid 17", "status": "oom",
+              "config": {"precision": "fp32", "batch_size": 16, "activation_checkpointing": "every_other"}}
+    beyond = [c for c in points if implied_oom(order, c, [failed]) is failed]
+    # Larger micro-batches and less checkpointing of the same precision, and the point itself; not bf16.
+    assert sorted((c["batch_size"], str(c["activation_checkpointing"])) for c in beyond) == [
+        (16, "False"), (16, "every_other"), (32, "False"), (32, "every_other")]
+    assert all(c["precision"] == "fp32" for c in beyond)
+    # A point that ran, or one itself implied, implies nothing.
+    assert implied_oom(order, points[0], [{**failed, "status": "ok"}]) is None
+    assert implied_oom(order, {**failed["config"], "batch_size": 32},
+                       [{**failed, "implied_by": "grid 5"}]) is None
 
 
 def test_oracle_cache_is_refused_for_another_driver_or_grid() -> None:

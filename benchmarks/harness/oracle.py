@@ -8,7 +8,13 @@ measures again.  When only the grid changed (a batch size added), the points
 both grids share are reused and only the new ones are measured.  The cache
 is written after every point, marked incomplete until the last: a grid
 longer than one device call (the 1.3B decoder's compiled points take a
-minute each) goes on where the call's limit cut it.  The oracle's configuration is the grid point with the highest
+minute each) goes on where the call's limit cut it.  Where the workload
+names knobs whose values grow the memory (``memory_order``: the
+micro-batch, less checkpointing), the smaller points of each block are
+measured first, and a point that needs at least as much memory as one that
+ran out of memory, every other knob equal, is recorded as out of memory
+without a run (``implied_by`` names the point that did): on the 1.3B
+decoder, each compiled point out of memory costs a minute.  The oracle's configuration is the grid point with the highest
 throughput; the harness re-measures it beside the other arms, so the ratio
 to the oracle compares numbers taken in the same session.
 """
@@ -83,6 +89,38 @@ def cache_mismatch(cached: dict[str, Any], identity: dict[str, Any]) -> list[str
     return differ
 
 
+def _rank(order: dict[str, tuple[Any, ...]], config: dict[str, Any]) -> dict[str, int]:
+    return {k: values.index(config[k]) for k, values in order.items() if config.get(k) in values}
+
+
+def implied_oom(order: dict[str, tuple[Any, ...]], config: dict[str, Any],
+                measured: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The measured point that ran out of memory and needs no more memory than ``config``: the same in every
+    knob outside ``order``, and no later in any knob's order.  None when no such point was measured."""
+    mine = _rank(order, config)
+    for point in measured:
+        if point["status"] != "oom" or point.get("implied_by"):
+            continue
+        other = point["config"]
+        if any(other.get(k) != v for k, v in config.items() if k not in mine) or set(other) != set(config):
+            continue
+        theirs = _rank(order, other)
+        if theirs.keys() == mine.keys() and all(theirs[k] <= mine[k] for k in mine):
+            return point
+    return None
+
+
+def measuring_order(order: dict[str, tuple[Any, ...]], points: list[dict[str, Any]]) -> list[int]:
+    """Indices of ``points`` in the order to measure them: the grid's, except that within a block of points
+    equal outside ``order`` the ones needing less memory go first (so the larger are implied once one fails)."""
+    blocks: dict[str, int] = {}
+    for config in points:
+        blocks.setdefault(_key({k: v for k, v in config.items() if k not in order}), len(blocks))
+    return sorted(range(len(points)), key=lambda i: (
+        blocks[_key({k: v for k, v in points[i].items() if k not in order})],
+        sum(_rank(order, points[i]).values()), i))
+
+
 def _key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
@@ -132,8 +170,18 @@ def run_oracle(bench: Bench, spec: BenchWorkload, results: Path, env: dict[str, 
         path.write_text(json.dumps(found, indent=1, default=str) + "\n")
         return found
 
-    for i, config in enumerate(points, 1):
+    for index in measuring_order(spec.memory_order, points):
+        config, i = points[index], index + 1
         if _key(config) in known:
+            continue
+        failed = implied_oom(spec.memory_order, config, list(found_points.values()))
+        if failed is not None:
+            found_points[_key(config)] = {"label": f"grid {i}", "config": config, "status": "oom", "metrics": {},
+                                          "error": f"not run: {failed['label']} ran out of memory and needs no "
+                                                   "more memory than this point", "duration_s": 0.0,
+                                          "implied_by": failed["label"]}
+            say(f"oracle: point {i}/{len(points)} oom, implied by {failed['label']} (not run)")
+            record(complete=False)
             continue
         m: Measurement = bench.measure(f"grid {i}", config, env)
         rate = f"{m.samples_per_s:.1f} samples/s" if m.ok else m.status

@@ -30,6 +30,10 @@ class BenchWorkload:
     flops_per_sample: Callable[[dict[str, Any]], float] | None = None
     note: str = ""
     world_size: int = 1  # data-parallel workloads: ranks per trial (dstune run --world-size), one GPU each
+    # Knobs whose values need more memory in this order, the rest equal (the micro-batch; less checkpointing).
+    # The oracle measures the smaller first, and a point beyond one that ran out of memory is recorded as out
+    # of memory without a run (see benchmarks.harness.oracle.implied_oom).
+    memory_order: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 def gpt2_flops_per_sample(ctx: dict[str, Any]) -> float:
@@ -91,6 +95,7 @@ WORKLOADS: dict[str, BenchWorkload] = {
               "activation_checkpointing": (False, "every_other", True)},
         fixed={"matmul_precision": "high", "optimizer_impl": "fused"},
         flops_per_sample=llama_1b_flops_per_sample,
+        memory_order={"batch_size": (4, 8, 16, 32), "activation_checkpointing": (True, "every_other", False)},
         note="48 points, many out of memory at once (fp32 beyond micro-batch 8); TF32 matmuls and fused AdamW "
              "fixed on; compiled points cost a minute or more each: run it once, with --resume across calls",
     ),
@@ -102,6 +107,7 @@ WORKLOADS: dict[str, BenchWorkload] = {
         fixed={"matmul_precision": "high", "optimizer_impl": "fused", "compile": "off"},
         flops_per_sample=llama_1b_flops_per_sample,
         world_size=2,
+        memory_order={"batch_size": (4, 8, 16), "activation_checkpointing": (True, False)},
         note="two ranks, one GPU each; 24 eager points (wrapper x micro-batch per rank x checkpointing x "
              "precision); TF32 matmuls and fused AdamW fixed on; the wrappers' own settings at PyTorch's defaults",
     ),
