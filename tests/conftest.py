@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -46,7 +49,8 @@ def _idle_cores(sample_s: float = 1.0) -> int:
 # On a busy machine every trial, check and script the tests start inherits one intra-op thread per idle core.
 # With PyTorch's default of one thread per core, a process spinning on one of the CI machine's two cores made
 # each parallel region wait for the descheduled thread, and trials ran 4-5x slower (docs/RELIABILITY.md). On a
-# quiet machine PyTorch's default stands: one thread cost some tests 60% more time there.
+# quiet machine PyTorch's default stands: one thread cost some tests 60% more time there.  Under pytest-xdist
+# the idle cores are shared out among the workers (pytest_configure below), for the same reason.
 _IDLE = _idle_cores() if "OMP_NUM_THREADS" not in os.environ else None
 if _IDLE is not None and _IDLE < (os.cpu_count() or 1):
     os.environ["OMP_NUM_THREADS"] = str(_IDLE)
@@ -59,6 +63,76 @@ WORKLOADS = Path(__file__).resolve().parent / "workloads"
 FAST = MeasureSettings(windows=2, window_s=0.05, min_warmup_steps=1, max_warmup_s=2.0)
 
 _probes: dict[tuple[str, str | None, tuple[str, ...]], dict[str, Any]] = {}
+
+
+MAX_WORKERS = 2  # the CI machine's cores: more workers than cores only wait on each other
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (the default in pyproject.toml): one worker per core, at most two; none for the GPU tests,
+    which time one device and are run with ``-s`` (no workers: the tests run in the main process)."""
+    if "gpu" in (config.option.markexpr or "") or config.option.capture == "no":
+        return 0
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+MACHINE_LOCK = "DSTUNE_TEST_MACHINE_LOCK"  # the file the workers share the machine through (exclusive tests)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the main process of a run with workers: give each worker its share of the idle cores as its trials'
+    thread count, and a lock file for the tests that need the machine to themselves (the workers inherit the
+    environment when they start, after this hook)."""
+    config.addinivalue_line("markers", "exclusive: measures how busy the machine is, or needs it quiet enough for "
+                            "timing; under pytest-xdist it runs while no other test does")
+    workers = getattr(config.option, "numprocesses", None) or 0
+    if workers > 1 and "PYTEST_XDIST_WORKER" not in os.environ:
+        if _IDLE is not None:
+            os.environ["OMP_NUM_THREADS"] = str(max(1, _IDLE // workers))
+        fd, path = tempfile.mkstemp(prefix="dstune-tests-", suffix=".lock")
+        os.close(fd)
+        os.environ[MACHINE_LOCK] = path
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    path = os.environ.get(MACHINE_LOCK)
+    if path and "PYTEST_XDIST_WORKER" not in os.environ:
+        for leftover in (Path(path), Path(path + ".gate")):
+            leftover.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _machine_share(exclusive: bool) -> Iterator[None]:
+    """Hold the machine shared (most tests) or alone (``exclusive``) while a test runs, across workers.
+
+    A reader-writer lock on a file: an exclusive test first takes the gate, so
+    the other worker starts no new test, then waits for the one it is running
+    to end.  Without workers there is nothing to share.
+    """
+    path = os.environ.get(MACHINE_LOCK)
+    if not path:
+        yield
+        return
+    with open(path + ".gate", "a") as gate, open(path, "a") as machine:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(machine, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            if not exclusive:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(machine, fcntl.LOCK_UN)
+            if exclusive:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Every test's setup, call and teardown (a session fixture it starts included) under the machine lock."""
+    with _machine_share(exclusive=item.get_closest_marker("exclusive") is not None):
+        yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -41,6 +41,7 @@ def test_a_host_without_nvidia_gpus_locks_and_gates_its_cpus():
         assert device.nvml_index is None and device.key.startswith("cpu-")
 
 
+@pytest.mark.exclusive  # it waits for the machine to be idle: another test's trials would keep it busy
 def test_idle_gate_waits_while_a_foreign_process_loads_the_cpus_and_proceeds_when_it_ends():
     """The foreign load takes every core; the threshold lies above one busy core, so a machine that was already
     busy on one core (a CI neighbour, `.ci/busy-suite`) still counts as idle before and after it."""
