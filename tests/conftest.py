@@ -69,9 +69,9 @@ MAX_WORKERS = 2  # the CI machine's cores: more workers than cores only wait on 
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto`` (the default in pyproject.toml): one worker per core, at most two; none for the GPU tests,
-    which time one device and are run with ``-s`` (no workers: the tests run in the main process)."""
-    if "gpu" in (config.option.markexpr or "") or config.option.capture == "no":
+    """``-n auto`` (the default in pyproject.toml): one worker per core, at most two.  None on a machine with a
+    GPU, whose tests time one device, nor with ``-s`` (no workers: the tests run in the main process)."""
+    if torch.cuda.is_available() or config.option.capture == "no":
         return 0
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
