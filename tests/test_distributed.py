@@ -158,7 +158,10 @@ def test_dstune_run_tunes_a_data_parallel_workload_and_apply_runs_it_under_torch
     script = tmp_path / "train.py"
     script.write_text(
         f"import json, sys, torch, torch.distributed as dist\nsys.path.insert(0, {str(WORKLOADS)!r})\n"
-        "import dstune\nfrom data_parallel import dp_net\n"
+        "import atexit, os, dstune\nfrom data_parallel import dp_net\n"
+        # Registered before dstune's, so it runs after it at exit: is the group dstune joined left by then?
+        f"atexit.register(lambda: open(f'{tmp_path}/left{{os.environ[\"RANK\"]}}', 'w').write("
+        "str(not dist.is_initialized())))\n"
         f"cfg = dstune.best('dp_net', db={str(db)!r})\nrun = dstune.apply(dp_net, cfg)\n"
         "x, y = torch.randn(16, 32), torch.randint(0, 4, (16,))\nloss = run.step((x, y))\n"
         "inner = getattr(run.model, '_orig_mod', run.model)\n"
@@ -171,6 +174,9 @@ def test_dstune_run_tunes_a_data_parallel_workload_and_apply_runs_it_under_torch
     printed = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]  # a file each: two
     # ranks printing at once can interleave their lines
     assert sorted(p["rank"] for p in printed) == [0, 1]
+    # dstune left the process group it joined before the interpreter went down: a gloo group left to the
+    # interpreter's teardown killed a rank with SIGABRT in one busy-suite run (pytorch/pytorch#190489).
+    assert [(tmp_path / f"left{rank}").read_text() for rank in (0, 1)] == ["True", "True"]
     for p in printed:
         wanted = "DistributedDataParallel" if p["wrapper"] == "ddp" else "FSDP"
         assert p["model"].startswith(wanted) and p["loss"] > 0

@@ -151,7 +151,17 @@ def rank_context(ctx: Any) -> Any:
 
 
 def join_process_group(ctx: Any) -> None:
-    """Join the job's process group (NCCL on GPUs, gloo on the CPU), on this rank's GPU."""
+    """Join the job's process group (NCCL on GPUs, gloo on the CPU), on this rank's GPU.
+
+    A group joined here is left when the interpreter exits.  A script that
+    ends without ``destroy_process_group`` (a user's torchrun script after
+    ``dstune.apply``) otherwise tears gloo's worker threads down with the
+    interpreter, and a rank can die of ``terminate called without an active
+    exception`` (SIGABRT) after its work is done (pytorch/pytorch#190489).
+    A group the script made itself is the script's to leave.
+    """
+    import atexit
+
     import torch
     import torch.distributed as dist
 
@@ -161,6 +171,14 @@ def join_process_group(ctx: Any) -> None:
         torch.cuda.set_device(ctx.local_rank)
     dist.init_process_group("nccl" if ctx.is_cuda else "gloo",
                             device_id=torch.device("cuda", ctx.local_rank) if ctx.is_cuda else None)
+    atexit.register(_leave_process_group)
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world() -> int:
