@@ -14,9 +14,10 @@ micro-batch, less checkpointing), the smaller points of each block are
 measured first, and a point that needs at least as much memory as one that
 ran out of memory, every other knob equal, is recorded as out of memory
 without a run (``implied_by`` names the point that did): on the 1.3B
-decoder, each compiled point out of memory costs a minute.  The oracle's configuration is the grid point with the highest
-throughput; the harness re-measures it beside the other arms, so the ratio
-to the oracle compares numbers taken in the same session.
+decoder, each compiled point out of memory costs a minute.  The oracle's
+configuration is the grid point with the highest throughput; the harness
+re-measures it beside the other arms, so the ratio to the oracle compares
+numbers taken in the same session.
 """
 
 from __future__ import annotations
@@ -113,12 +114,9 @@ def implied_oom(order: dict[str, tuple[Any, ...]], config: dict[str, Any],
 def measuring_order(order: dict[str, tuple[Any, ...]], points: list[dict[str, Any]]) -> list[int]:
     """Indices of ``points`` in the order to measure them: the grid's, except that within a block of points
     equal outside ``order`` the ones needing less memory go first (so the larger are implied once one fails)."""
-    blocks: dict[str, int] = {}
-    for config in points:
-        blocks.setdefault(_key({k: v for k, v in config.items() if k not in order}), len(blocks))
-    return sorted(range(len(points)), key=lambda i: (
-        blocks[_key({k: v for k, v in points[i].items() if k not in order})],
-        sum(_rank(order, points[i]).values()), i))
+    block_of = [_key({k: v for k, v in config.items() if k not in order}) for config in points]
+    first = {key: i for i, key in reversed(list(enumerate(block_of)))}  # where each block first appears
+    return sorted(range(len(points)), key=lambda i: (first[block_of[i]], sum(_rank(order, points[i]).values()), i))
 
 
 def _key(config: dict[str, Any]) -> str:
