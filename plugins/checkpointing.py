@@ -86,7 +86,8 @@ def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     return [
         Knob(KNOB, choices=choices, default=False, checklist=False,
              help="recompute repeated blocks in backward to save activation memory: off, every_other, every block",
-             applies=_applies, memory={False: "no checkpointing", EVERY_OTHER: "every other block", True: "every block"})
+             applies=_applies, relieves="memory",
+             memory={False: "no checkpointing", EVERY_OTHER: "every other block", True: "every block"})
     ]
 
 

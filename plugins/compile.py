@@ -36,7 +36,7 @@ def dstune_knobs(ctx: TuneContext) -> list[Knob]:
              help="torch.compile mode ('off': eager)", costly=choices[1:],
              cost={mode: COST[mode] for mode in choices[1:]}),
         Knob(DYNAMIC, choices=("auto", "static"), default="auto", checklist="auto",
-             active=lambda config: config.get(KNOB, "off") != "off",
+             active=lambda config: config.get(KNOB, "off") != "off", relieves="shapes",
              help="torch.compile dynamic: auto (shape-generic after a shape changes) or static (dynamic=False)"),
     ]
 

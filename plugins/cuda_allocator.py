@@ -30,9 +30,10 @@ def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     cuda = lambda c: c.is_cuda  # noqa: E731
     return [
         Knob(EXPANDABLE, choices=(False, True), default=False, checklist=False, applies=cuda,
-             help="allocator expandable_segments (less fragmentation)"),
+             help="allocator expandable_segments (less fragmentation)", relieves="memory"),
         Knob(GC_THRESHOLD, choices=(None, 0.6, 0.8), default=None, checklist=None, applies=cuda,
-             help="allocator garbage_collection_threshold (None: reclaim only after a failed allocation)"),
+             help="allocator garbage_collection_threshold (None: reclaim only after a failed allocation)",
+             relieves="memory"),
     ]
 
 

@@ -45,13 +45,15 @@ def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     seed = max(workers) if ctx.is_cuda else min(4, max(workers))
     return [
         Knob(WORKERS, choices=workers, default=0, checklist=seed, applies=_has_dataset,
-             help="DataLoader num_workers (0: batches made in the training process)"),
+             help="DataLoader num_workers (0: batches made in the training process)", relieves="host"),
         Knob(PIN, choices=(False, True), default=False, checklist=True,
-             applies=lambda c: c.has_dataset and c.is_cuda, help="DataLoader pin_memory (async host-to-GPU copies)"),
+             applies=lambda c: c.has_dataset and c.is_cuda, help="DataLoader pin_memory (async host-to-GPU copies)",
+             relieves="host"),
         Knob(PREFETCH, choices=(2, 4, 8), default=PYTORCH_PREFETCH, checklist=PYTORCH_PREFETCH, applies=_has_dataset,
-             active=_with_workers, help="batches each worker keeps ready (needs loader_workers > 0)"),
+             active=_with_workers, help="batches each worker keeps ready (needs loader_workers > 0)", relieves="host"),
         Knob(PERSISTENT, choices=(False, True), default=False, checklist=True, applies=_has_dataset,
-             active=_with_workers, help="keep workers alive between epochs (needs loader_workers > 0)"),
+             active=_with_workers, help="keep workers alive between epochs (needs loader_workers > 0)",
+             relieves="host"),
     ]
 
 

@@ -24,7 +24,9 @@ TOLERANCE = {"high": 1e-2, "medium": 5e-2}
 def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     # The tuning guide's advice is TF32 on Ampere and newer GPUs.
     checklist = "high" if ctx.is_cuda and ctx.capability and ctx.capability >= (8, 0) else "highest"
+    # Where TF32 exists, full fp32 matmuls are there for numerics, not speed.
     return [Knob(KNOB, choices=CHOICES, default="highest", checklist=checklist, tolerance=TOLERANCE,
+                 fallback=("highest",) if checklist == "high" else (),
                  help="torch.set_float32_matmul_precision: highest (fp32), high (TF32), medium (bf16)")]
 
 

@@ -53,7 +53,9 @@ def _choices(ctx: TuneContext) -> tuple[str, ...]:
 def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     choices = _choices(ctx)
     checklist = "fused" if "fused" in choices else "default"
-    return [Knob(KNOB, choices=choices, default="default", checklist=checklist,
+    # On a GPU a per-parameter loop of small kernels is the slow reference the foreach and fused kernels replace.
+    fallback = ("for-loop",) if ctx.is_cuda and "for-loop" in choices else ()
+    return [Knob(KNOB, choices=choices, default="default", checklist=checklist, fallback=fallback,
                  help="optimizer kernels: PyTorch's pick, foreach, for-loop or fused",
                  applies=lambda c: c.mode == "train" and len(_choices(c)) > 1)]
 

@@ -35,9 +35,11 @@ def _choices(ctx: TuneContext) -> tuple[str, ...]:
 def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     choices = _choices(ctx)
     checklist = "bf16" if "bf16" in choices else ("fp16" if "fp16" in choices else "fp32")
+    # With tensor cores (Volta and newer) fp32 is there for numerics, not speed: a fallback, not a neighbour.
+    tensor_cores = ctx.is_cuda and ctx.capability is not None and ctx.capability >= (7, 0)
     return [
         Knob(KNOB, choices=choices, default="fp32", checklist=checklist, tolerance=TOLERANCE, memory=MEMORY,
-             help="fp32, bf16 autocast, fp16 autocast + GradScaler")
+             help="fp32, bf16 autocast, fp16 autocast + GradScaler", fallback=("fp32",) if tensor_cores else ())
     ]
 
 

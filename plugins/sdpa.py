@@ -170,7 +170,10 @@ def dstune_model_facts(model: Any, workload: Any, ctx: TuneContext) -> dict[str,
 @hookimpl
 def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     offered = ctx.facts.get(ACCEPTED, list(BACKENDS))  # older contexts probed no backend
-    return [Knob(KNOB, choices=("auto", *(b for b in BACKENDS if b in offered)), default="auto", checklist="auto",
+    choices = ("auto", *(b for b in BACKENDS if b in offered))
+    # The math kernel is the reference the fused kernels replace: a fallback where one of them takes the call.
+    fallback = ("math",) if "math" in choices and len(choices) > 2 else ()
+    return [Knob(KNOB, choices=choices, default="auto", checklist="auto", fallback=fallback,
                  applies=lambda c: c.is_cuda and bool(c.facts.get(FACT)),
                  help="scaled_dot_product_attention kernel: PyTorch's pick, flash, efficient, cudnn or math")]
 

@@ -22,9 +22,9 @@ def dstune_knobs(ctx: TuneContext) -> list[Knob]:
     n = max(1, ctx.cpu_count)
     return [
         Knob("intra_op_threads", choices=_thread_choices(n), default=None, checklist=None,
-             help="torch.set_num_threads (None: PyTorch's default)"),
+             help="torch.set_num_threads (None: PyTorch's default)", relieves="host"),
         Knob("interop_threads", choices=(None, 1, 2), default=None, checklist=None,
-             help="torch.set_num_interop_threads (None: PyTorch's default)"),
+             help="torch.set_num_interop_threads (None: PyTorch's default)", relieves="host"),
     ]
 
 

@@ -64,3 +64,13 @@ def test_accumulation_does_not_make_a_trial_cost_more_to_measure(trials):
     print("\nmeasurement cost (s):", {k: round(v, 2) for k, v in costs.items()})
     assert costs["4x8"] < 3 * costs["32x1"], costs  # whole steps would cost about 8x; a busy machine adds warm-up
     assert costs["4x8 whole"] > 2 * costs["4x8"], costs  # what timing whole steps would have cost
+
+
+def test_a_trial_counts_the_shapes_of_its_batches(trials):
+    """One shape means a compiler never saw another, so how it treats changing shapes (compile_dynamic) is moot
+    around that configuration; padded sequences of varying length give several."""
+    fixed, _ = trials.run(ACCUMULATING, "paced_accumulating", measure=SETTINGS)
+    ragged, _ = trials.run(WORKLOADS / "observe.py", "ragged_data", measure=SETTINGS)
+    assert fixed.status == ragged.status == "ok", (fixed.error, ragged.error)
+    assert fixed.metrics["input_shapes"] == 1
+    assert ragged.metrics["input_shapes"] > 1

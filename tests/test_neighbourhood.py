@@ -6,8 +6,10 @@ import math
 import re
 import time
 
+import pytest
+
 from dstune.knobs import Knob, config_key
-from dstune.run.neighbourhood import PRIOR_GAIN, UNTRIED_GAIN, KnobEffects, Neighbourhood, steps
+from dstune.run.neighbourhood import PRIOR_GAIN, UNTRIED_GAIN, Headroom, KnobEffects, Neighbourhood, steps
 from dstune.run.search import SearchSpace
 
 from .conftest import WORKLOADS, db_rows, run_cli
@@ -161,3 +163,108 @@ def test_a_knob_of_numbers_steps_to_its_nearest_choices_only():
     found = Neighbourhood(knobs, SearchSpace(knobs).normalised, lambda c: c["compile"] != "off").candidates(
         best, 100.0, {config_key(best): ("ok", 100.0)}, {config_key(best): 1.0}, refused=lambda c: False)
     assert [c.describe() for c in found if c.changes[0][0] == "batch_size"] == ["batch_size=16"]
+
+
+RELIEVING = (
+    Knob("batch_size", choices=(8, 16, 32), default=8, checklist=32),
+    Knob("checkpointing", choices=(False, True), default=False, checklist=False, relieves="memory"),
+    Knob("threads", choices=(1, 2), default=1, checklist=1, relieves="host"),
+    Knob("precision", choices=("fp32", "bf16"), default="fp32", checklist="bf16", fallback=("fp32",)),
+)
+GIB = 1 << 30
+
+
+def test_knobs_that_relieve_a_limit_wait_until_the_best_configuration_shows_that_limit():
+    """GPT-2 on the H200 spent trials on thread counts while its GPU ran kernels 99% of the time, and the issue's
+    fitting models checkpointed every block with 100 GiB free: neither could pay.  Nor is fp32, kept for
+    numerics beside bf16, a step towards speed."""
+    best = {"batch_size": 16, "checkpointing": False, "threads": 1, "precision": "bf16"}
+    hood = Neighbourhood(RELIEVING, SearchSpace(RELIEVING).normalised, lambda c: False)
+    outcomes = {config_key(best): ("ok", 100.0)}
+
+    def changes(metrics: dict, more: dict | None = None) -> set[str]:
+        seen = {**outcomes, **(more or {})}
+        found = hood.candidates(best, 100.0, seen, {config_key(best): 1.0}, refused=lambda c: False,
+                                headroom=Headroom.of(metrics, 126 * GIB, seen))
+        return {c.describe() for c in found}
+
+    # GPT-2's eager checklist on the H200: GPU busy 98.7%, 48 GiB of a 126 GiB budget.
+    assert changes({"gpu_util_mean": 98.7, "peak_memory_bytes": 48 * GIB}) == {"batch_size=8", "batch_size=32"}
+    assert "ran kernels 99% of the best configuration's step time" in hood.passed_over["threads"]
+    assert "used 38% of the memory budget" in hood.passed_over["checkpointing"]
+    # A GPU waiting on the host, or a run without a GPU monitor: thread counts may pay.
+    assert "threads=2" in changes({"gpu_util_mean": 60.0, "peak_memory_bytes": 48 * GIB})
+    assert "threads=2" in changes({"peak_memory_bytes": 48 * GIB})
+    # Memory tight, or a larger micro-batch out of memory (measured or predicted): checkpointing may pay.
+    assert "checkpointing=True" in changes({"gpu_util_mean": 99.0, "peak_memory_bytes": 100 * GIB})
+    bigger = {config_key({**best, "batch_size": 32}): ("predicted_oom", 0.0)}
+    assert changes({"gpu_util_mean": 99.0, "peak_memory_bytes": 48 * GIB}, bigger) == {"batch_size=8",
+                                                                                       "checkpointing=True"}
+    assert "fp32" not in " ".join(changes({}))  # never a step from bf16; from an fp32 best, bf16 is one
+    fp32 = {**best, "precision": "fp32"}
+    found = hood.candidates(fp32, 100.0, {config_key(fp32): ("ok", 100.0)}, {}, refused=lambda c: False)
+    assert "precision=bf16" in {c.describe() for c in found}
+
+
+def test_a_knob_declares_only_known_limits_and_fallbacks_among_its_choices():
+    with pytest.raises(ValueError, match="relieves='disk'"):
+        Knob("k", choices=(1, 2), default=1, checklist=1, relieves="disk")
+    with pytest.raises(ValueError, match="fallback choices"):
+        Knob("k", choices=(1, 2), default=1, checklist=1, fallback=(3,))
+
+
+def _compiled_findings(knobs: tuple[Knob, ...]):
+    """An iteration where every eager neighbour of the best eager configuration ran, and one compiled trial."""
+    from types import SimpleNamespace
+
+    from dstune.run.budget import Budget
+    from dstune.run.failures import FailureMemory
+    from dstune.run.findings import Findings
+    from dstune.run.search import CostAwareSchedule
+
+    space = SearchSpace(knobs)
+    found = Findings(CostAwareSchedule(space, trials=30, budget_s=600.0), Budget(600.0, 5), memory_budget=100 * GIB,
+                     max_latency_s=None, failures=FailureMemory())
+    eager = space.normalised(BEST)
+    ran = [(eager, 100.0, 10.0), ({**eager, "batch_size": 8}, 90.0, 10.0), ({**eager, "batch_size": 32}, 95.0, 10.0),
+           ({**eager, "checkpointing": True}, 70.0, 10.0), ({**eager, "threads": 2}, 99.8, 10.0),
+           ({**eager, "compile": "default"}, 200.0, 30.0)]
+    for number, (config, rate, seconds) in enumerate(ran):
+        found.fold(SimpleNamespace(id=number, number=number, config=config, status="ok", error=None,
+                                   duration_s=seconds, metrics={"samples_per_s": rate, "peak_memory_bytes": GIB,
+                                                                "gpu_util_mean": 99.0, "input_shapes": 1}))
+    return space, found
+
+
+def test_a_compiled_best_is_searched_around_when_the_eager_neighbours_left_cost_more_than_the_time_left():
+    """GPT-2 on the H200 stopped its trials with 82 s left: the eager centre's last neighbours were autotuning
+    compiles of about 10 minutes, while the compiled best still had a neighbour that fit (compile_dynamic)."""
+    import optuna
+
+    from dstune.run.neighbourhood import BUDGET, ENQUEUED, LocalSearch
+
+    def dynamic(**extra) -> Knob:
+        return Knob("dynamic", choices=("auto", "static"), default="auto", checklist="auto",
+                    active=lambda c: c.get("compile", "off") != "off", **extra)
+
+    knobs = (*KNOBS, dynamic())
+    space, found = _compiled_findings(knobs)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    said: list[str] = []
+    local = LocalSearch(Neighbourhood(knobs, space.normalised, lambda c: c["compile"] != "off"))
+    # Eager neighbours left: compile=autotune only, 40 eager trials of 10 s; the compiled best's: dynamic=static.
+    assert local.before_ask(study, space, found, lambda c: False, said.append, 100.0, 600.0,
+                            available_s=60.0) == ENQUEUED
+    (waiting,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert waiting.system_attrs["fixed_params"] == {"batch_size": 16, "checkpointing": False, "compile": "default",
+                                                    "threads": 1, "dynamic": "static"}
+    assert not any("stopping the trials" in line for line in said)
+    # Where every batch had one shape, how a compiler treats changing shapes is moot: nothing fits, and it says so.
+    knobs = (*KNOBS, dynamic(relieves="shapes"))
+    space, found = _compiled_findings(knobs)
+    local = LocalSearch(Neighbourhood(knobs, space.normalised, lambda c: c["compile"] != "off"))
+    assert local.before_ask(optuna.create_study(directions=["maximize", "minimize"]), space, found,
+                            lambda c: False, said.append, 100.0, 600.0, available_s=60.0) == BUDGET
+    assert "not trying dynamic: every batch of the best configuration had the same shape" in said[-2]
+    assert said[-1].startswith("the most promising neighbours would take longer than the 60 s left for trials "
+                               "(the next, compile=autotune, about 400 s)")

@@ -33,7 +33,11 @@ def dstune_knobs(ctx: Any) -> list[Any] | None:
     choices that make a trial far dearer, and ``cost`` says how many
     ordinary trials one with such a choice is expected to cost (until the
     run has measured one); ``tolerance`` maps choices that change results to
-    the relative error the numerics guard allows them.
+    the relative error the numerics guard allows them; ``relieves`` says a
+    knob can only lift one limit (``host``, ``memory`` or ``shapes``), so the local
+    search waits until the best configuration shows that limit; ``fallback``
+    lists choices kept for numerics rather than speed, which the local
+    search does not step to.
     """
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 Choice = Any  # None, bool, int, float or str: what Optuna's categorical takes
 Config = dict[str, Choice]
+RELIEVES = (None, "host", "memory", "shapes")  # what a knob's choices can relieve, where that is all they can do
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,16 @@ class Knob:
     labels the choices that change what a micro-batch needs in memory
     (precision, activation checkpointing): the memory model
     (:mod:`dstune.run.memory_model`) measures each label once, and choices
-    with one label (bf16 and fp16) share that measurement.
+    with one label (bf16 and fp16) share that measurement.  ``relieves`` names
+    the one limit a knob's choices can lift, for knobs that cannot speed a
+    step any other way: ``host`` (thread pools, the input pipeline: nothing to
+    gain while the GPU is busy all the time) or ``memory`` (checkpointing, the
+    allocator: they trade speed for memory, which pays only near the memory
+    budget) or ``shapes`` (how a compiler treats input shapes that change:
+    nothing to choose while every batch has one shape).  ``fallback`` lists the choices kept for correctness, not speed
+    (fp32 beside tensor-core precisions, the SDPA math kernel, a for-loop
+    optimizer): the local search does not step to them from a working
+    configuration, though the sampler may still propose them.
     """
 
     name: str
@@ -59,6 +69,8 @@ class Knob:
     cost: Mapping[Choice, float] = field(default_factory=dict, compare=False, hash=False)
     # Choice -> memory label, for knobs whose choices change the memory per sample or the fixed memory.
     memory: Mapping[Choice, str] = field(default_factory=dict, compare=False, hash=False)
+    relieves: str | None = field(default=None, compare=False)  # RELIEVES: the only limit its choices lift
+    fallback: tuple[Choice, ...] = field(default=(), compare=False)  # choices for correctness, not for speed
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace(".", "").isalnum():
@@ -72,6 +84,10 @@ class Knob:
                 )
         if any(c not in self.choices for c in self.costly) or self.default in self.costly:
             raise ValueError(f"knob {self.name!r}: costly choices must be non-default choices")
+        if self.relieves not in RELIEVES:
+            raise ValueError(f"knob {self.name!r}: relieves={self.relieves!r}; give one of {list(RELIEVES)}")
+        if any(c not in self.choices for c in self.fallback):
+            raise ValueError(f"knob {self.name!r}: fallback choices {list(self.fallback)} must be among its choices")
         for choice, rel in self.tolerance.items():  # choices offered elsewhere only are ignored
             if isinstance(rel, bool) or not isinstance(rel, (int, float)) or not rel >= 0:
                 raise ValueError(f"knob {self.name!r}: tolerance for {choice!r} is {rel!r}; give a relative error >= 0")

@@ -172,3 +172,24 @@ class StallingDataset(torch.utils.data.Dataset):
 def stalling_data(ctx):
     return dstune.Workload(model=Net(), optimizer=_sgd, dataset=StallingDataset(),
                            loss=lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]))
+
+
+class RaggedDataset(torch.utils.data.Dataset):
+    """Token sequences of 8 to 15 tokens, padded to the longest of their batch: the batches change shape."""
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        return torch.randint(0, 16, (8 + index % 8,))
+
+
+def _pad(samples):
+    return torch.nn.utils.rnn.pad_sequence(samples, batch_first=True)
+
+
+@dstune.workload(batch_size=4)
+def ragged_data(ctx):
+    embed = nn.Sequential(nn.Embedding(16, 32), Net())
+    return dstune.Workload(model=embed, optimizer=_sgd, dataset=RaggedDataset(), collate_fn=_pad,
+                           loss=lambda model, ids: model(ids).float().pow(2).mean())

@@ -44,8 +44,10 @@ class ConsoleReporter:
         self.defaults: Config = {}
         self.last_started: int | None = None
 
-    def started(self, workload: str, ctx: TuneContext, knobs: Sequence[Knob], trials: int, budget_s: float) -> None:
-        self.started_at, self.budget_s, self.trials = time.monotonic(), budget_s, trials
+    def started(self, workload: str, ctx: TuneContext, knobs: Sequence[Knob], trials: int, budget_s: float,
+                elapsed_s: float = 0.0) -> None:
+        """The trials begin; ``elapsed_s`` of the budget went already (the probes), so "left" counts from there."""
+        self.started_at, self.budget_s, self.trials = time.monotonic() - elapsed_s, budget_s, trials
         self.defaults = {k.name: k.default for k in knobs}
         tunable = [k for k in knobs if k.tunable]
         self.console.print(

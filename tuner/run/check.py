@@ -28,7 +28,7 @@ from .workload_failure import last_line
 Measure = Callable[[str, int, Config], TrialOutcome]
 MayStart = Callable[[int], bool]  # whether round r (0-based) may start: the budget can still pay for it
 ROLES = ("incumbent", "challenger")
-SETTLE_AFTER = 3  # pairs before a check may stop early on a plain answer
+SETTLE_AFTER = 2  # pairs before a check may stop early on a plain answer (Student's t makes two wide)
 SETTLE_CONFIDENCE = 0.99
 
 

@@ -77,7 +77,8 @@ HEARTBEAT_S = 10.0  # how often a running iteration says it is alive (see Store.
 class Reporter(Protocol):
     """What the run tells the user while it goes (the CLI's progress display)."""
 
-    def started(self, workload: str, ctx: TuneContext, knobs: Sequence[Knob], trials: int, budget_s: float) -> None: ...
+    def started(self, workload: str, ctx: TuneContext, knobs: Sequence[Knob], trials: int, budget_s: float,
+                elapsed_s: float = 0.0) -> None: ...
     def trial_started(self, index: int, config: Config, seed_kind: str) -> None: ...
     def trial_finished(self, index: int, outcome: TrialOutcome, best_samples_per_s: float | None,
                        number: int | None = None) -> None: ...
@@ -214,7 +215,7 @@ class Iteration:
         # Only now may workers join (they wait for this phase): the study exists and its seeds come first.
         store.update_iteration(self.iteration_id, phase="do")
         self.reporter.planned(store.iteration_number(previous.id) if previous else None, diff, incumbent, copied)
-        self.reporter.started(ctx.workload, ctx, knobs, options.trials, options.budget_s)
+        self.reporter.started(ctx.workload, ctx, knobs, options.trials, options.budget_s, self.budget.elapsed())
 
     def _refuse_a_budget_nothing_fits(self, memory: MemoryModel) -> None:
         """A memory budget below what the smallest micro-batch needs in every variant leaves nothing to run."""

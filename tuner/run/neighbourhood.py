@@ -17,6 +17,16 @@ configurations nobody would try.  So, once the seeds have run:
    centre does not pay a compile to confirm what eager trials showed);
 4. when nothing around the best is left, the neighbourhood is exhausted.
 
+Not every knob is a neighbour everywhere.  A knob that can only lift one
+limit (``Knob.relieves``) waits until the best configuration shows that
+limit: thread counts and loader workers while the GPU is busy 97% of the
+time have nothing to give, nor has checkpointing while the best uses less
+than 60% of the memory budget and nothing ran out of memory, nor has a
+compiler's treatment of changing shapes while every batch has one shape.  And a choice
+kept for correctness (``Knob.fallback``: fp32 beside bf16, the SDPA math
+kernel) is no step towards speed.  These are the trials an expert would not
+spend, and the ones random start-up trials spent most.
+
 The expected gain of a change is learned: from pairs of measured
 configurations that differ in that knob alone, in this iteration and in the
 earlier ones of the workload.  A change nobody has measured is given a small
@@ -32,7 +42,7 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import optuna
 
@@ -43,7 +53,7 @@ from .findings import Findings
 from .search import SEED_ATTR, SearchSpace
 
 NEIGHBOUR = "neighbour"  # the seed kind of a trial the local search proposed
-ENQUEUED, CONVERGED = "enqueued", "converged"
+ENQUEUED, CONVERGED, BUDGET = "enqueued", "converged", "budget"
 SAMPLER_PATIENCE = 3  # sampler trials tried once the neighbourhood is exhausted, before the search has converged
 PRIOR_GAIN = 0.03  # expected log-gain of a change nobody has measured: try it, after what is known to help
 UNTRIED_GAIN = 0.05  # the same for a knob no measured pair has changed yet: every knob is tried early
@@ -53,6 +63,9 @@ MATTERS = 0.02  # a knob matters when a change of it moved throughput by more th
 MAX_PAIRS = 8
 NOT_WORTH = MATTERS / 2  # a change this iteration measured to gain no more than this (log) is not proposed again
 COSTLY_FACTOR = 4.0  # a costly choice (compilation) before any was measured: this many eager trials
+HOST_BUSY = 97.0  # GPU busy (% of the timed steps) from which knobs that relieve the host have nothing to gain
+MEMORY_ROOMY = 0.6  # a centre within this share of the memory budget has room: knobs that save memory wait
+SHORT_OF_MEMORY = frozenset({"oom", "predicted_oom"})
 
 Measured = tuple[Config, float]  # a configuration and its samples/s
 
@@ -153,6 +166,39 @@ def steps(knob: Knob, current: object, failed: Callable[[object], bool] = lambda
 
 
 @dataclass(frozen=True)
+class Headroom:
+    """What the centre of the search left unused, which says whether knobs that relieve a limit can pay."""
+
+    gpu_busy: float | None = None  # % of the centre's timed steps the GPU ran a kernel (None: not measured)
+    memory_share: float | None = None  # the centre's peak over the memory budget (None: not known)
+    short_of_memory: bool = False  # a configuration of this iteration ran out of memory, or was predicted to
+    input_shapes: int | None = None  # distinct shapes of the centre's batches (1: a compiler never saw another)
+
+    @classmethod
+    def of(cls, metrics: Mapping[str, Any], memory_budget: float, outcomes: Mapping[str, tuple[str, float]]
+           ) -> "Headroom":
+        busy, peak, shapes = metrics.get("gpu_util_mean"), metrics.get("peak_memory_bytes"), metrics.get("input_shapes")
+        return cls(float(busy) if busy is not None else None,
+                   float(peak) / memory_budget if peak and memory_budget > 0 else None,
+                   any(status in SHORT_OF_MEMORY for status, _ in outcomes.values()),
+                   int(shapes) if shapes else None)
+
+    def unneeded(self, knob: Knob) -> str | None:
+        """Why ``knob``'s changes cannot pay around this centre (a sentence), or None when they may."""
+        if knob.relieves == "host" and self.gpu_busy is not None and self.gpu_busy >= HOST_BUSY:
+            return (f"the GPU ran kernels {self.gpu_busy:.0f}% of the best configuration's step time, so the host "
+                    "does not hold it back")
+        if (knob.relieves == "memory" and self.memory_share is not None and self.memory_share <= MEMORY_ROOMY
+                and not self.short_of_memory):
+            return (f"the best configuration used {self.memory_share:.0%} of the memory budget and nothing ran out "
+                    "of memory, so saving memory buys nothing")
+        if knob.relieves == "shapes" and self.input_shapes == 1:
+            return ("every batch of the best configuration had the same shape, so the compiler never had a new "
+                    "shape to treat one way or the other")
+        return None
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A neighbour of the best configuration, and why it is proposed when it is."""
 
@@ -178,6 +224,7 @@ class Neighbourhood:
     is_costly: Callable[[Config], bool]
     effects: KnobEffects = field(default_factory=KnobEffects)  # this iteration's and earlier ones': the order
     settled: KnobEffects = field(default_factory=KnobEffects)  # this iteration's alone: what is not tried again
+    passed_over: dict[str, str] = field(default_factory=dict)  # knob -> why the last centre's search left it out
 
     def _cost(self, config: Config, durations: dict[str, float]) -> float:
         """Seconds a trial of ``config`` should take: what trials with the same costly choices took, else the
@@ -202,25 +249,36 @@ class Neighbourhood:
         gain, measured = self.settled.estimate(knob, old, new)
         return measured and gain <= NOT_WORTH
 
-    def _singles(self, best: Config, outcomes: dict[str, tuple[str, float]]) -> Iterable[tuple[str, object]]:
+    def _singles(self, best: Config, outcomes: dict[str, tuple[str, float]], headroom: Headroom
+                 ) -> Iterable[tuple[str, object]]:
+        self.passed_over = {}
         for knob in self.knobs:
             if knob.tunable and knob.name in best and knob.active_in(best):
+                unneeded = headroom.unneeded(knob)
+                if unneeded is not None:
+                    self.passed_over[knob.name] = unneeded
+                    continue
+
                 def failed(value: object, name: str = knob.name) -> bool:
                     found = outcomes.get(config_key(self.normalise({**best, name: value})))
                     return found is not None and found[0] in STEP_OVER
 
-                yield from ((knob.name, value) for value in steps(knob, best[knob.name], failed))
+                yield from ((knob.name, value) for value in steps(knob, best[knob.name], failed)
+                            if value not in knob.fallback)
 
     def candidates(self, best: Config, best_rate: float, outcomes: dict[str, tuple[str, float]],
-                   durations: dict[str, float], refused: Callable[[Config], bool]) -> list[Candidate]:
+                   durations: dict[str, float], refused: Callable[[Config], bool],
+                   headroom: Headroom = Headroom()) -> list[Candidate]:
         """Unmeasured neighbours of ``best``, best gain per second first; singles before pairs.
 
         ``outcomes`` maps a configuration key to (status, samples/s) for every
         configuration measured (or refused, or running: status ``running``).
+        ``headroom`` is what ``best`` left unused: knobs that relieve a limit
+        it does not show are passed over (:attr:`passed_over` says why).
         """
         singles: list[Candidate] = []
         promising: list[tuple[str, object, float]] = []  # single changes worth combining, with their gain
-        for name, value in self._singles(best, outcomes):
+        for name, value in self._singles(best, outcomes, headroom):
             config = self.normalise({**best, name: value})
             key = config_key(config)
             if key in outcomes:
@@ -265,6 +323,7 @@ class LocalSearch:
     exhausted_at: str | None = None  # the best configuration whose neighbourhood ran out
     sampler_tries: int = 0  # sampler proposals since then
     centres: dict[int, tuple[Config, float]] = field(default_factory=dict)  # 0: eager, 1: overall
+    told: set[str] = field(default_factory=set)  # what the run was told was passed over, not to repeat it
 
     def before_ask(self, study: optuna.Study, space: SearchSpace, found: Findings, refused: Callable[[Config], bool],
                    say: Callable[[str], None], elapsed_s: float, budget_s: float,
@@ -284,16 +343,22 @@ class LocalSearch:
         settled.learn(found.rates())
         self.neighbourhood.effects, self.neighbourhood.settled = effects, settled
         candidates: list[Candidate] = []
+        affordable: list[Candidate] = []
         centres = self._centres(found)
+        outcomes = found.outcomes()
         for centre, rate in centres:  # the best eager configuration's neighbours first
-            candidates = self.neighbourhood.candidates(centre, rate, found.outcomes(), found.durations, refused)
-            if candidates:
+            metrics = found.seen.get(config_key(centre), ("", {}))[1]
+            around = self.neighbourhood.candidates(centre, rate, outcomes, found.durations, refused,
+                                                   Headroom.of(metrics, found.memory_budget, outcomes))
+            self._tell_passed_over(say)
+            candidates = candidates or around  # the first centre's, for the message when none fits the time left
+            affordable = [c for c in around if c.cost_s <= available_s]
+            if affordable:  # else the next centre's cheaper neighbours (a compiled best's) may still fit
                 break
-        affordable = [c for c in candidates if c.cost_s <= available_s]
         if candidates and not affordable:
             say(f"the most promising neighbours would take longer than the {available_s:.0f} s left for trials "
                 f"(the next, {candidates[0].describe()}, about {candidates[0].cost_s:.0f} s): stopping the trials")
-            return "budget"
+            return BUDGET
         if affordable:
             study.enqueue_trial(space.params(affordable[0].config), user_attrs={SEED_ATTR: NEIGHBOUR},
                                 skip_if_exists=True)
@@ -312,6 +377,17 @@ class LocalSearch:
             f"used: no neighbour of the best configuration is left, and {SAMPLER_PATIENCE} sampler trials found "
             "nothing better")
         return CONVERGED
+
+    def _tell_passed_over(self, say: Callable[[str], None]) -> None:
+        """Say once which knobs the search leaves out around its centre, and why."""
+        by_reason: dict[str, list[str]] = {}
+        for knob, reason in self.neighbourhood.passed_over.items():
+            by_reason.setdefault(reason, []).append(knob)
+        for reason, knobs in by_reason.items():
+            text = f"not trying {', '.join(knobs)}: {reason}"
+            if text not in self.told:
+                self.told.add(text)
+                say(text)
 
     def _centres(self, found: Findings) -> list[tuple[Config, float]]:
         """Where to search from: the best configuration without a costly choice, then the best of all.

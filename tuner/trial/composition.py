@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterator
 
 import pluggy
@@ -63,6 +63,9 @@ class Composed:
     begin_step: Callable[[], None] = lambda: None  # a new optimizer step begins (CUDA graphs are told)
     step_contexts: Callable[[], ContextManager[Any]] = contextlib.nullcontext
     loader_kwargs: dict[str, Any] | None = None  # what the plugins give a DataLoader (workers, pinning, ...)
+    # The shapes of the workload's own batches so far, one entry per distinct set: one entry means torch.compile
+    # never saw a new shape, so its automatic dynamic shapes and dynamic=False compiled the same graph.
+    input_shapes: set[tuple[tuple[int, ...], ...]] = field(default_factory=set)
 
     def autocast(self) -> ContextManager[Any]:
         """The contexts a step runs under (autocast with the tuned dtype, the SDPA backend): for evaluation."""
@@ -160,11 +163,25 @@ def default_forward(model: Any, batch: Any) -> Any:
     return model(batch)
 
 
+def shape_signature(batch: Any) -> tuple[tuple[int, ...], ...]:
+    """The shapes of a batch's tensors, in a fixed order (a dict's by key)."""
+    if isinstance(batch, torch.Tensor):
+        return (tuple(batch.shape),)
+    if isinstance(batch, dict):
+        return tuple(s for key in sorted(batch, key=str) for s in shape_signature(batch[key]))
+    if isinstance(batch, (list, tuple)):
+        return tuple(s for value in batch for s in shape_signature(value))
+    return ()
+
+
 def _batches(workload: Workload, plan: BatchPlan, device: torch.device, loader_kwargs: dict[str, Any],
-             name: str, ranked: bool = False) -> tuple[Iterator[Any], Any]:
+             name: str, shapes: set[tuple[tuple[int, ...], ...]], ranked: bool = False) -> tuple[Iterator[Any], Any]:
+    """The workload's batches without end, and its DataLoader (None for synthetic batches); every distinct set of
+    shapes they have goes into ``shapes``."""
     if workload.batch is not None:
         # Two distinct batches, made once: data generation stays out of the timing.
         fixed = [workload.batch(plan.micro_batch, device) for _ in range(2)]
+        shapes.update(shape_signature(batch) for batch in fixed)
         return itertools.cycle(fixed), None
     # Data-parallel ranks each read their own share of the dataset, as a DistributedSampler gives it.
     sampler = (torch.utils.data.DistributedSampler(workload.dataset, shuffle=True, drop_last=True)
@@ -183,6 +200,7 @@ def _batches(workload: Workload, plan: BatchPlan, device: torch.device, loader_k
     def forever() -> Iterator[Any]:
         while True:
             for batch in loader:
+                shapes.add(shape_signature(batch))
                 yield to_device(batch, device, non_blocking=pinned)
 
     return forever(), loader
@@ -207,7 +225,8 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
     model.train(ctx.mode == "train")
     plan = pm.hook.dstune_batch_plan(config=config, ctx=ctx) or BatchPlan(ctx.default_batch_size)
     loader_kwargs = _merged(pm.hook.dstune_loader_kwargs(config=config, ctx=ctx))
-    batches, loader = _batches(workload, plan, device, loader_kwargs, definition.name, ctx.data_parallel)
+    shapes: set[tuple[tuple[int, ...], ...]] = set()
+    batches, loader = _batches(workload, plan, device, loader_kwargs, definition.name, shapes, ctx.data_parallel)
     pinned = bool(loader_kwargs.get("pin_memory"))
     forward = workload.forward or default_forward
     if guard is not None:
@@ -243,7 +262,7 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
             return tensor
 
         return Composed(workload, model, None, None, plan, device, infer_step, ctx.mode, loader, guard,
-                        step_contexts=contexts, loader_kwargs=loader_kwargs)
+                        step_contexts=contexts, loader_kwargs=loader_kwargs, input_shapes=shapes)
 
     optimizer_kwargs = _merged(pm.hook.dstune_optimizer_kwargs(config=config, ctx=ctx))
     optimizer = workload.optimizer(model.parameters(), **optimizer_kwargs)
@@ -295,4 +314,4 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
 
     return Composed(workload, model, optimizer, scaler, plan, device, train_step, ctx.mode, loader, guard,
                     micro_step=micro_step, optimizer_step=optimizer_step, begin_step=mark_step,
-                    step_contexts=contexts, loader_kwargs=loader_kwargs)
+                    step_contexts=contexts, loader_kwargs=loader_kwargs, input_shapes=shapes)

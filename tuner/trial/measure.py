@@ -210,9 +210,7 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
         "warmup_steps": len(warm_times),
         "warmup_s": warmup_s,
         "timed_wall_s": timed_wall_s,
-        "micro_batch": composed.plan.micro_batch,
-        "accumulation": composed.plan.accumulation,
-        "samples_per_step": samples_per_step,
+        **_plan_metrics(composed),
         **peak_memory(composed.device),
         **readings,
         **(composed.guard.result if composed.guard else {}),
@@ -228,7 +226,7 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
 
 def _plan_metrics(composed: Composed) -> dict[str, Any]:
     return {"micro_batch": composed.plan.micro_batch, "accumulation": composed.plan.accumulation,
-            "samples_per_step": composed.plan.samples_per_step}
+            "samples_per_step": composed.plan.samples_per_step, "input_shapes": len(composed.input_shapes)}
 
 
 def measure_by_parts(composed: Composed, settings: MeasureSettings, prune_below: float | None = None
