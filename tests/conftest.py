@@ -169,7 +169,7 @@ class TrialHarness:
 
     def run(self, file: Path, workload: str | None, timeout_s: float = 120.0,
             measure: MeasureSettings = FAST, numerics: GuardSettings | None = None,
-            **overrides: Any) -> tuple[TrialOutcome, dict[str, Any] | None]:
+            prune_below: float | None = None, **overrides: Any) -> tuple[TrialOutcome, dict[str, Any] | None]:
         info = probed(file, workload)
         ctx = TuneContext.from_dict(info["ctx"])
         knobs = applicable_knobs(plugin_manager().pm, ctx)
@@ -179,7 +179,8 @@ class TrialHarness:
         observe = self.tmp_path / f"observe-{self.count}.json"
         options = RunOptions(workload_file=file, workload_name=workload, measure=measure)
         env = {"DSTUNE_OBSERVE": str(observe), **compile_cache_env(ctx.workload)}
-        outcome = run_in_subprocess(trial_spec(options, info["ctx"], config, numerics), timeout_s=timeout_s, env=env)
+        spec = trial_spec(options, info["ctx"], config, numerics, prune_below)
+        outcome = run_in_subprocess(spec, timeout_s=timeout_s, env=env)
         facts = json.loads(observe.read_text()) if observe.exists() else None
         return outcome, facts
 

@@ -74,3 +74,15 @@ def test_a_trial_counts_the_shapes_of_its_batches(trials):
     assert fixed.status == ragged.status == "ok", (fixed.error, ragged.error)
     assert fixed.metrics["input_shapes"] == 1
     assert ragged.metrics["input_shapes"] > 1
+
+
+def test_a_trial_is_not_pruned_on_the_steps_that_record_its_cuda_graphs(trials):
+    """Steps 2 and 3 take 20x a replay, as recording CUDA graphs does: judged by the fastest step after the
+    first, the trial runs on and measures its replays; a trial slow at every step is still pruned."""
+    recording = WORKLOADS / "recording.py"
+    steady = 8 / 0.01  # samples/s of a replayed step, sleep alone
+    outcome, _ = trials.run(recording, "recording", measure=SETTINGS, prune_below=steady / 4)
+    assert outcome.status == "ok", outcome.error
+    assert outcome.metrics["samples_per_s"] > steady / 4
+    hopeless, _ = trials.run(recording, "recording", measure=SETTINGS, prune_below=steady * 4)
+    assert hopeless.status == "pruned" and hopeless.metrics["warmup_steps"] == 4
