@@ -136,6 +136,15 @@ def test_a_local_search_climbs_converges_and_ends_the_run_early(tmp_path):
     (chosen,), = db_rows(db, "select json_extract(chosen_config, '$.batch_size') from dstune_iterations")
     assert chosen == max(batch for *_, batch in rows)  # paced: the largest batch is the fastest
     assert elapsed < 150, elapsed  # well inside the 5-minute budget
+    # The benchmarks' figures of the run, read from the same store.
+    from benchmarks.run_figures import figures
+
+    figs = figures(db)
+    assert figs["budget_s"] == 300.0 and figs["trials_run"] == len(rows) and figs["decision"] is not None
+    assert sum(figs["trials_by_status"].values()) >= len(rows)
+    assert 0 < figs["time_to_answer_s"] <= figs["iteration_s"] < elapsed
+    assert figs["chosen_trial_samples_per_s"] >= 0.98 * max(r for r, in db_rows(
+        db, "select samples_per_s from dstune_trials where status = 'ok'"))
 
 
 def test_a_numeric_knob_steps_the_other_way_from_a_change_that_hurt():
