@@ -308,7 +308,7 @@ class Iteration:
             store.update_iteration(self.iteration_id, phase="check")
             self.check_repeats = 0
             return CheckResult(), None, why
-        chosen = options.select.choose(ok, self.memory_budget, options.max_latency_s)
+        chosen = options.select.choose(ok, self.memory_budget, options.max_latency_s, self.incumbent.config)
         store.update_iteration(self.iteration_id, phase="check", chosen_trial_id=chosen.id if chosen else None,
                                chosen_config=chosen.config if chosen else None)
         challenger: Config | None = None
