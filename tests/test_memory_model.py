@@ -154,7 +154,8 @@ def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tm
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
     out = " ".join(result.stdout.split())  # rich wraps lines at the terminal's width
-    assert "[memory] measuring 6 variant(s) at micro-batches 1 and 2" in out
+    assert "[memory] measuring 2 variant(s) at micro-batches 1 and 2; the 4 that save memory only if it is tight" in out
+    assert "of the memory budget: measuring the 4 variant(s) that save memory" in out  # 64 x 40 MiB in 600 MiB
     with sqlite3.connect(db) as conn:
         rows = conn.execute("select seed_kind, status, config, peak_memory_bytes, metrics, error, duration_s "
                             "from dstune_trials order by number").fetchall()
@@ -202,3 +203,39 @@ def test_a_memory_budget_below_the_smallest_micro_batch_is_refused_before_any_tr
     assert "Give a budget above that, or leave --memory-budget out" in error
     with sqlite3.connect(db) as conn:
         assert conn.execute("select count(*) from dstune_iterations").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("budget_mib, measured", [(20480, 2), (600, 6)])
+def test_variants_that_save_memory_are_measured_only_when_memory_is_tight(budget_mib: int, measured: int) -> None:
+    """GPT-2 on the H200 spent 41 s of its probe on six variants, four checkpointed, at 38% of its budget: with
+    room to spare the search never proposes checkpointing, so its variants are not measured. memory_hungry's
+    largest micro-batch (64, about 2.5 GiB) is roomy in 20 GiB and tight in 600 MiB."""
+    from dstune.context import TuneContext
+    from dstune.plugin_calls import applicable_knobs, invalid_reason
+    from dstune.plugin_manager import plugin_manager
+    from dstune.run.memory_plan import measure_model
+    from dstune.run.options import RunOptions
+
+    from .conftest import probed
+
+    file = WORKLOADS / "memory_hungry.py"
+    info = probed(file, "memory_hungry")
+    ctx = TuneContext.from_dict(info["ctx"])
+    pm = plugin_manager().pm
+    knobs = [k for k in applicable_knobs(pm, ctx) if k.name in ("precision", "activation_checkpointing", "batch_size")]
+    said: list[str] = []
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    memory = measure_model(RunOptions(workload_file=file, workload_name="memory_hungry", budget_s=120.0), ctx,
+                           info["ctx"], knobs, pm, budget_mib * MiB, env, lambda c: invalid_reason(pm, c, ctx),
+                           said.append)
+    text = " ".join(said)
+    assert memory is not None, text
+    assert "[memory] measuring 2 variant(s) at micro-batches 1 and 2; the 4 that save memory only if it is tight" \
+        in text
+    assert len([v for v in memory.variants.values() if v.lines]) == measured, text
+    if measured == 2:
+        assert "variant(s) that save memory are not measured" in text
+        assert memory.predict({"precision": "fp32", "activation_checkpointing": True, "batch_size": 64}) is None
+    else:
+        assert "measuring the 4 variant(s) that save memory" in text
+        assert memory.predict({"precision": "fp32", "activation_checkpointing": True, "batch_size": 64}) is not None

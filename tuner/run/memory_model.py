@@ -40,6 +40,7 @@ from dstune.units import format_bytes
 
 PARTS = ("first", "later", "update")
 NOISE = 0.05  # a peak this close to its prediction corrects nothing
+MEMORY_ROOMY = 0.6  # within this share of the memory budget there is room: knobs that save memory have nothing to do
 
 
 @dataclass(frozen=True)

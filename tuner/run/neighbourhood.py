@@ -50,6 +50,7 @@ from dstune.knobs import Config, Knob, config_key
 from dstune.units import format_duration
 
 from .findings import Findings
+from .memory_model import MEMORY_ROOMY
 from .search import SEED_ATTR, SearchSpace
 
 NEIGHBOUR = "neighbour"  # the seed kind of a trial the local search proposed
@@ -64,7 +65,6 @@ MAX_PAIRS = 8
 NOT_WORTH = MATTERS / 2  # a change this iteration measured to gain no more than this (log) is not proposed again
 COSTLY_FACTOR = 4.0  # a costly choice (compilation) before any was measured: this many eager trials
 HOST_BUSY = 97.0  # GPU busy (% of the timed steps) from which knobs that relieve the host have nothing to gain
-MEMORY_ROOMY = 0.6  # a centre within this share of the memory budget has room: knobs that save memory wait
 SHORT_OF_MEMORY = frozenset({"oom", "predicted_oom"})
 
 Measured = tuple[Config, float]  # a configuration and its samples/s
