@@ -18,7 +18,7 @@ from dstune.knobs import default_config
 from dstune.plugin_calls import applicable_knobs
 from dstune.plugin_manager import plugin_manager
 from dstune.run.act import decide
-from dstune.run.check import CheckResult, interleaved_check
+from dstune.run.check import SETTLE_AFTER, CheckResult, interleaved_check
 from dstune.run.options import RunOptions, trial_spec
 from dstune.run.speedup import paired_ratio
 from dstune.trial.launch import run_in_subprocess
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow  # end to end: real runs in subprocesses (`-m "not
 
 def test_aa_check_promotes_at_most_once_in_20():
     """Incumbent and challenger are the same config: any promotion is a false one, early stops included (a check
-    may end after 3 rounds when even its 99% interval lies below 1 + 2%)."""
+    may end after 2 rounds when even its 99% interval lies below 1 + 2%)."""
     info = probed(WORKLOADS / "observe.py", "observe")
     ctx = TuneContext.from_dict(info["ctx"])
     config = default_config(applicable_knobs(plugin_manager().pm, ctx))
@@ -43,7 +43,7 @@ def test_aa_check_promotes_at_most_once_in_20():
     estimates, promotions = [], 0
     for _ in range(20):
         result = interleaved_check(measure, config, dict(config), repeats=5, min_gain=0.02)
-        assert not result.failures and len(result.incumbent) == len(result.challenger) >= 3
+        assert not result.failures and len(result.incumbent) == len(result.challenger) >= SETTLE_AFTER == 2
         assert (len(result.incumbent) == 5) == (result.settled is None)  # fewer rounds only when it settled
         estimates.append(result.estimate)
         promotions += decide(result, has_challenger=True, min_gain=0.02, reference=None).promoted
