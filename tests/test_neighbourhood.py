@@ -220,6 +220,8 @@ def test_a_knob_declares_only_known_limits_and_fallbacks_among_its_choices():
         Knob("k", choices=(1, 2), default=1, checklist=1, relieves="disk")
     with pytest.raises(ValueError, match="fallback choices"):
         Knob("k", choices=(1, 2), default=1, checklist=1, fallback=(3,))
+    with pytest.raises(ValueError, match="fallback choices"):  # True == 1, but True is not a choice here
+        Knob("k", choices=(1, 2), default=1, checklist=1, fallback=(True,))
 
 
 def _compiled_findings(knobs: tuple[Knob, ...]):
@@ -277,3 +279,14 @@ def test_a_compiled_best_is_searched_around_when_the_eager_neighbours_left_cost_
     assert "not trying dynamic: every batch of the best configuration had the same shape" in said[-2]
     assert said[-1].startswith("the most promising neighbours would take longer than the 60 s left for trials "
                                "(the next, compile=autotune, about 400 s)")
+
+
+def test_a_fallback_is_matched_by_type_as_well_as_value():
+    """1 == True and 0 == False in Python: a fallback of False must not hide a thread count of 0."""
+    knob = Knob("k", choices=(False, True, 0, 1), default=False, checklist=True, fallback=(False,))
+    assert knob.is_fallback(False) and not knob.is_fallback(0) and not knob.is_fallback(1)
+    threads = Knob("threads", choices=(None, False, 0, 1), default=None, checklist=None, fallback=(False,))
+    best = {"threads": 1}
+    found = Neighbourhood((threads,), SearchSpace((threads,)).normalised, lambda c: False).candidates(
+        best, 100.0, {config_key(best): ("ok", 100.0)}, {}, refused=lambda c: False)
+    assert {c.describe() for c in found} == {"threads=None", "threads=0"}

@@ -86,7 +86,7 @@ class Knob:
             raise ValueError(f"knob {self.name!r}: costly choices must be non-default choices")
         if self.relieves not in RELIEVES:
             raise ValueError(f"knob {self.name!r}: relieves={self.relieves!r}; give one of {list(RELIEVES)}")
-        if any(c not in self.choices for c in self.fallback):
+        if not all(any(f == c and type(f) is type(c) for c in self.choices) for f in self.fallback):
             raise ValueError(f"knob {self.name!r}: fallback choices {list(self.fallback)} must be among its choices")
         for choice, rel in self.tolerance.items():  # choices offered elsewhere only are ignored
             if isinstance(rel, bool) or not isinstance(rel, (int, float)) or not rel >= 0:
@@ -94,6 +94,10 @@ class Knob:
 
     def applicable(self, ctx: TuneContext) -> bool:
         return self.applies is None or bool(self.applies(ctx))
+
+    def is_fallback(self, choice: Choice) -> bool:
+        """Whether ``choice`` is one of the fallbacks (by type too: 1 is not True, 0 not False)."""
+        return any(choice == f and type(choice) is type(f) for f in self.fallback)
 
     def active_in(self, config: Mapping[str, Choice]) -> bool:
         return self.active is None or bool(self.active(config))

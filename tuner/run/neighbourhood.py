@@ -264,7 +264,7 @@ class Neighbourhood:
                     return found is not None and found[0] in STEP_OVER
 
                 yield from ((knob.name, value) for value in steps(knob, best[knob.name], failed)
-                            if value not in knob.fallback)
+                            if not knob.is_fallback(value))
 
     def candidates(self, best: Config, best_rate: float, outcomes: dict[str, tuple[str, float]],
                    durations: dict[str, float], refused: Callable[[Config], bool],
