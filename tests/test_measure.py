@@ -73,7 +73,7 @@ def test_a_trial_counts_the_shapes_of_its_batches(trials):
     ragged, _ = trials.run(WORKLOADS / "observe.py", "ragged_data", measure=SETTINGS)
     assert fixed.status == ragged.status == "ok", (fixed.error, ragged.error)
     assert fixed.metrics["input_shapes"] == 1
-    assert ragged.metrics["input_shapes"] > 1
+    assert ragged.metrics["input_shapes"] == 2  # several: counting stops there
 
 
 def test_a_trial_is_not_pruned_on_the_steps_that_record_its_cuda_graphs(trials):

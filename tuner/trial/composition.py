@@ -63,8 +63,8 @@ class Composed:
     begin_step: Callable[[], None] = lambda: None  # a new optimizer step begins (CUDA graphs are told)
     step_contexts: Callable[[], ContextManager[Any]] = contextlib.nullcontext
     loader_kwargs: dict[str, Any] | None = None  # what the plugins give a DataLoader (workers, pinning, ...)
-    # The shapes of the workload's own batches so far, one entry per distinct set: one entry means torch.compile
-    # never saw a new shape, so its automatic dynamic shapes and dynamic=False compiled the same graph.
+    # The shapes of the workload's own batches so far, one entry per distinct set, up to two: one entry means
+    # torch.compile never saw a new shape, so its automatic dynamic shapes and dynamic=False compiled one graph.
     input_shapes: set[tuple[tuple[int, ...], ...]] = field(default_factory=set)
 
     def autocast(self) -> ContextManager[Any]:
@@ -200,7 +200,8 @@ def _batches(workload: Workload, plan: BatchPlan, device: torch.device, loader_k
     def forever() -> Iterator[Any]:
         while True:
             for batch in loader:
-                shapes.add(shape_signature(batch))
+                if len(shapes) < 2:  # one shape or several is all that is asked: no more work once it is several
+                    shapes.add(shape_signature(batch))
                 yield to_device(batch, device, non_blocking=pinned)
 
     return forever(), loader
