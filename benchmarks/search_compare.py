@@ -6,9 +6,9 @@
 Each search runs ``dstune run`` on the workload with each seed, alternating
 between the two searches (drift on the machine hits both alike), every run
 in a store of its own.  For each run it records the best trial's samples/s,
-the time to the answer (when the best so far first came within 2% of the
-best of the run), the trials by status, the iteration's whole wall time
-and why the trials stopped; then the medians by search.
+the time to the answer, the trials by status (both as
+:mod:`benchmarks.run_figures` reads them from the store), the iteration's
+whole wall time and why the trials stopped; then the medians by search.
 """
 
 from __future__ import annotations
@@ -25,11 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-WITHIN = 0.98  # "the answer": the best so far within 2% of the run's best
-
-
-def _seconds(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
+from benchmarks.run_figures import figures
 
 
 def one_run(workload: Path, search: str, seed: int, budget: str, folder: Path) -> dict[str, Any]:
@@ -40,21 +36,14 @@ def one_run(workload: Path, search: str, seed: int, budget: str, folder: Path) -
                           capture_output=True, text=True, cwd=folder)
     wall = time.monotonic() - started
     with sqlite3.connect(db) as conn:
-        (iteration_start,) = conn.execute("select started_at from dstune_iterations").fetchone()
-        trials = conn.execute("select status, samples_per_s, ended_at from dstune_trials where status != 'invalid' "
-                              "order by ended_at").fetchall()
-        decision, speedup = conn.execute("select decision, speedup from dstune_iterations").fetchone()
-    ok = [(rate, _seconds(end) - _seconds(iteration_start)) for status, rate, end in trials if status == "ok" and rate]
-    best = max((rate for rate, _ in ok), default=0.0)
-    answer_s = next((t for rate, t in ok if rate >= WITHIN * best), None)
-    statuses: dict[str, int] = {}
-    for status, _, _ in trials:
-        statuses[status] = statuses.get(status, 0) + 1
+        (best,) = conn.execute("select max(samples_per_s) from dstune_trials where status = 'ok'").fetchone()
+    found = figures(db)
     stopped = next((line.split("(stopped: ")[1].rstrip(")") for line in done.stdout.splitlines()
                     if "(stopped: " in line), None)
     return {"search": search, "seed": seed, "returncode": done.returncode, "wall_s": round(wall, 1),
-            "best_samples_per_s": best, "time_to_answer_s": round(answer_s, 1) if answer_s is not None else None,
-            "trials": statuses, "stopped": stopped, "decision": decision, "speedup": speedup}
+            "best_samples_per_s": best or 0.0, "time_to_answer_s": found["time_to_answer_s"],
+            "trials": found["trials_by_status"], "trials_run": found["trials_run"], "stopped": stopped,
+            "decision": found["decision"], "speedup": found["speedup"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             "best_samples_per_s_median": statistics.median(r["best_samples_per_s"] for r in mine),
             "time_to_answer_s_median": statistics.median(r["time_to_answer_s"] or 0.0 for r in mine),
             "wall_s_median": statistics.median(r["wall_s"] for r in mine),
-            "trials_median": statistics.median(sum(r["trials"].values()) for r in mine),
+            "trials_median": statistics.median(r["trials_run"] for r in mine),
             "stopped": [r["stopped"] for r in mine],
         }
     import platform

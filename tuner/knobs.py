@@ -48,10 +48,11 @@ class Knob:
     gain while the GPU is busy all the time) or ``memory`` (checkpointing, the
     allocator: they trade speed for memory, which pays only near the memory
     budget) or ``shapes`` (how a compiler treats input shapes that change:
-    nothing to choose while every batch has one shape).  ``fallback`` lists the choices kept for correctness, not speed
-    (fp32 beside tensor-core precisions, the SDPA math kernel, a for-loop
-    optimizer): the local search does not step to them from a working
-    configuration, though the sampler may still propose them.
+    nothing to choose while every batch has one shape).  ``fallback`` lists
+    the choices kept for correctness, not speed (fp32 beside tensor-core
+    precisions, the SDPA math kernel, a for-loop optimizer): the local search
+    does not step to them from a working configuration, though the sampler
+    may still propose them.
     """
 
     name: str
@@ -86,7 +87,7 @@ class Knob:
             raise ValueError(f"knob {self.name!r}: costly choices must be non-default choices")
         if self.relieves not in RELIEVES:
             raise ValueError(f"knob {self.name!r}: relieves={self.relieves!r}; give one of {list(RELIEVES)}")
-        if not all(any(f == c and type(f) is type(c) for c in self.choices) for f in self.fallback):
+        if not all(any(_same(f, c) for c in self.choices) for f in self.fallback):
             raise ValueError(f"knob {self.name!r}: fallback choices {list(self.fallback)} must be among its choices")
         for choice, rel in self.tolerance.items():  # choices offered elsewhere only are ignored
             if isinstance(rel, bool) or not isinstance(rel, (int, float)) or not rel >= 0:
@@ -97,7 +98,7 @@ class Knob:
 
     def is_fallback(self, choice: Choice) -> bool:
         """Whether ``choice`` is one of the fallbacks (by type too: 1 is not True, 0 not False)."""
-        return any(choice == f and type(choice) is type(f) for f in self.fallback)
+        return any(_same(choice, f) for f in self.fallback)
 
     def active_in(self, config: Mapping[str, Choice]) -> bool:
         return self.active is None or bool(self.active(config))
@@ -105,6 +106,11 @@ class Knob:
     @property
     def tunable(self) -> bool:
         return len(self.choices) > 1
+
+
+def _same(a: Choice, b: Choice) -> bool:
+    """Equal choices of one type: 1 == True in Python, but a thread count of 1 is not the choice True."""
+    return a == b and type(a) is type(b)
 
 
 @dataclass(frozen=True)

@@ -130,11 +130,12 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
 
     With ``prune_below`` (samples/s), a trial whose warm-up steps after the
     first are already slower than that raises :class:`HopelessTrial` instead
-    of spending its warm-up and timed windows.  It is judged by the fastest
-    of its first :data:`PRUNE_AFTER` steps after the first: CUDA graphs
-    (compile's reduce-overhead) record over the second and third steps, each
-    several times a replay's length, and a configuration 4% faster than the
-    best was pruned on their median (ResNet-50 on the H200).
+    of spending its warm-up and timed windows.  It is judged, once
+    :data:`PRUNE_AFTER` steps have followed the first, by the fastest of
+    those steps so far: CUDA graphs (compile's reduce-overhead) record over
+    the second and third steps, each several times a replay's length, and a
+    configuration 4% faster than the best was pruned on their median
+    (ResNet-50 on the H200).
     """
     ranks = world()
     # A data-parallel step's all-reduce happens in its last micro-step only, so its parts are not what a whole
@@ -158,8 +159,7 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
             if agree_any(estimate * ranks < prune_below):
                 raise HopelessTrial(estimate * ranks, {
                     "samples_per_s": estimate, "first_step_s": warm_times[0], "warmup_steps": len(warm_times),
-                    "micro_batch": composed.plan.micro_batch, "accumulation": composed.plan.accumulation,
-                    **peak_memory(composed.device)})
+                    **_plan_metrics(composed), **peak_memory(composed.device)})
         # The first step pays for compilation; the next ``queued`` were prepared while it did.
         enough = len(warm_times) >= settings.min_warmup_steps + 1
         done = enough and ((len(warm_times) > queued and _steady(warm_times[1:], settings.steady_tolerance))
