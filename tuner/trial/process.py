@@ -13,6 +13,7 @@ import json
 import os
 import random
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ def run_trial(spec: TrialSpec, rank: bool = False) -> dict[str, Any]:
     from .numerics import Guard, GuardSettings
     from .workload_file import select_workload
 
+    started = time.perf_counter()
     ctx = TuneContext.from_dict(spec.ctx)
     if rank:
         ctx = rank_context(ctx)
@@ -80,7 +82,10 @@ def run_trial(spec: TrialSpec, rank: bool = False) -> dict[str, Any]:
     definition = select_workload(spec.workload_file, spec.workload_name)
     guard = Guard(GuardSettings(**spec.numerics)) if spec.numerics else None
     composed = compose(plugins.pm, definition, config, ctx, guard)
+    built = time.perf_counter()
     metrics = measure(composed, MeasureSettings(**spec.measure), prune_below=spec.prune_below)
+    # Where the trial's time went: the workload's import and build with the numerics reference, then the steps.
+    metrics.update(setup_s=built - started, measure_s=time.perf_counter() - built)
     return {"status": "ok", "metrics": metrics}
 
 
