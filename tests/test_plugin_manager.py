@@ -10,7 +10,7 @@ import pytest
 from dstune import Knob, hookimpl
 from dstune.context import TuneContext
 from dstune.errors import UsageError
-from dstune.plugin_calls import applicable_knobs, chain_hook
+from dstune.plugin_calls import applicable_knobs, chain_hook, pin_except
 from dstune.plugin_manager import DEFAULT_PLUGINS, plugin_manager
 
 from .conftest import ROOT
@@ -94,3 +94,19 @@ def test_readme_hook_reference_is_generated_from_the_hookspecs():
     assert replace_section(readme) == readme, "README is stale: run `python -m dstune.hook_reference README.md`"
     hooks = [name for name in dir(hookspecs) if name.startswith("dstune_")]
     assert len(hooks) == 12 and all(f"#### `{name}(" in render() for name in hooks)
+
+
+def test_only_pins_the_other_knobs_of_a_gpu_including_those_with_fallback_choices():
+    """On a GPU, optimizer_impl (fallback for-loop), precision (fp32) and matmul_precision (highest) declare
+    fallbacks; ``--only batch_size`` pins them at one value, which raised "fallback choices must be among its
+    choices" on the H200 before any trial ran."""
+    gpu = TuneContext(workload="w", device="cuda", cpu_count=2, bf16_supported=True, capability=(9, 0),
+                      facts={"sdpa.used": True})
+    knobs = applicable_knobs(plugin_manager().pm, gpu)
+    assert [k.name for k in knobs if k.fallback]  # the case in question
+    values = {k.name: k.default for k in knobs}
+    pinned = {k.name: k for k in pin_except(knobs, ["batch_size"], [], values)}
+    assert pinned["batch_size"].choices == next(k for k in knobs if k.name == "batch_size").choices
+    for name, knob in pinned.items():
+        if name != "batch_size":
+            assert knob.choices == (values[name],) and not knob.fallback
