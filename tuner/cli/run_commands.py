@@ -67,7 +67,8 @@ def run(
     options = resolve(ctx).options  # values (and the config file) are checked before anything starts
     from dstune.trial.launch import start_early
 
-    start_early()  # the fork server imports torch while this process imports the rest
+    start_early(workload_file)  # the fork server imports torch and the workload's packages while this process
+    # imports the rest
     from dstune.run.iteration import run_iteration
     from dstune.views.summary import render_summary, summarize
 

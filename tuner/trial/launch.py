@@ -36,6 +36,7 @@ from dstune.errors import UsageError
 
 from .distributed import SAFE_ENV
 from .records import TrialOutcome, TrialSpec
+from .workload_imports import preload_env
 
 TAIL_BYTES = 4000
 KILL_GRACE_S = 5.0
@@ -105,11 +106,23 @@ def _forkserver() -> multiprocessing.context.BaseContext:
     return context
 
 
-def start_early() -> None:
-    """Start the fork server now, so that it imports torch while the caller does its own imports."""
-    if start_method() == "forkserver":
-        _forkserver()
+def start_early(workload_file: Path | None = None) -> None:
+    """Start the fork server now, so that it imports torch, and the installed modules ``workload_file``
+    imports, while the caller does its own imports (:mod:`dstune.trial.workload_imports`)."""
+    if start_method() != "forkserver":
+        return
+    _forkserver()
+    preload = preload_env(workload_file)
+    saved = {name: os.environ.get(name) for name in preload}
+    os.environ.update(preload)  # the server starts with this process's environment
+    try:
         multiprocessing.forkserver.ensure_running()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _forked_child(spec_path: str, result_path: str, out_path: str, err_path: str, env: dict[str, str]) -> None:
@@ -133,8 +146,16 @@ def _forked_child(spec_path: str, result_path: str, out_path: str, err_path: str
     # A forkserver child inherits "forkserver" as its default start method; a
     # workload (DataLoader workers) must see the platform's default, as in a plain script.
     multiprocessing.set_start_method(None, force=True)
-    from dstune.trial.process import main
+    from dstune.trial.process import main, write_result
 
+    from . import preload
+
+    if preload.CUDA_BY is not None:  # the fork server's CUDA context is no use to a forked process
+        write_result(result_path, {"status": "usage_error", "error": (
+            f"importing {preload.CUDA_BY} (imported by the workload file) initialised CUDA in dstune's fork server, "
+            "so no trial forked from it can use the GPU. Run with DSTUNE_PRELOAD=off, which leaves the workload's "
+            "imports to each trial, or DSTUNE_START_METHOD=exec.")})
+        sys.exit(2)
     sys.exit(main([spec_path, result_path]))
 
 

@@ -1,16 +1,25 @@
 """Imported once by the fork server that trial processes are forked from.
 
 It imports torch and torch._dynamo (which every optimizer imports on
-construction: together the slow seconds of starting a trial) and nothing that
-initialises CUDA, thread pools or a workload, so every forked trial starts
-from the same clean state.  Python 3.12+ warns about forking a process with
-more than one thread; importing torch starts one idle helper thread, which is
-why that warning is silenced here, in the fork server only.
+construction: together the slow seconds of starting a trial), then the
+modules the workload file imports from installed packages
+(:mod:`dstune.trial.workload_imports`), and nothing that initialises CUDA,
+thread pools or a workload, so every forked trial starts from the same clean
+state.  CUDA cannot be initialised in a process that forks CUDA users, so
+while the workload's modules are imported torch refuses to initialise it (a
+module that insists fails to preload, and its trials import it themselves),
+and ``torch.cuda.is_available()`` asks NVML rather than the driver.
+
+Python 3.12+ warns about forking a process with more than one thread;
+importing torch starts one idle helper thread, which is why that warning is
+silenced here, in the fork server only.
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib
+import json
 import os
 import warnings
 
@@ -22,8 +31,53 @@ import torch._dynamo  # noqa: E402,F401
 import dstune.plugin_manager  # noqa: E402,F401
 import dstune.trial.measure  # noqa: E402,F401
 import dstune.trial.process  # noqa: E402,F401
+from dstune.trial.workload_imports import PRELOAD_ENV  # noqa: E402
 
 _SERVER_PID = os.getpid()
+CUDA_BY: str | None = None  # the preloaded module after which CUDA was found initialised: forks cannot use it
+
+
+def _refuse_cuda() -> None:
+    raise RuntimeError("dstune's fork server imports a workload's modules without initialising CUDA")
+
+
+def import_workload_modules(statements: list[tuple[str, list[str]]]) -> list[str]:
+    """Import each module with the names taken from it (a lazy package such as transformers imports its
+    submodules on that access), CUDA refused throughout; the modules that failed to import."""
+    global CUDA_BY
+    failed: list[str] = []
+    lazy_init, check = torch.cuda._lazy_init, os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    torch.cuda._lazy_init = _refuse_cuda
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    try:
+        for module, names in statements:
+            try:
+                imported = importlib.import_module(module)
+                for name in names:
+                    getattr(imported, name, None)
+            except Exception:  # noqa: BLE001 - what fails here, the trial imports (and reports) itself
+                failed.append(module)
+            if CUDA_BY is None and torch.cuda.is_initialized():
+                CUDA_BY = module
+    finally:
+        torch.cuda._lazy_init = lazy_init
+        if check is None:
+            os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+        else:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = check
+    return failed
+
+
+def _preload_from_env() -> None:
+    raw = os.environ.pop(PRELOAD_ENV, None)
+    try:
+        statements = json.loads(raw) if raw else []
+    except ValueError:
+        statements = []
+    import_workload_modules([(str(module), [str(n) for n in names]) for module, names in statements])
+
+
+_preload_from_env()
 
 
 def _exit_at_once() -> None:
