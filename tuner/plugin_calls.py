@@ -119,7 +119,8 @@ def pin_except(knobs: Sequence[Knob], only: Sequence[str], exclude: Sequence[str
                              f"Knobs that apply: {', '.join(sorted(names))}.")
     tuned = (set(only) or names) - set(exclude)
     return [k if k.name in tuned else dataclasses.replace(k, choices=(values[k.name],), default=values[k.name],
-                                                           checklist=values[k.name], costly=(), fallback=(), active=None)
+                                                           checklist=values[k.name], costly=(), fallback=(),
+                                                           active=None)
             for k in knobs]
 
 
