@@ -281,6 +281,39 @@ def test_a_compiled_best_is_searched_around_when_the_eager_neighbours_left_cost_
                                "(the next, compile=autotune, about 400 s)")
 
 
+def test_a_neighbour_longer_than_the_budget_could_ever_give_a_trial_is_left_out_and_the_search_can_converge():
+    """GPT-2 and ResNet-50 on the H200 ended their trials "stopped: budget" because the only neighbours left were
+    autotuning compiles of about ten minutes in a ten-minute budget: they were never within reach, so the
+    neighbourhood is exhausted without them, and the run says which budget would include them."""
+    import optuna
+
+    from dstune.run.neighbourhood import BUDGET, SAMPLER_PATIENCE, LocalSearch
+
+    knobs = (*KNOBS, Knob("dynamic", choices=("auto", "static"), default="auto", checklist="auto",
+                          active=lambda c: c.get("compile", "off") != "off", relieves="shapes"))
+    space, found = _compiled_findings(knobs)
+    said: list[str] = []
+    local = LocalSearch(Neighbourhood(knobs, space.normalised, lambda c: c["compile"] != "off"))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    # Within reach (a ceiling of 500 s), compile=autotune (about 400 s) is only too long for the 60 s left.
+    assert local.before_ask(study, space, found, lambda c: False, said.append, 100.0, 600.0, available_s=60.0,
+                            ceiling_s=500.0) == BUDGET
+    # Beyond reach (300 s), it is left out, the neighbourhood is exhausted, and the sampler takes its turns.
+    said.clear()
+    assert local.before_ask(study, space, found, lambda c: False, said.append, 100.0, 600.0, available_s=60.0,
+                            ceiling_s=300.0) is None
+    assert ("not trying compile=autotune: about 6:40, longer than any trial can take within a budget of 10:00 "
+            "(5:00, the check's time kept back); --budget 12m or more would try it") in said
+    assert not any("stopping the trials" in line for line in said)
+    assert said[-1].startswith("the neighbourhood of the best configuration is exhausted after 6 trials")
+    for _ in range(SAMPLER_PATIENCE):
+        local.proposed("search")
+    assert local.before_ask(study, space, found, lambda c: False, said.append, 100.0, 600.0, available_s=60.0,
+                            ceiling_s=300.0) == "converged"
+    assert said[-1].startswith("converged after 6 trials, 1:40 of 10:00 used")
+    assert sum("not trying compile=autotune" in line for line in said) == 1  # said once
+
+
 def test_a_fallback_is_matched_by_type_as_well_as_value():
     """1 == True and 0 == False in Python: a fallback of False must not hide a thread count of 0."""
     knob = Knob("k", choices=(False, True, 0, 1), default=False, checklist=True, fallback=(False,))

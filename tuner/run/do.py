@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dstune.do")
 
 MAX_REPEATS = 40  # consecutive already-seen suggestions before the space counts as exhausted
+MAX_UNAFFORDABLE = 10  # consecutive sampler proposals too long for the time left before the trials stop
 PRUNE_RATIO = 0.25  # a trial whose warm-up shows under this fraction of the best is stopped early
 MAX_INVALID_STREAK = 20  # configurations refused in a row before the trials stop (a plugin refusing everything)
 MIN_TRIAL_S = 10.0  # no trial starts with less budget left than this (or a tenth of the budget)
@@ -112,11 +113,12 @@ class TrialPool:
                               self.setup.memory)
         self.rows: list[Any] = []
         self.iteration_row: Any = None
-        self.repeats = self.invalid_streak = 0
+        self.repeats = self.invalid_streak = self.unaffordable = 0
         self.stop_reason: str | None = None
         self.published_until: float | None = None  # time.time() of the deadline last written for the workers
         self.closed = False
         self.warned_noise = False
+        self.left_at_start = self.setup.budget.left()  # when the Do phase began: no trial could ever get more
         space = self.setup.space
         self.local = LocalSearch(Neighbourhood(space.knobs, space.normalised, self.schedule.is_costly),
                                  self.setup.earlier) if options.search == LOCAL else None
@@ -188,6 +190,13 @@ class TrialPool:
             self.published_until = until
         return available
 
+    def ceiling(self) -> float:
+        """The longest trial this iteration's budget could ever have paid for: the time left when the trials
+        began, less the check's reserve as it stands (a worker leaves that to the coordinator)."""
+        if not self.setup.coordinator:
+            return float("inf")
+        return self.left_at_start - self.setup.budget.check_reserve(self.found.best_key)
+
     def ended_elsewhere(self) -> bool:
         """A worker stops when the coordinating run has left the Do phase (or ended)."""
         row = self.iteration_row
@@ -205,7 +214,7 @@ class TrialPool:
                     study, space, self.found, refused=lambda c: bool(self.found.failures.banned(c) or
                                                                      setup.invalid_reason(c)),
                     say=setup.reporter.message, elapsed_s=self.elapsed(), budget_s=setup.options.budget_s,
-                    available_s=available)
+                    available_s=available, ceiling_s=self.ceiling())
                 if turn in (CONVERGED, "budget"):
                     return turn
             else:
@@ -227,6 +236,14 @@ class TrialPool:
                     return "exhausted"
                 continue
             self.repeats = 0
+            if self._beyond_time(trial, config, seed_kind, available):
+                self.unaffordable += 1
+                if self.unaffordable >= MAX_UNAFFORDABLE:
+                    setup.reporter.message(f"the sampler's last {self.unaffordable} proposals would each take longer "
+                                           f"than the {available:.0f} s left for trials: stopping the trials")
+                    return "budget"
+                continue
+            self.unaffordable = 0
             ban = self.found.failures.banned(config)
             reason = ban.reason if ban is not None else setup.invalid_reason(config)
             status = "invalid"
@@ -253,6 +270,16 @@ class TrialPool:
             if self.local is not None:
                 self.local.proposed(seed_kind)
             return trial, config, seed_kind
+
+    def _beyond_time(self, trial: optuna.Trial, config: Config, seed_kind: str, available: float) -> bool:
+        """A sampler proposal of the local search expected to outlast the time left for trials (a compile with
+        two minutes left) is not started only to be cut off: it is told to the study as failed, unrecorded."""
+        if self.local is None or seed_kind != "search" or not self.found.durations:
+            return False
+        if self.local.neighbourhood.cost(config, self.found.durations) <= available:
+            return False
+        self.setup.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return True
 
     def _warn_if_noisy(self, outcome: TrialOutcome) -> None:
         """Say once when a trial's timed windows disagree so much that the machine cannot have been quiet."""

@@ -226,7 +226,7 @@ class Neighbourhood:
     settled: KnobEffects = field(default_factory=KnobEffects)  # this iteration's alone: what is not tried again
     passed_over: dict[str, str] = field(default_factory=dict)  # knob -> why the last centre's search left it out
 
-    def _cost(self, config: Config, durations: dict[str, float]) -> float:
+    def cost(self, config: Config, durations: dict[str, float]) -> float:
         """Seconds a trial of ``config`` should take: what trials with the same costly choices took, else the
         eager trials' median times what its plugin says a costly choice costs (COSTLY_FACTOR if it says nothing)."""
         def costly_values(c: Config) -> tuple[tuple[str, object], ...]:
@@ -294,7 +294,7 @@ class Neighbourhood:
                 continue
             gain = self.effects.gain(name, best[name], value)
             if gain > SKIP_BELOW and not self._settled(name, best[name], value):
-                singles.append(Candidate(config, ((name, value),), gain, self._cost(config, durations)))
+                singles.append(Candidate(config, ((name, value),), gain, self.cost(config, durations)))
         if singles:
             return sorted(singles, key=lambda c: -c.score)
         pairs: list[Candidate] = []
@@ -305,7 +305,7 @@ class Neighbourhood:
             if config_key(config) in outcomes or refused(config):
                 continue
             pairs.append(Candidate(config, ((k1, v1), (k2, v2)), g1 + g2 + PRIOR_GAIN,
-                                   self._cost(config, durations)))
+                                   self.cost(config, durations)))
         return sorted(pairs, key=lambda c: -c.score)[:MAX_PAIRS]
 
 
@@ -327,13 +327,17 @@ class LocalSearch:
 
     def before_ask(self, study: optuna.Study, space: SearchSpace, found: Findings, refused: Callable[[Config], bool],
                    say: Callable[[str], None], elapsed_s: float, budget_s: float,
-                   available_s: float = float("inf")) -> str | None:
+                   available_s: float = float("inf"), ceiling_s: float = float("inf")) -> str | None:
         """``enqueued`` a neighbour, ``converged``, ``budget``, or None: the sampler proposes the next trial.
 
         Seeds and retries waiting in the study go first; before anything has
         succeeded there is no best to search around.  A neighbour expected to
         take longer than the ``available_s`` seconds left for trials is not
         started only to be cut off: when no neighbour fits, the trials stop.
+        One expected to take longer than ``ceiling_s``, the most the budget
+        could ever give a trial (an autotuning compile of ten minutes in a
+        ten-minute budget), is out of this budget's reach: it is left out of
+        the neighbourhood, and said so, and the search can converge without it.
         """
         if found.best_config is None or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             return None
@@ -351,6 +355,7 @@ class LocalSearch:
             around = self.neighbourhood.candidates(centre, rate, outcomes, found.durations, refused,
                                                    Headroom.of(metrics, found.memory_budget, outcomes))
             self._tell_passed_over(say)
+            around = self._within_reach(around, ceiling_s, budget_s, say)
             candidates = candidates or around  # the first centre's, for the message when none fits the time left
             affordable = [c for c in around if c.cost_s <= available_s]
             if affordable:  # else the next centre's cheaper neighbours (a compiled best's) may still fit
@@ -377,6 +382,20 @@ class LocalSearch:
             f"used: no neighbour of the best configuration is left, and {SAMPLER_PATIENCE} sampler trials found "
             "nothing better")
         return CONVERGED
+
+    def _within_reach(self, around: list[Candidate], ceiling_s: float, budget_s: float,
+                      say: Callable[[str], None]) -> list[Candidate]:
+        """The candidates the budget could ever pay for; the others are said once, with the budget that would."""
+        beyond = [c for c in around if c.cost_s > ceiling_s]
+        for candidate in beyond:
+            text = (f"not trying {candidate.describe()}: about {format_duration(candidate.cost_s)}, longer than any "
+                    f"trial can take within a budget of {format_duration(budget_s)} ({format_duration(ceiling_s)}, "
+                    f"the check's time kept back); --budget {_minutes(budget_s + candidate.cost_s - ceiling_s)} or "
+                    "more would try it")
+            if text not in self.told:
+                self.told.add(text)
+                say(text)
+        return [c for c in around if c.cost_s <= ceiling_s]
 
     def _tell_passed_over(self, say: Callable[[str], None]) -> None:
         """Say once which knobs the search leaves out around its centre, and why."""
@@ -416,3 +435,8 @@ class LocalSearch:
         """A trial the sampler chose is about to run: one of its tries, once the neighbourhood ran out."""
         if seed_kind == "search" and self.exhausted_at is not None:
             self.sampler_tries += 1
+
+
+def _minutes(seconds: float) -> str:
+    """A ``--budget`` value of whole minutes, rounded up."""
+    return f"{math.ceil(seconds / 60)}m"
