@@ -1,10 +1,12 @@
-"""How trial processes start: forked from a server that has imported torch and the workload's installed packages."""
+"""How trial processes start (forked from a server that has imported torch and the workload's installed packages),
+and how an end without a result is read."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from dstune.trial.launch import classify_exit, oom_kills
 from dstune.trial.workload_imports import preload_env, preloadable, top_level_imports
 
 from .conftest import run_cli
@@ -89,3 +91,39 @@ def test_preloading_reads_the_files_imports_without_running_it_and_can_be_turned
     assert preload_env(work / "marks.py")
     monkeypatch.setenv("DSTUNE_PRELOAD", "off")
     assert preload_env(work / "marks.py") == {}
+
+
+KILLS_ITSELF = """
+import os
+import signal
+
+import torch
+
+import dstune
+
+
+def _loss(model, x):
+    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would, in the middle of a step
+
+
+@dstune.workload(batch_size=4)
+def killed(ctx):
+    model = torch.nn.Linear(8, 2)
+    return dstune.Workload(model=model, optimizer=lambda p, **kw: torch.optim.SGD(p, lr=0.1, **kw),
+                           batch=lambda n, device: torch.randn(n, 8, device=device), loss=_loss)
+"""
+
+
+def test_a_trial_killed_by_sigkill_is_a_crash_unless_the_kernels_out_of_memory_killer_sent_it(tmp_path, trials):
+    """GPT-2 on this 24 GiB CPU machine: its default trial reached 23 GiB and the kernel's OOM killer ended it;
+    dstune said "crash: trial process killed by SIGKILL", with no word of memory."""
+    workload = tmp_path / "killed.py"
+    workload.write_text(KILLS_ITSELF)
+    outcome, _ = trials.run(workload, "killed")
+    assert outcome.status == "crash" and outcome.error == "trial process killed by SIGKILL"
+    assert isinstance(oom_kills(), int)  # Linux counts the OOM killer's kills: the other half of the evidence
+    outcome = classify_exit(-9, tmp_path / "no-result.json", 97.0, "", oom_killed=True)
+    assert outcome.status == "oom" and outcome.signal == "SIGKILL"
+    assert outcome.error.startswith("trial process killed by SIGKILL from the kernel's out-of-memory killer after "
+                                    "97 s: the host (")
+    assert "ran out of memory. Give trials a smaller micro-batch or a --memory-budget" in outcome.error

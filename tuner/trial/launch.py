@@ -33,6 +33,7 @@ from typing import Callable
 
 from dstune.devices.processes import die_with_parent
 from dstune.errors import UsageError
+from dstune.units import format_bytes
 
 from .distributed import SAFE_ENV
 from .records import TrialOutcome, TrialSpec
@@ -233,7 +234,7 @@ def run_in_subprocess(spec: TrialSpec, timeout_s: float, env: dict[str, str] | N
         child_env.update(SAFE_ENV)  # NVLink multicast off in every trial, whatever the caller's environment says
         paths = [str(spec_path), str(result_path), str(out_path), str(err_path)]
         runner = _run_forked if start_method() == "forkserver" else _run_exec
-        started = time.perf_counter()
+        started, kills = time.perf_counter(), oom_kills()
         returncode, ending = runner(paths, child_env, timeout_s, cancel)
         duration = time.perf_counter() - started
         stderr_tail = _tail(err_path)
@@ -243,11 +244,39 @@ def run_in_subprocess(spec: TrialSpec, timeout_s: float, env: dict[str, str] | N
         if ending == "timeout":
             return TrialOutcome("timeout", error=f"no result after {timeout_s:.0f} s; process group killed",
                                 duration_s=duration, stderr_tail=stderr_tail, exit_code=returncode)
-        return classify_exit(returncode, result_path, duration, stderr_tail)
+        after = oom_kills()
+        return classify_exit(returncode, result_path, duration, stderr_tail,
+                             oom_killed=kills is not None and after is not None and after > kills)
 
 
-def classify_exit(returncode: int | None, result_path: Path, duration: float, stderr_tail: str) -> TrialOutcome:
-    """Turn an exit status and an optional result file into a :class:`TrialOutcome`."""
+def oom_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer has ended since boot (Linux), or None where unknown.
+
+    A trial that exhausts the host's memory does not raise: the kernel sends it
+    SIGKILL.  That counter moving while the trial ran, with the trial killed by
+    SIGKILL that dstune did not send, tells an out-of-memory end from a crash.
+    """
+    try:
+        with open("/proc/vmstat", encoding="ascii") as stats:
+            for line in stats:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _host_memory() -> str:
+    try:
+        return format_bytes(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError):
+        return "its memory"
+
+
+def classify_exit(returncode: int | None, result_path: Path, duration: float, stderr_tail: str,
+                  oom_killed: bool = False) -> TrialOutcome:
+    """Turn an exit status and an optional result file into a :class:`TrialOutcome`; ``oom_killed``: the kernel's
+    out-of-memory killer ended a process while this one ran."""
     signame = None
     if returncode is not None and returncode < 0:
         try:
@@ -261,6 +290,12 @@ def classify_exit(returncode: int | None, result_path: Path, duration: float, st
             error=payload.get("error"), exit_code=returncode, signal=signame, duration_s=duration,
             stderr_tail=stderr_tail, payload=payload,
         )
+    if signame == "SIGKILL" and oom_killed:
+        return TrialOutcome("oom", error=(
+            f"trial process killed by SIGKILL from the kernel's out-of-memory killer after {duration:.0f} s: the host "
+            f"({_host_memory()}) ran out of memory. Give trials a smaller micro-batch or a --memory-budget under "
+            "the host's free memory, or free memory on the host"), exit_code=returncode, signal=signame,
+            duration_s=duration, stderr_tail=stderr_tail)
     how = f"killed by {signame}" if signame else f"exited with code {returncode} without a result"
     return TrialOutcome("crash", error=f"trial process {how}", exit_code=returncode, signal=signame,
                         duration_s=duration, stderr_tail=stderr_tail)
