@@ -68,6 +68,24 @@ def test_a_first_round_the_budget_cannot_pay_for_is_not_started(clock):
     assert check.timeout_s(600.0) == 40.0  # a measurement started now would be cut at the budget's overrun
 
 
+def test_an_incumbent_whose_trial_failed_after_a_while_is_not_re_measured_past_the_budget(clock):
+    """GPT-2 on the 24 GiB CPU machine, --budget 2m: the default trial was OOM-killed after 97 s and no trial
+    succeeded, yet the check re-measured the incumbent from 121 s on, to be cut at 151 s with nothing learned."""
+    budget = Budget(120.0, check_repeats=5, incumbent_key="incumbent", clock=clock)
+    budget.record_failure("incumbent", 97.0)
+    assert budget.incumbent_s("") == 97.0 and budget.round_s("incumbent") == 2 * 97.0
+    clock.now += 121.0
+    check = CheckClock(budget, first_round_s=budget.incumbent_s(""))
+    result = interleaved_check(lambda *a: pytest.fail("measured"), {"x": 1}, None, 5, check.may_start)
+    assert result.cut == "the budget paid for 0 of 5 rounds"
+    # Nothing known of what a round costs: a round starts only while the budget itself lasts, not in its overrun.
+    assert not CheckClock(budget, first_round_s=0.0).may_start(0)
+    assert CheckClock(Budget(120.0, 5, clock=clock), first_round_s=0.0).may_start(0)
+    # A success says what the configuration costs, whatever failed before.
+    budget.record_success("incumbent", duration_s=20.0, first_step_s=0.0, costly=False)
+    assert budget.incumbent_s("") == 20.0
+
+
 def test_a_measurement_the_budget_cut_short_blames_neither_side():
     outcomes = iter([TrialOutcome("ok", metrics={"samples_per_s": 100.0}),
                      TrialOutcome("ok", metrics={"samples_per_s": 120.0}),

@@ -39,6 +39,7 @@ class Budget:
     measure_s: dict[str, float] = field(default_factory=dict)  # what re-measuring a config costs, by config key
     eager_s: list[float] = field(default_factory=list)  # durations of successful cheap trials
     costly_steady_s: list[float] = field(default_factory=list)  # successful costly trials, first step left out
+    unfinished_s: dict[str, float] = field(default_factory=dict)  # how long a failed trial of a config ran, by key
 
     def __post_init__(self) -> None:
         if self.started < 0:
@@ -87,17 +88,30 @@ class Budget:
             self.eager_s.append(duration_s)
             self.measure_s[key] = duration_s
 
+    def record_failure(self, key: str, duration_s: float) -> None:
+        """A trial of config ``key`` failed after ``duration_s``: measuring it again costs at least as much (an
+        out-of-memory kill after 97 s says so), unless a success says what it costs."""
+        self.unfinished_s[key] = max(duration_s, self.unfinished_s.get(key, 0.0))
+
+    def _cost_of(self, key: str) -> float | None:
+        return self.measure_s.get(key, self.unfinished_s.get(key))
+
+    def incumbent_s(self, best_key: str) -> float:
+        """What measuring the incumbent alone should take: its own trial's time, else half a round."""
+        own = self._cost_of(self.incumbent_key)
+        return own if own is not None else self.round_s(best_key) / 2
+
     def round_s(self, challenger_key: str) -> float:
         """What one check round (the incumbent and the challenger measured once each) should take.
 
         Best first: what this run's trials of the incumbent and of the
         challenger took, a compiled one without its first step, since the
-        check finds its compilation in the shared cache; the previous
+        check finds its compilation in the shared cache (a failed trial: how
+        long it ran before it failed); the previous
         iteration's check measurements; this run's eager trials; its compiled
         trials without their first step.  0 while nothing is known.
         """
-        incumbent = self.measure_s.get(self.incumbent_key)
-        challenger = self.measure_s.get(challenger_key)
+        incumbent, challenger = self._cost_of(self.incumbent_key), self._cost_of(challenger_key)
         if incumbent is not None and challenger is not None:
             return incumbent + challenger
         if self.past_measure_s:
@@ -132,9 +146,9 @@ class Budget:
     def check_rounds(self, challenger_key: str | None, best_key: str) -> int:
         """Rounds the check can do in the budget left: ``--check-repeats`` at most, never under 2.
 
-        Without a challenger only the incumbent is measured: half a round each.
+        Without a challenger only the incumbent is measured: a round is its measurement alone.
         """
-        per_round = self.round_s(challenger_key) if challenger_key else self.round_s(best_key) / 2
+        per_round = self.round_s(challenger_key) if challenger_key else self.incumbent_s(best_key)
         if per_round <= 0:
             return self.check_repeats
         return max(MIN_CHECK_ROUNDS, min(self.check_repeats, int(self.left() / per_round)))
@@ -163,4 +177,6 @@ class CheckClock:
 
     def may_start(self, round_: int) -> bool:
         expected = sum(self.measured_s) / round_ if round_ else self.first_round_s
+        if expected <= 0:  # nothing says what a round costs: only while the budget itself lasts
+            return self.budget.left() > 0
         return self.budget.pays_for(expected)

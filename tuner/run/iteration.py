@@ -328,8 +328,9 @@ class Iteration:
         slot = self.slots[0]
 
         best_key = config_key(challenger) if challenger else self.pool.found.best_key if self.pool else ""
-        # Without a challenger a round measures the incumbent alone: half a round.
-        clock = CheckClock(self.budget, self.budget.round_s(best_key) / (1 if challenger else 2))
+        # Without a challenger a round measures the incumbent alone.
+        clock = CheckClock(self.budget, self.budget.round_s(best_key) if challenger else
+                           self.budget.incumbent_s(best_key))
 
         def measure(role: str, round_: int, config: Config) -> TrialOutcome:
             self.wait_idle(slot)
