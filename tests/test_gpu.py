@@ -144,11 +144,14 @@ def test_compile_on_cuda(trials, mode):
 def test_a_reduce_overhead_trial_is_not_pruned_on_the_steps_that_record_its_cuda_graphs(trials):
     """Warm-up steps that record CUDA graphs take several times a replay: ResNet-50's compile=reduce-overhead,
     4% faster than the best, was pruned on them on the H200.  A threshold 20% under its own speed lets it run."""
-    free, _ = trials.run(OBSERVE, "observe", timeout_s=400, compile="reduce-overhead")
-    assert free.status == "ok", (free.error, free.stderr_tail)
-    rate = free.metrics["samples_per_s"]
+    rates = []
+    for _ in range(2):  # the first compiles (and on the H200 measured 331 samples/s against 1587 from the cache)
+        free, _ = trials.run(OBSERVE, "observe", timeout_s=400, compile="reduce-overhead")
+        assert free.status == "ok", (free.error, free.stderr_tail)
+        rates.append(free.metrics["samples_per_s"])
+    rate = max(rates)
     judged, _ = trials.run(OBSERVE, "observe", timeout_s=400, prune_below=0.8 * rate, compile="reduce-overhead")
-    print(f"\nreduce-overhead: {rate:.1f} samples/s unjudged; judged against {0.8 * rate:.1f}: {judged.status} "
+    print(f"\nreduce-overhead: {rates} samples/s unjudged; judged against {0.8 * rate:.1f}: {judged.status} "
           f"{judged.metrics.get('samples_per_s')} ({judged.error})")
     assert judged.status == "ok", judged.error
 
