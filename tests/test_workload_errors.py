@@ -106,6 +106,28 @@ def test_a_workload_that_fails_as_written_says_its_own_error_once_and_exits_4(tm
     assert db_rows(db, "select count(*) from dstune_applied") == [(0,)]  # nothing applied as a baseline
 
 
+def test_a_budget_shorter_than_one_trial_says_so_rather_than_blaming_errors(tmp_path):
+    """GPT-2 on the CPU with --budget 2m: its first trial was still warming up when the budget ran out, and the run
+    said only "No trial ran to the end (their errors are above)", though there was no error."""
+    db = tmp_path / "short.db"
+    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--budget", "5s", "--check-repeats", "2",
+                     "--windows", "2", "--window-time", "0.05", "--disable-plugin", "compile", cwd=tmp_path,
+                     env={"DSTUNE_TEST_SLOWDOWN": "100"})  # steps of about a second
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())
+    assert db_rows(db, "select status from dstune_trials") == [("interrupted",)]
+    assert ("No trial ran to the end: the budget ran out during the first, so one trial of this workload takes "
+            "longer than the whole budget. Give a --budget several times one trial's length") in out
+    assert "their errors are above" not in out
+    # A budget that ends before any trial starts says that instead.
+    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(tmp_path / "none.db"), "--budget", "1s",
+                     "--disable-plugin", "compile", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())
+    assert "(stopped: budget)" in out and "Iteration 1 of paced: no trials" in out
+    assert "No trial started: building the workload and planning took the whole budget" in out
+
+
 def test_a_loss_that_is_nan_in_fp32_already_blames_the_workload_not_the_tolerance(tmp_path):
     result = run_cli("run", str(WORKLOADS / "nan_loss.py"), "--db", str(tmp_path / "nan.db"), "--budget", "2m",
                      "--trials", "6", cwd=tmp_path)

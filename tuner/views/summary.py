@@ -76,7 +76,7 @@ def format_speedup(row: Any) -> str:
 def render_summary(console: Console, summary: IterationSummary, stop_reason: str) -> None:
     """The final tables: trials by status, Pareto front, challenger, the check and the decision."""
     iteration = summary.iteration
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.status_counts.items()))
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.status_counts.items())) or "no trials"
     console.print(f"\n[bold]Iteration {summary.number}[/] of {summary.workload}: {counts} "
                   f"(stopped: {stop_reason})")
     table = Table(title="Pareto front: throughput vs peak memory", title_justify="left")
@@ -99,7 +99,14 @@ def render_summary(console: Console, summary: IterationSummary, stop_reason: str
     max_latency = (iteration.options or {}).get("max_latency_s")
     latency = f" and p99 {format_latency(max_latency)}" if max_latency else ""
     ran = summary.status_counts.get("ok", 0)
-    if summary.challenger is None and not ran:
+    if not summary.status_counts:
+        console.print("[red]No trial started:[/] building the workload and planning took the whole budget. Give a "
+                      "longer --budget.")
+    elif summary.challenger is None and not ran and set(summary.status_counts) == {"interrupted"}:
+        console.print("[red]No trial ran to the end:[/] the budget ran out during the first, so one trial of this "
+                      "workload takes longer than the whole budget. Give a --budget several times one trial's "
+                      "length (`dstune report` shows how long it ran).")
+    elif summary.challenger is None and not ran:
         console.print("[red]No trial ran to the end[/] (their errors are above, and in `dstune report`).")
     elif summary.challenger is None:
         console.print(f"[red]No trial that ran fitted the memory budget ({format_bytes(summary.memory_budget)})"
