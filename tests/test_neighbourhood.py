@@ -285,12 +285,16 @@ def test_a_neighbour_longer_than_the_budget_could_ever_give_a_trial_is_left_out_
     """GPT-2 and ResNet-50 on the H200 ended their trials "stopped: budget" because the only neighbours left were
     autotuning compiles of about ten minutes in a ten-minute budget: they were never within reach, so the
     neighbourhood is exhausted without them, and the run says which budget would include them."""
+    import dataclasses
+
     import optuna
 
     from dstune.run.neighbourhood import BUDGET, SAMPLER_PATIENCE, LocalSearch
 
-    knobs = (*KNOBS, Knob("dynamic", choices=("auto", "static"), default="auto", checklist="auto",
-                          active=lambda c: c.get("compile", "off") != "off", relieves="shapes"))
+    relieving = {"checkpointing": "memory", "threads": "host"}
+    knobs = (*(dataclasses.replace(k, relieves=relieving.get(k.name)) for k in KNOBS),
+             Knob("dynamic", choices=("auto", "static"), default="auto", checklist="auto",
+                  active=lambda c: c.get("compile", "off") != "off", relieves="shapes"))
     space, found = _compiled_findings(knobs)
     said: list[str] = []
     local = LocalSearch(Neighbourhood(knobs, space.normalised, lambda c: c["compile"] != "off"))
@@ -306,6 +310,11 @@ def test_a_neighbour_longer_than_the_budget_could_ever_give_a_trial_is_left_out_
             "(5:00, the check's time kept back); --budget 12m or more would try it") in said
     assert not any("stopping the trials" in line for line in said)
     assert said[-1].startswith("the neighbourhood of the best configuration is exhausted after 6 trials")
+    # The sampler's turn: the knobs passed over (1 GiB of 100 used, the GPU busy) stay at the best's values.
+    (waiting,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert waiting.system_attrs["fixed_params"] == {"checkpointing": False, "threads": 1}
+    assert waiting.user_attrs["dstune_seed"] == "search"
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     for _ in range(SAMPLER_PATIENCE):
         local.proposed("search")
     assert local.before_ask(study, space, found, lambda c: False, said.append, 100.0, 600.0, available_s=60.0,

@@ -15,7 +15,10 @@ configurations nobody would try.  So, once the seeds have run:
 3. a better configuration moves the centre, and its neighbours open up,
    except the changes this iteration measured to gain nothing (a compiled
    centre does not pay a compile to confirm what eager trials showed);
-4. when nothing around the best is left, the neighbourhood is exhausted.
+4. when nothing around the best is left, the neighbourhood is exhausted,
+   and the sampler proposes a few configurations (the knobs the
+   neighbourhood passed over held at the best's values) before the search
+   has converged.
 
 Not every knob is a neighbour everywhere.  A knob that can only lift one
 limit (``Knob.relieves``) waits until the best configuration shows that
@@ -377,6 +380,7 @@ class LocalSearch:
             say(f"the neighbourhood of the best configuration is exhausted after {found.finished} trials; "
                 f"the sampler gets {SAMPLER_PATIENCE} trials to find a better one")
         if self.sampler_tries < SAMPLER_PATIENCE:
+            self._pin_passed_over(study, centres[-1][0])
             return None
         say(f"converged after {found.finished} trials, {format_duration(elapsed_s)} of {format_duration(budget_s)} "
             f"used: no neighbour of the best configuration is left, and {SAMPLER_PATIENCE} sampler trials found "
@@ -396,6 +400,16 @@ class LocalSearch:
                 self.told.add(text)
                 say(text)
         return [c for c in around if c.cost_s <= ceiling_s]
+
+    def _pin_passed_over(self, study: optuna.Study, centre: Config) -> None:
+        """Hold the knobs the neighbourhood passed over (nothing to gain where the best is) at the best's values
+        in the sampler's next proposal: it samples the others.  Random start-up trials spent most of their
+        budget on those knobs (every block checkpointed with 100 GiB free)."""
+        knobs = {k.name: k for k in self.neighbourhood.knobs}
+        pinned = {name: centre[name] for name in self.neighbourhood.passed_over
+                  if name in knobs and knobs[name].tunable and knobs[name].active is None and name in centre}
+        if pinned:
+            study.enqueue_trial(pinned, user_attrs={SEED_ATTR: "search"}, skip_if_exists=False)
 
     def _tell_passed_over(self, say: Callable[[str], None]) -> None:
         """Say once which knobs the search leaves out around its centre, and why."""
