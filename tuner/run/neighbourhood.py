@@ -396,8 +396,8 @@ class LocalSearch:
                     f"trial can take within a budget of {format_duration(budget_s)} ({format_duration(ceiling_s)}, "
                     f"the check's time kept back); --budget {_minutes(budget_s + candidate.cost_s - ceiling_s)} or "
                     "more would try it")
-            if text not in self.told:
-                self.told.add(text)
+            if candidate.describe() not in self.told:  # once, though its estimate moves as trials teach costs
+                self.told.add(candidate.describe())
                 say(text)
         return [c for c in around if c.cost_s <= ceiling_s]
 
