@@ -149,13 +149,13 @@ def _forked_child(spec_path: str, result_path: str, out_path: str, err_path: str
     multiprocessing.set_start_method(None, force=True)
     from dstune.trial.process import main, write_result
 
-    from . import preload
+    from . import workload_imports
 
-    if preload.CUDA_BY is not None:  # the fork server's CUDA context is no use to a forked process
+    if workload_imports.CUDA_BY is not None:  # the fork server's CUDA context is no use to a forked process
         write_result(result_path, {"status": "usage_error", "error": (
-            f"importing {preload.CUDA_BY} (imported by the workload file) initialised CUDA in dstune's fork server, "
-            "so no trial forked from it can use the GPU. Run with DSTUNE_PRELOAD=off, which leaves the workload's "
-            "imports to each trial, or DSTUNE_START_METHOD=exec.")})
+            f"importing {workload_imports.CUDA_BY} (imported by the workload file) initialised CUDA in dstune's "
+            "fork server, so no trial forked from it can use the GPU. Run with DSTUNE_PRELOAD=off, which leaves the "
+            "workload's imports to each trial, or DSTUNE_START_METHOD=exec.")})
         sys.exit(2)
     sys.exit(main([spec_path, result_path]))
 

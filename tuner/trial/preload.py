@@ -31,10 +31,9 @@ import torch._dynamo  # noqa: E402,F401
 import dstune.plugin_manager  # noqa: E402,F401
 import dstune.trial.measure  # noqa: E402,F401
 import dstune.trial.process  # noqa: E402,F401
-from dstune.trial.workload_imports import PRELOAD_ENV  # noqa: E402
+from dstune.trial import workload_imports  # noqa: E402
 
 _SERVER_PID = os.getpid()
-CUDA_BY: str | None = None  # the preloaded module after which CUDA was found initialised: forks cannot use it
 
 
 def _refuse_cuda() -> None:
@@ -43,8 +42,8 @@ def _refuse_cuda() -> None:
 
 def import_workload_modules(statements: list[tuple[str, list[str]]]) -> list[str]:
     """Import each module with the names taken from it (a lazy package such as transformers imports its
-    submodules on that access), CUDA refused throughout; the modules that failed to import."""
-    global CUDA_BY
+    submodules on that access), CUDA refused throughout; the modules that failed to import.  A module after
+    which CUDA is initialised all the same is kept in ``workload_imports.CUDA_BY``: no fork can use the GPU."""
     failed: list[str] = []
     lazy_init, check = torch.cuda._lazy_init, os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
     torch.cuda._lazy_init = _refuse_cuda
@@ -57,8 +56,8 @@ def import_workload_modules(statements: list[tuple[str, list[str]]]) -> list[str
                     getattr(imported, name, None)
             except Exception:  # noqa: BLE001 - what fails here, the trial imports (and reports) itself
                 failed.append(module)
-            if CUDA_BY is None and torch.cuda.is_initialized():
-                CUDA_BY = module
+            if workload_imports.CUDA_BY is None and torch.cuda.is_initialized():
+                workload_imports.CUDA_BY = module
     finally:
         torch.cuda._lazy_init = lazy_init
         if check is None:
@@ -69,7 +68,7 @@ def import_workload_modules(statements: list[tuple[str, list[str]]]) -> list[str
 
 
 def _preload_from_env() -> None:
-    raw = os.environ.pop(PRELOAD_ENV, None)
+    raw = os.environ.pop(workload_imports.PRELOAD_ENV, None)
     try:
         statements = json.loads(raw) if raw else []
     except ValueError:

@@ -26,6 +26,7 @@ from pathlib import Path
 PRELOAD_ENV = "DSTUNE_PRELOAD_IMPORTS"  # what the fork server reads: a JSON list of [module, [names]]
 SWITCH_ENV = "DSTUNE_PRELOAD"  # "off" turns preloading off
 NEVER = frozenset({"__future__", "dstune"})
+CUDA_BY: str | None = None  # set in the fork server: the preloaded module after which CUDA was initialised
 
 Statement = tuple[str, list[str]]  # a module, and the names a ``from`` statement takes from it
 
