@@ -147,6 +147,36 @@ def test_a_local_search_climbs_converges_and_ends_the_run_early(tmp_path):
         db, "select samples_per_s from dstune_trials where status = 'ok'"))
 
 
+AUTOTUNE_KNOB = '''
+from dstune import Knob, hookimpl
+
+
+@hookimpl
+def dstune_knobs(ctx):
+    # An autotuner said to cost 500 eager trials: far beyond a one-minute budget, whoever proposes it.
+    return [Knob("autotune", choices=("off", "exhaustive"), default="off", checklist="off",
+                 costly=("exhaustive",), cost={"exhaustive": 500.0})]
+'''
+
+
+def test_a_choice_beyond_the_budgets_reach_is_neither_a_neighbour_nor_run_when_the_sampler_proposes_it(tmp_path):
+    from .conftest import installed_plugin
+
+    (tmp_path / "site").mkdir()
+    site = installed_plugin(tmp_path / "site", "autotuneplug", "autotune", "autotuneplug", AUTOTUNE_KNOB)
+    db = tmp_path / "reach.db"
+    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--budget", "1m", "--trials", "12",
+                     "--only", "batch_size,autotune", "--window-time", "0.05", "--windows", "2", "--check-repeats", "2",
+                     cwd=tmp_path, env={"PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = " ".join(result.stdout.split())
+    assert re.search(r"not trying autotune=exhaustive: about \d+:\d\d, longer than any trial can take within a budget "
+                     r"of 1:00 \(0:\d\d, the check's time kept back\); --budget \d+m or more would try it", text), text
+    assert "the sampler gets 3 trials" in text  # the neighbourhood ran out without it, and the sampler had turns
+    ran = db_rows(db, "select json_extract(config, '$.autotune'), seed_kind from dstune_trials")
+    assert ran and all(value == "off" for value, _ in ran), ran  # proposed by the sampler or not, never started
+
+
 def test_a_numeric_knob_steps_the_other_way_from_a_change_that_hurt():
     """A micro-batch halved ran a third slower: doubling it is the more promising step."""
     effects = KnobEffects()
