@@ -109,7 +109,7 @@ def worker(
     slots = parse_gpus(gpus or None)
     from dstune.trial.launch import start_early
 
-    start_early()
+    start_early(workload_file)  # given here, its installed imports are preloaded; else the trials import them
     from dstune.run.join import run_worker
 
     from .progress import ConsoleReporter
