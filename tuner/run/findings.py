@@ -64,8 +64,7 @@ class Findings:
         duration = float(row.duration_s or 0.0)
         self.schedule.record(row.config, duration)
         if row.status != "ok":
-            if row.status not in ("pruned", "numerics") and key not in self.durations:
-                self.budget.record_failure(key, duration)
+            self.budget.record_failure(key, duration)
             return
         self.durations[key] = duration
         self.budget.record_success(key, duration, float(metrics.get("first_step_s") or 0.0),

@@ -40,11 +40,10 @@ def _refuse_cuda() -> None:
     raise RuntimeError("dstune's fork server imports a workload's modules without initialising CUDA")
 
 
-def import_workload_modules(statements: list[tuple[str, list[str]]]) -> list[str]:
+def import_workload_modules(statements: list[tuple[str, list[str]]]) -> None:
     """Import each module with the names taken from it (a lazy package such as transformers imports its
-    submodules on that access), CUDA refused throughout; the modules that failed to import.  A module after
-    which CUDA is initialised all the same is kept in ``workload_imports.CUDA_BY``: no fork can use the GPU."""
-    failed: list[str] = []
+    submodules on that access), CUDA refused throughout; what fails here, each trial imports itself.  A module
+    after which CUDA is initialised all the same is kept in ``workload_imports.CUDA_BY``: no fork can use the GPU."""
     lazy_init, check = torch.cuda._lazy_init, os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
     torch.cuda._lazy_init = _refuse_cuda
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
@@ -54,8 +53,8 @@ def import_workload_modules(statements: list[tuple[str, list[str]]]) -> list[str
                 imported = importlib.import_module(module)
                 for name in names:
                     getattr(imported, name, None)
-            except Exception:  # noqa: BLE001 - what fails here, the trial imports (and reports) itself
-                failed.append(module)
+            except Exception:  # noqa: BLE001 - the trial imports it (and reports what fails) itself
+                pass
             if workload_imports.CUDA_BY is None and torch.cuda.is_initialized():
                 workload_imports.CUDA_BY = module
     finally:
@@ -64,7 +63,6 @@ def import_workload_modules(statements: list[tuple[str, list[str]]]) -> list[str
             os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
         else:
             os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = check
-    return failed
 
 
 def _preload_from_env() -> None:
