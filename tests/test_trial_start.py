@@ -36,6 +36,10 @@ def marks(ctx):
     return dstune.Workload(model=model, optimizer=lambda p, **kw: torch.optim.SGD(p, lr=0.1, **kw),
                            batch=lambda n, device: torch.randn(n, 8, device=device),
                            loss=lambda m, x: m(x).square().mean())
+
+
+if __name__ == "__main__":
+    import pstats  # a script's own business: not preloaded
 '''
 
 REFUSES_CUDA = '''

@@ -36,7 +36,8 @@ def preload_wanted() -> bool:
 
 
 def top_level_imports(file: Path) -> list[Statement]:
-    """The absolute imports at the top level of ``file`` (those inside ``try`` and ``if`` blocks too), in order."""
+    """The absolute imports at the top level of ``file`` (those inside ``try`` and ``if`` blocks too, but not under
+    ``if __name__ == "__main__":``), in order."""
     try:
         tree = ast.parse(file.read_bytes(), str(file))
     except (OSError, SyntaxError, ValueError):
@@ -49,10 +50,18 @@ def top_level_imports(file: Path) -> list[Statement]:
             found.extend((alias.name, []) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.module, [alias.name for alias in node.names if alias.name != "*"]))
-        elif isinstance(node, (ast.Try, ast.If)):
+        elif isinstance(node, (ast.Try, ast.If)) and not _main_guard(node):
             blocks = [node.body, node.orelse] + ([h.body for h in node.handlers] if isinstance(node, ast.Try) else [])
             pending[:0] = [child for block in blocks for child in block]
     return found
+
+
+def _main_guard(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":``: what runs only as a script, never when dstune imports the file."""
+    test = getattr(node, "test", None)
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+            and len(test.comparators) == 1 and isinstance(test.comparators[0], ast.Constant)
+            and test.comparators[0].value == "__main__")
 
 
 def _installed_elsewhere(module: str, folders: tuple[Path, ...]) -> bool:
