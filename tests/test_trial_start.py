@@ -83,6 +83,23 @@ def test_the_fork_server_imports_installed_packages_and_leaves_the_users_own_mod
     assert all(mark["refuses"] == mark["trial"] for mark in seen)  # wanted CUDA at import: refused, left to the trial
 
 
+def test_a_preloaded_module_that_starts_a_thread_is_named_with_the_way_out(tmp_path):
+    """A fork copies one thread; a lock another thread held stays held in the child.  Nothing dstune can see
+    says whether a package's threads take locks, so the run says which one started threads, and the switch."""
+    lib, work = _project(tmp_path)
+    (lib / "threaded_mod.py").write_text("import threading, time\n"
+                                         "threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n")
+    (work / "marks.py").write_text(WORKLOAD.replace("import local_helper\n", "import local_helper\nimport threaded_mod\n"))
+    result = run_cli("run", str(work / "marks.py"), "--db", str(tmp_path / "run.db"), "--trials", "1",
+                     "--check-repeats", "2", "--windows", "2", "--window-time", "0.05", "--disable-plugin", "compile",
+                     cwd=tmp_path, env={"PYTHONPATH": str(lib), "DSTUNE_OBSERVE": str(tmp_path / "observe.jsonl")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    error = " ".join(result.stderr.split())
+    assert ("[warning] importing threaded_mod (imported by the workload file) started 1 thread(s) in dstune's fork "
+            "server") in error
+    assert "run with DSTUNE_PRELOAD=off" in error and "importing installed_mod" not in error
+
+
 def test_preloading_reads_the_files_imports_without_running_it_and_can_be_turned_off(tmp_path, monkeypatch):
     lib, work = _project(tmp_path)
     assert top_level_imports(work / "marks.py") == [

@@ -21,6 +21,7 @@ import atexit
 import importlib
 import json
 import os
+import sys
 import warnings
 
 warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks.*", category=DeprecationWarning)
@@ -47,6 +48,7 @@ def import_workload_modules(statements: list[tuple[str, list[str]]]) -> None:
     lazy_init, check = torch.cuda._lazy_init, os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
     torch.cuda._lazy_init = _refuse_cuda
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    threads = _threads()
     try:
         for module, names in statements:
             try:
@@ -57,12 +59,32 @@ def import_workload_modules(statements: list[tuple[str, list[str]]]) -> None:
                 pass
             if workload_imports.CUDA_BY is None and torch.cuda.is_initialized():
                 workload_imports.CUDA_BY = module
+            if threads is not None and (now := _threads()) is not None and now > threads:
+                _warn_threads(module, now - threads)
+                threads = now
     finally:
         torch.cuda._lazy_init = lazy_init
         if check is None:
             os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
         else:
             os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = check
+
+
+def _threads() -> int | None:
+    """The threads of this process, native ones included (Linux), or None where that cannot be read."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def _warn_threads(module: str, started: int) -> None:
+    """Fork copies one thread, and any lock another held at that moment stays held for ever in the child."""
+    sys.stderr.write(
+        f"[warning] importing {module} (imported by the workload file) started {started} thread(s) in dstune's fork "
+        "server, which every trial is forked from: a trial forked while one of them holds a lock can hang. If "
+        "trials time out, run with DSTUNE_PRELOAD=off, which leaves the workload's imports to each trial.\n")
+    sys.stderr.flush()
 
 
 def _preload_from_env() -> None:
