@@ -89,7 +89,8 @@ def test_a_preloaded_module_that_starts_a_thread_is_named_with_the_way_out(tmp_p
     lib, work = _project(tmp_path)
     (lib / "threaded_mod.py").write_text("import threading, time\n"
                                          "threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n")
-    (work / "marks.py").write_text(WORKLOAD.replace("import local_helper\n", "import local_helper\nimport threaded_mod\n"))
+    threaded = WORKLOAD.replace("import local_helper\n", "import local_helper\nimport threaded_mod\n")
+    (work / "marks.py").write_text(threaded)
     result = run_cli("run", str(work / "marks.py"), "--db", str(tmp_path / "run.db"), "--trials", "1",
                      "--check-repeats", "2", "--windows", "2", "--window-time", "0.05", "--disable-plugin", "compile",
                      cwd=tmp_path, env={"PYTHONPATH": str(lib), "DSTUNE_OBSERVE": str(tmp_path / "observe.jsonl")})
