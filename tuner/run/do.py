@@ -43,7 +43,7 @@ from .failures import Ban, FailureMemory
 from .findings import Findings
 from .heartbeats import heartbeat_settings, optuna_trial_id, trial_heartbeat
 from .memory_model import MemoryModel
-from .neighbourhood import CONVERGED, NEIGHBOUR, LocalSearch, Measured, Neighbourhood
+from .neighbourhood import CONVERGED, MAX_TRIAL_SHARE, NEIGHBOUR, LocalSearch, Measured, Neighbourhood
 from .options import LOCAL, RunOptions, trial_spec
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, tell
 from .workload_failure import workload_failure
@@ -191,11 +191,13 @@ class TrialPool:
         return available
 
     def ceiling(self) -> float:
-        """The longest trial this iteration's budget could ever have paid for: the time left when the trials
-        began, less the check's reserve as it stands (a worker leaves that to the coordinator)."""
+        """The longest trial this iteration's budget lets the search start: a share (``MAX_TRIAL_SHARE``) of the
+        time left when the trials began, less the check's reserve as it stands (a worker leaves that to the
+        coordinator).  A trial of nearly all that time (an autotuning compile of six minutes in a ten-minute
+        budget) would leave no time for the search around it, for a gain nobody has measured."""
         if not self.setup.coordinator:
             return float("inf")
-        return self.left_at_start - self.setup.budget.check_reserve(self.found.best_key)
+        return MAX_TRIAL_SHARE * (self.left_at_start - self.setup.budget.check_reserve(self.found.best_key))
 
     def ended_elsewhere(self) -> bool:
         """A worker stops when the coordinating run has left the Do phase (or ended)."""
@@ -229,11 +231,14 @@ class TrialPool:
                     tell(study, trial, status, metrics, setup.memory_budget, setup.options.max_latency_s)
                 else:  # another slot or host is measuring it now
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                self.repeats += 1
-                if self.repeats >= MAX_REPEATS:
-                    setup.reporter.message("every configuration the search proposes has been measured already: "
-                                           "stopping")
-                    return "exhausted"
+                stop = self._nothing_new()
+                if stop:
+                    return stop
+                continue
+            if self._beyond_time(trial, config, seed_kind, self.ceiling()):  # as good as measured: out of reach
+                stop = self._nothing_new()
+                if stop:
+                    return stop
                 continue
             self.repeats = 0
             if self._beyond_time(trial, config, seed_kind, available):
@@ -271,12 +276,28 @@ class TrialPool:
                 self.local.proposed(seed_kind)
             return trial, config, seed_kind
 
-    def _beyond_time(self, trial: optuna.Trial, config: Config, seed_kind: str, available: float) -> bool:
-        """A sampler proposal of the local search expected to outlast the time left for trials (a compile with
-        two minutes left) is not started only to be cut off: it is told to the study as failed, unrecorded."""
+    def _nothing_new(self) -> str | None:
+        """Count a proposal that brings nothing new within reach; once MAX_REPEATS came in a row, why the trials
+        stop: the local search's sampler turns found nothing, so it has converged; else the space is exhausted."""
+        setup = self.setup
+        self.repeats += 1
+        if self.repeats < MAX_REPEATS:
+            return None
+        if self.local is not None and self.local.exhausted_at is not None:
+            setup.reporter.message(self.local.converged(
+                self.found.finished, self.elapsed(), setup.options.budget_s,
+                "the sampler proposes only configurations measured already or beyond the budget's reach"))
+            return CONVERGED
+        setup.reporter.message("every configuration the search proposes has been measured already: stopping")
+        return "exhausted"
+
+    def _beyond_time(self, trial: optuna.Trial, config: Config, seed_kind: str, seconds: float) -> bool:
+        """A sampler proposal of the local search expected to take longer than ``seconds`` (the time left for
+        trials: a compile with two minutes left; or the budget's reach, :meth:`ceiling`) is not started only to be
+        cut off: it is told to the study as failed, unrecorded."""
         if self.local is None or seed_kind != "search" or not self.found.durations:
             return False
-        if self.local.neighbourhood.cost(config, self.found.durations) <= available:
+        if self.local.neighbourhood.cost(config, self.found.durations) <= seconds:
             return False
         self.setup.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return True

@@ -67,6 +67,7 @@ MATTERS = 0.02  # a knob matters when a change of it moved throughput by more th
 MAX_PAIRS = 8
 NOT_WORTH = MATTERS / 2  # a change this iteration measured to gain no more than this (log) is not proposed again
 COSTLY_FACTOR = 4.0  # a costly choice (compilation) before any was measured: this many eager trials
+MAX_TRIAL_SHARE = 0.5  # the most of the time a budget gives trials that one trial may take: it is beyond reach
 HOST_BUSY = 97.0  # GPU busy (% of the timed steps) from which knobs that relieve the host have nothing to gain
 SHORT_OF_MEMORY = frozenset({"oom", "predicted_oom"})
 
@@ -252,12 +253,26 @@ class Neighbourhood:
         gain, measured = self.settled.estimate(knob, old, new)
         return measured and gain <= NOT_WORTH
 
+    def _flat(self, knob: Knob, current: object = None) -> str | None:
+        """Why the other values of a knob that relieves the host are not worth a trial: this iteration measured
+        a change of it, and none moved throughput by more than MATTERS.  A thread count that changed nothing
+        says the host does not hold the step back, so the other counts have nothing to give either (on ResNet-50
+        on the H200, five thread trials measured within 0.6% of each other).  None when it may still pay."""
+        if knob.relieves != "host":
+            return None
+        moved = [(a, b, statistics.fmean(logs)) for (k, a, b), logs in self.settled.direct.items() if k == knob.name]
+        if not moved or any(abs(gain) > MATTERS for _, _, gain in moved):
+            return None
+        old, new, gain = max(moved, key=lambda m: (m[0] == repr(current), abs(m[2])))  # told from the centre
+        return (f"{knob.name} {old} -> {new} changed throughput by {math.expm1(gain):+.1%}, within noise, so the host "
+                "does not hold the best configuration back")
+
     def _singles(self, best: Config, outcomes: dict[str, tuple[str, float]], headroom: Headroom
                  ) -> Iterable[tuple[str, object]]:
         self.passed_over = {}
         for knob in self.knobs:
             if knob.tunable and knob.name in best and knob.active_in(best):
-                unneeded = headroom.unneeded(knob)
+                unneeded = headroom.unneeded(knob) or self._flat(knob, best[knob.name])
                 if unneeded is not None:
                     self.passed_over[knob.name] = unneeded
                     continue
@@ -338,9 +353,11 @@ class LocalSearch:
         take longer than the ``available_s`` seconds left for trials is not
         started only to be cut off: when no neighbour fits, the trials stop.
         One expected to take longer than ``ceiling_s``, the most the budget
-        could ever give a trial (an autotuning compile of ten minutes in a
-        ten-minute budget), is out of this budget's reach: it is left out of
-        the neighbourhood, and said so, and the search can converge without it.
+        lets one trial take (``MAX_TRIAL_SHARE`` of the time it gives trials:
+        an autotuning compile of six minutes in a ten-minute budget would
+        leave the search around it no room), is out of this budget's reach:
+        it is left out of the neighbourhood, and said so, and the search can
+        converge without it.
         """
         if found.best_config is None or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             return None
@@ -382,20 +399,26 @@ class LocalSearch:
         if self.sampler_tries < SAMPLER_PATIENCE:
             self._pin_passed_over(study, centres[-1][0])
             return None
-        say(f"converged after {found.finished} trials, {format_duration(elapsed_s)} of {format_duration(budget_s)} "
-            f"used: no neighbour of the best configuration is left, and {SAMPLER_PATIENCE} sampler trials found "
-            "nothing better")
+        say(self.converged(found.finished, elapsed_s, budget_s,
+                           f"{SAMPLER_PATIENCE} sampler trials found nothing better"))
         return CONVERGED
+
+    def converged(self, trials: int, elapsed_s: float, budget_s: float, why: str) -> str:
+        """The sentence that ends a converged search: no neighbour of the best is left, and ``why`` the sampler
+        found nothing better."""
+        return (f"converged after {trials} trials, {format_duration(elapsed_s)} of {format_duration(budget_s)} "
+                f"used: no neighbour of the best configuration is left, and {why}")
 
     def _within_reach(self, around: list[Candidate], ceiling_s: float, budget_s: float,
                       say: Callable[[str], None]) -> list[Candidate]:
         """The candidates the budget could ever pay for; the others are said once, with the budget that would."""
         beyond = [c for c in around if c.cost_s > ceiling_s]
         for candidate in beyond:
-            text = (f"not trying {candidate.describe()}: about {format_duration(candidate.cost_s)}, longer than any "
-                    f"trial can take within a budget of {format_duration(budget_s)} ({format_duration(ceiling_s)}, "
-                    f"the check's time kept back); --budget {_minutes(budget_s + candidate.cost_s - ceiling_s)} or "
-                    "more would try it")
+            needed = budget_s + (candidate.cost_s - ceiling_s) / MAX_TRIAL_SHARE
+            text = (f"not trying {candidate.describe()}: about {format_duration(candidate.cost_s)}, longer than the "
+                    f"{format_duration(ceiling_s)} one trial may take within a budget of {format_duration(budget_s)} "
+                    f"({MAX_TRIAL_SHARE:.0%} of the time for trials: more would crowd out the search around it); "
+                    f"--budget {_minutes(needed)} or more would try it")
             if candidate.describe() not in self.told:  # once, though its estimate moves as trials teach costs
                 self.told.add(candidate.describe())
                 say(text)
