@@ -176,10 +176,10 @@ def test_a_choice_beyond_the_budgets_reach_is_neither_a_neighbour_nor_run_when_t
                      cwd=tmp_path, env={"PYTHONPATH": str(site)})
     assert result.returncode == 0, result.stdout + result.stderr
     text = " ".join(result.stdout.split())
-    assert re.search(r"not trying autotune=exhaustive: about \d+:\d\d, longer than the 0:\d\d one trial may take within "
-                     r"a budget of 1:00 \(50% of the time for trials: more would crowd out the search around it\); "
-                     r"--budget \d+m or more would try it", text), text
-    assert "the sampler gets 3 trials" in text  # the neighbourhood ran out without it, and the sampler had turns
+    assert re.search(r"not trying autotune=exhaustive: about \d+:\d\d, longer than the 0:\d\d one trial may take "
+                     r"within a budget of 1:00 \(50% of the time for trials: more would crowd out the search around "
+                     r"it\); --budget \d+m or more would try it", text), text
+    assert "the sampler gets up to 3 trials" in text  # the neighbourhood ran out without it; the sampler had turns
     # What the sampler proposes is measured or out of reach: the search has converged, not run out of budget.
     assert "(stopped: converged)" in text, text
     ran = db_rows(db, "select json_extract(config, '$.autotune'), seed_kind from dstune_trials")
@@ -350,9 +350,10 @@ def test_a_neighbour_longer_than_the_budget_could_ever_give_a_trial_is_left_out_
             "would try it") in said
     assert not any("stopping the trials" in line for line in said)
     assert said[-1].startswith("the neighbourhood of the best configuration is exhausted after 6 trials")
-    # The sampler's turn: the knobs passed over (1 GiB of 100 used, the GPU busy) stay at the best's values.
+    # The sampler's turn: the knobs passed over (1 GiB of 100 used, the GPU busy) stay at the best's values, and
+    # so does its compile mode (a guess at another would spend a compile on a guess).
     (waiting,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert waiting.system_attrs["fixed_params"] == {"checkpointing": False, "threads": 1}
+    assert waiting.system_attrs["fixed_params"] == {"checkpointing": False, "threads": 1, "compile": "default"}
     assert waiting.user_attrs["dstune_seed"] == "search"
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     for _ in range(SAMPLER_PATIENCE):
@@ -367,6 +368,34 @@ def test_a_neighbour_longer_than_the_budget_could_ever_give_a_trial_is_left_out_
     local.before_ask(study, space, found, lambda c: False, said.append, 100.0, 600.0, available_s=60.0,
                      ceiling_s=300.0)
     assert sum("not trying compile=autotune" in line for line in said) == 1
+
+
+def test_the_sampler_gets_no_turn_when_one_at_the_bests_compile_would_outgrow_its_share_of_the_budget():
+    """ResNet-50 on the H200: after the neighbourhood, two compiled sampler guesses took 114 s of a 10-minute
+    budget and found nothing.  Its turns may take SAMPLER_SHARE of the budget; a compiled trial here took 30 s,
+    more than 5% of five minutes, so the search converges at once and says why."""
+    import optuna
+
+    from dstune.run.neighbourhood import CONVERGED, SAMPLER_SHARE, LocalSearch
+
+    space, found = _compiled_findings(KNOBS)
+    said: list[str] = []
+    local = LocalSearch(Neighbourhood(KNOBS, space.normalised, lambda c: c["compile"] != "off"))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    assert SAMPLER_SHARE * 300.0 < 30.0 <= SAMPLER_SHARE * 600.0
+    assert local.before_ask(study, space, found, lambda c: False, said.append, 100.0, 300.0, available_s=150.0,
+                            ceiling_s=100.0) == CONVERGED
+    assert said[-1] == ("converged after 6 trials, 1:40 of 5:00 used: no neighbour of the best configuration is "
+                        "left, and a sampler trial with its costly choices (about 0:30) would take more than the 0:15 "
+                        "left of the 5% of the budget the sampler's trials may take")
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))  # nothing was enqueued for it
+    # Twice the budget: one compiled guess fits its share, and the sampler's turn begins.
+    local = LocalSearch(Neighbourhood(KNOBS, space.normalised, lambda c: c["compile"] != "off"))
+    assert local.before_ask(study, space, found, lambda c: False, said.append, 100.0, 600.0, available_s=150.0,
+                            ceiling_s=100.0) is None
+    assert said[-1].endswith("the sampler gets up to 3 trials (0:30 of the budget) to find a better one")
+    local.proposed("search", 30.0)
+    assert local.sampler_left(600.0) == 0.0
 
 
 def test_a_fallback_is_matched_by_type_as_well_as_value():

@@ -27,3 +27,15 @@ def test_a_trial_whose_windows_disagree_warns_once_and_names_wait_idle(tmp_path)
     assert out.count("timed windows varied by") == 1
     assert "something else was using this machine, and its figures are unreliable. Run on an idle machine, or " \
            "with --wait-idle." in out
+
+
+def test_a_first_window_that_alone_ran_long_is_the_configurations_late_work_not_a_busy_machine() -> None:
+    """ResNet-50's reduce-overhead trial on the H200: windows of 0.42, 0.071, 0.072, 0.071, 0.072 s (cv 99%) on a
+    machine nobody else used.  The first window alone disagrees: a compile or CUDA-graph recording ran late."""
+    from dstune.run.do import late_first_window
+
+    assert late_first_window([0.42, 0.0712, 0.0725, 0.0714, 0.0722]) == pytest.approx(0.42 / 0.0718, rel=0.01)
+    assert late_first_window([0.071, 0.42, 0.072, 0.071, 0.072]) is None  # a later window: the machine
+    assert late_first_window([0.42, 0.10, 0.30, 0.071, 0.20]) is None  # the others disagree too
+    assert late_first_window([0.075, 0.071, 0.072, 0.071]) is None  # within noise
+    assert late_first_window([0.42, 0.07]) is None  # too few to tell

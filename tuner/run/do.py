@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -64,6 +65,18 @@ MEASURED_AS_THEY_ARE = frozenset({"default", "incumbent"})  # run even when pred
 WORKLOAD_FAILS = "the workload fails"
 NOISY_CV = 0.25  # a trial whose windows vary more than this was not measured on a quiet machine
 STOP_PRIORITY = (WORKLOAD_FAILS, CONVERGED, "exhausted", "invalid", "budget", "trials", "ended")
+
+
+def late_first_window(windows: Sequence[float]) -> float | None:
+    """How many times the others' median the first timed window took, where it alone disagrees (the others
+    within NOISY_CV of each other); None otherwise.  A compile or CUDA-graph recording that runs late lands in
+    the first window, while a busy machine slows windows at random."""
+    if len(windows) < 3:
+        return None
+    rest = windows[1:]
+    spread = statistics.pstdev(rest) / statistics.fmean(rest)
+    typical = statistics.median(rest)
+    return windows[0] / typical if spread <= NOISY_CV and windows[0] > typical * (1 + 2 * NOISY_CV) else None
 
 
 @dataclass
@@ -235,7 +248,10 @@ class TrialPool:
                 if stop:
                     return stop
                 continue
-            if self._beyond_time(trial, config, seed_kind, self.ceiling()):  # as good as measured: out of reach
+            reach = self.ceiling()
+            if self.local is not None and self.local.exhausted_at is not None:  # the sampler's turns: their share
+                reach = min(reach, self.local.sampler_left(setup.options.budget_s))
+            if self._beyond_time(trial, config, seed_kind, reach):  # as good as measured: out of reach
                 stop = self._nothing_new()
                 if stop:
                     return stop
@@ -273,7 +289,8 @@ class TrialPool:
                 continue
             self.invalid_streak = 0
             if self.local is not None:
-                self.local.proposed(seed_kind)
+                self.local.proposed(seed_kind, self.local.neighbourhood.cost(config, self.found.durations)
+                                    if self.found.durations else 0.0)
             return trial, config, seed_kind
 
     def _nothing_new(self) -> str | None:
@@ -306,6 +323,13 @@ class TrialPool:
         """Say once when a trial's timed windows disagree so much that the machine cannot have been quiet."""
         cv = outcome.metrics.get("step_time_cv")
         if outcome.status != "ok" or cv is None or cv <= NOISY_CV or self.warned_noise:
+            return
+        late = late_first_window(outcome.metrics.get("window_step_times_s") or [])
+        if late is not None:  # the configuration's own late work, not the machine: the median stands
+            self.setup.reporter.message(
+                f"a trial's first timed window took {late:.1f}x as long as the others, which agree: the "
+                "configuration was still compiling or recording CUDA graphs, not a busy machine; its figure is "
+                "the median window's")
             return
         self.warned_noise = True
         self.setup.reporter.message(

@@ -59,6 +59,10 @@ from .search import SEED_ATTR, SearchSpace
 NEIGHBOUR = "neighbour"  # the seed kind of a trial the local search proposed
 ENQUEUED, CONVERGED, BUDGET = "enqueued", "converged", "budget"
 SAMPLER_PATIENCE = 3  # sampler trials tried once the neighbourhood is exhausted, before the search has converged
+# The most of the budget those trials may take together.  They hedge against a best the neighbourhood cannot
+# leave; they are the sampler's guesses, and on ResNet-50 on the H200 two compiled ones took 114 s of a
+# 10-minute budget (one slower than the best by half, one pruned).
+SAMPLER_SHARE = 0.05
 PRIOR_GAIN = 0.03  # expected log-gain of a change nobody has measured: try it, after what is known to help
 UNTRIED_GAIN = 0.05  # the same for a knob no measured pair has changed yet: every knob is tried early
 SKIP_BELOW = -0.10  # a change measured to cost more than this (log) is not proposed again
@@ -332,14 +336,17 @@ class LocalSearch:
     """The local search's turn before each ask: enqueue a neighbour, leave the ask to the sampler, or stop.
 
     Once no neighbour of the best is left, the sampler gets
-    ``SAMPLER_PATIENCE`` proposals to find something better (whose
-    neighbourhood then opens); if it finds nothing, the search has converged.
+    ``SAMPLER_PATIENCE`` proposals, within ``SAMPLER_SHARE`` of the budget,
+    to find something better (whose neighbourhood then opens); if it finds
+    nothing, or a proposal at the best's costly choices (its compile) would
+    not fit that share, the search has converged.
     """
 
     neighbourhood: Neighbourhood
     earlier: tuple[tuple[Measured, ...], ...] = ()  # earlier iterations' successful trials
     exhausted_at: str | None = None  # the best configuration whose neighbourhood ran out
     sampler_tries: int = 0  # sampler proposals since then
+    sampler_spent_s: float = 0.0  # what the sampler's proposals in this iteration were expected to take
     centres: dict[int, tuple[Config, float]] = field(default_factory=dict)  # 0: eager, 1: overall
     told: set[str] = field(default_factory=set)  # what the run was told was passed over, not to repeat it
 
@@ -392,12 +399,22 @@ class LocalSearch:
         if found.running:
             return None  # what runs elsewhere may move the best: keep this slot busy with the sampler meanwhile
         where = "|".join(config_key(c) for c, _ in centres)
+        centre = centres[-1][0]
+        left = self.sampler_left(budget_s)
+        try_s = self.neighbourhood.cost(centre, found.durations) if found.durations else 0.0
+        if self.exhausted_at != where and try_s > left:
+            say(self.converged(found.finished, elapsed_s, budget_s,
+                               f"a sampler trial with its costly choices (about {format_duration(try_s)}) would take "
+                               f"more than the {format_duration(left)} left of the {SAMPLER_SHARE:.0%} of the budget "
+                               "the sampler's trials may take"))
+            return CONVERGED
         if self.exhausted_at != where:
             self.exhausted_at, self.sampler_tries = where, 0
             say(f"the neighbourhood of the best configuration is exhausted after {found.finished} trials; "
-                f"the sampler gets {SAMPLER_PATIENCE} trials to find a better one")
+                f"the sampler gets up to {SAMPLER_PATIENCE} trials ({format_duration(left)} of the budget) to find "
+                "a better one")
         if self.sampler_tries < SAMPLER_PATIENCE:
-            self._pin_passed_over(study, centres[-1][0])
+            self._pin_passed_over(study, centre)
             return None
         say(self.converged(found.finished, elapsed_s, budget_s,
                            f"{SAMPLER_PATIENCE} sampler trials found nothing better"))
@@ -425,11 +442,14 @@ class LocalSearch:
         return [c for c in around if c.cost_s <= ceiling_s]
 
     def _pin_passed_over(self, study: optuna.Study, centre: Config) -> None:
-        """Hold the knobs the neighbourhood passed over (nothing to gain where the best is) at the best's values
-        in the sampler's next proposal: it samples the others.  Random start-up trials spent most of their
-        budget on those knobs (every block checkpointed with 100 GiB free)."""
+        """Hold the knobs the neighbourhood passed over (nothing to gain where the best is) and the costly ones
+        (the best's compile mode) at the best's values in the sampler's next proposal: it samples the others.
+        Random start-up trials spent most of their budget on the first (every block checkpointed with 100 GiB
+        free); an eager guess cannot beat a compiled best, and a guess at another compile mode is a compile's
+        time spent on a guess."""
         knobs = {k.name: k for k in self.neighbourhood.knobs}
-        pinned = {name: centre[name] for name in self.neighbourhood.passed_over
+        held = [*self.neighbourhood.passed_over, *(k.name for k in self.neighbourhood.knobs if k.costly)]
+        pinned = {name: centre[name] for name in held
                   if name in knobs and knobs[name].tunable and knobs[name].active is None and name in centre}
         if pinned:
             study.enqueue_trial(pinned, user_attrs={SEED_ATTR: "search"}, skip_if_exists=False)
@@ -468,10 +488,16 @@ class LocalSearch:
             self.centres[which] = best
         return self.centres[which]
 
-    def proposed(self, seed_kind: str) -> None:
-        """A trial the sampler chose is about to run: one of its tries, once the neighbourhood ran out."""
+    def sampler_left(self, budget_s: float) -> float:
+        """Seconds left of the share of the budget the sampler's tries may take (SAMPLER_SHARE)."""
+        return max(0.0, SAMPLER_SHARE * budget_s - self.sampler_spent_s)
+
+    def proposed(self, seed_kind: str, cost_s: float = 0.0) -> None:
+        """A trial the sampler chose is about to run, expected to take ``cost_s``: one of its tries, once the
+        neighbourhood ran out."""
         if seed_kind == "search" and self.exhausted_at is not None:
             self.sampler_tries += 1
+            self.sampler_spent_s += cost_s
 
 
 def _minutes(seconds: float) -> str:
