@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -126,6 +127,24 @@ def test_a_budget_shorter_than_one_trial_says_so_rather_than_blaming_errors(tmp_
     out = " ".join(result.stdout.split())
     assert "(stopped: budget)" in out and "Iteration 1 of paced: no trials" in out
     assert "No trial started: building the workload and planning took the whole budget" in out
+
+
+def test_a_budget_that_ends_the_trials_before_the_seeds_ran_says_which_and_what_budget_would(tmp_path):
+    """DistilBERT on the 2-core CPU with --budget 2m: its default trial took 93 s, the trials stopped, and the
+    run never said why the checklist did not run.  Here a trial takes seconds and the budget is 20 s."""
+    db = tmp_path / "seeds.db"
+    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--budget", "20s", "--check-repeats", "2",
+                     "--windows", "2", "--window-time", "0.05", "--disable-plugin", "compile", cwd=tmp_path,
+                     env={"DSTUNE_TEST_SLOWDOWN": "50"})  # steps of about half a second
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())
+    ran = [kind for kind, in db_rows(db, "select seed_kind from dstune_trials where status = 'ok'")]
+    assert ran == ["default"], (ran, out)
+    said = re.search(r"stopping the trials with 1 seed\(s\) not run \(checklist\): \d+ s were left for trials, the "
+                     r"check's time kept back, and a trial of this workload has taken about 0:0\d; --budget (\d+)m or "
+                     r"more would run them", out)
+    assert said and int(said.group(1)) >= 1, out
+    assert "(stopped: budget)" in out
 
 
 def test_a_loss_that_is_nan_in_fp32_already_blames_the_workload_not_the_tolerance(tmp_path):
