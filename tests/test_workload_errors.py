@@ -142,7 +142,7 @@ def test_a_budget_that_ends_the_trials_before_the_seeds_ran_says_which_and_what_
     assert ran == ["default"], (ran, out)
     said = re.search(r"stopping the trials with 1 seed\(s\) not run \(checklist\): \d+ s were left for trials, the "
                      r"check's time kept back, and a trial of this workload has taken about 0:0\d; --budget (\d+)m or "
-                     r"more would run them", out)
+                     r"more would run them and the check", out)
     assert said and int(said.group(1)) >= 1, out
     assert "(stopped: budget)" in out
 

@@ -306,12 +306,13 @@ class TrialPool:
         if not kinds:
             return
         typical = statistics.median(self.found.durations.values())
-        needed = self.setup.options.budget_s + len(kinds) * typical - max(available, 0.0)
+        # What has run, the seeds left, and the check's reserve (two rounds at least) as it stands now.
+        needed = self.elapsed() + len(kinds) * typical + self.setup.budget.check_reserve(self.found.best_key)
         self.setup.reporter.message(
             f"stopping the trials with {len(kinds)} seed(s) not run ({', '.join(dict.fromkeys(kinds))}): "
             f"{max(available, 0.0):.0f} s were left for trials, the check's time kept back, and a trial of this "
             f"workload has taken about {format_duration(typical)}; --budget {math.ceil(needed / 60)}m or more "
-            "would run them")
+            "would run them and the check")
 
     def _nothing_new(self) -> str | None:
         """Count a proposal that brings nothing new within reach; once MAX_REPEATS came in a row, why the trials
