@@ -241,12 +241,15 @@ def measure_by_parts(composed: Composed, settings: MeasureSettings, prune_below:
 
     Warm-up runs cycles of two micro-steps (the first after an update, and
     one that accumulates: each path is warm before it is timed) and one
-    update, each timed, until the micro-step time is steady; each timed window then runs ``n``
-    micro-steps (as many as fill ``window_s``, in groups of at most
-    ``accumulation`` each followed by an update), with CUDA events between
-    them, and gives a step time of ``accumulation`` times the window's
-    micro-step time plus its update time.  Only for ``accumulation`` > 1:
-    otherwise a whole step is one micro-step and one update already.
+    update, each timed, until the micro-step time is steady; each timed
+    window then runs ``n`` micro-steps (as many as fill ``window_s``, in
+    groups of at most ``accumulation`` each followed by an update), with
+    CUDA events between them, and gives a step time of ``accumulation``
+    times the window's micro-step time plus its update time.  Only for
+    ``accumulation`` > 1: otherwise a whole step is one micro-step and one
+    update already.  With more than two accumulated, a compiler's graphs
+    for a chain of accumulating micro-steps may still be recorded in the
+    first window; the figure is the median window's.
     """
     assert composed.micro_step is not None and composed.optimizer_step is not None
     micro, update = composed.micro_step, composed.optimizer_step
