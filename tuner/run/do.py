@@ -240,20 +240,14 @@ class TrialPool:
             config = space.config_from_trial(trial)
             seed_kind = trial.user_attrs.get(SEED_ATTR, "search")
             key = config_key(config)
-            if key in self.found.seen or key in self.found.running:
-                if key in self.found.seen:
-                    status, metrics = self.found.seen[key]
-                    tell(study, trial, status, metrics, setup.memory_budget, setup.options.max_latency_s)
-                else:  # another slot or host is measuring it now
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                stop = self._nothing_new()
-                if stop:
-                    return stop
-                continue
-            reach = self.ceiling()
-            if self.local is not None and self.local.exhausted_at is not None:  # the sampler's turns: their share
-                reach = min(reach, self.local.sampler_left(setup.options.budget_s))
-            if self._beyond_time(trial, config, seed_kind, reach):  # as good as measured: out of reach
+            known = key in self.found.seen or key in self.found.running
+            if key in self.found.seen:
+                status, metrics = self.found.seen[key]
+                tell(study, trial, status, metrics, setup.memory_budget, setup.options.max_latency_s)
+            elif known:  # another slot or host is measuring it now
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            # Measured, running, or out of reach (which is as good as measured): nothing new.
+            if known or self._beyond_time(trial, config, seed_kind, self._reach()):
                 stop = self._nothing_new()
                 if stop:
                     return stop
@@ -294,6 +288,14 @@ class TrialPool:
                 self.local.proposed(seed_kind, self.local.neighbourhood.cost(config, self.found.durations)
                                     if self.found.durations else 0.0)
             return trial, config, seed_kind
+
+    def _reach(self) -> float:
+        """The longest sampler proposal worth starting: the budget's reach (:meth:`ceiling`), and during the local
+        search's sampler turns, what is left of their share."""
+        reach = self.ceiling()
+        if self.local is not None and self.local.exhausted_at is not None:
+            reach = min(reach, self.local.sampler_left(self.setup.options.budget_s))
+        return reach
 
     def _say_seeds_not_run(self, available: float) -> None:
         """When the budget ends the trials before every seed ran, say which, what a trial takes, and the budget
