@@ -61,7 +61,7 @@ ENQUEUED, CONVERGED, BUDGET = "enqueued", "converged", "budget"
 SAMPLER_PATIENCE = 3  # sampler trials tried once the neighbourhood is exhausted, before the search has converged
 # The most of the budget those trials may take together.  They hedge against a best the neighbourhood cannot
 # leave; they are the sampler's guesses, and on ResNet-50 on the H200 two compiled ones took 114 s of a
-# 10-minute budget (one slower than the best by half, one pruned).
+# 10-minute budget (one 47% slower than the best, one pruned).
 SAMPLER_SHARE = 0.05
 PRIOR_GAIN = 0.03  # expected log-gain of a change nobody has measured: try it, after what is known to help
 UNTRIED_GAIN = 0.05  # the same for a knob no measured pair has changed yet: every knob is tried early
