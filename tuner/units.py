@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import UsageError
@@ -75,3 +76,8 @@ def format_duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def budget_minutes(seconds: float) -> str:
+    """A ``--budget`` value to suggest: whole minutes, rounded up (``7m``)."""
+    return f"{math.ceil(seconds / 60)}m"

@@ -21,7 +21,6 @@ database, not in memory:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import statistics
 import threading
@@ -39,7 +38,7 @@ from dstune.plugin_calls import shrinker, smaller_config
 from dstune.trial.launch import KILL_GRACE_S, run_in_subprocess
 from dstune.trial.numerics import GuardSettings
 from dstune.trial.records import TrialOutcome, TrialSpec
-from dstune.units import format_duration
+from dstune.units import budget_minutes, format_duration
 
 from .budget import Budget
 from .failures import Ban, FailureMemory
@@ -313,7 +312,7 @@ class TrialPool:
         self.setup.reporter.message(
             f"stopping the trials with {len(kinds)} seed(s) not run ({', '.join(dict.fromkeys(kinds))}): "
             f"{max(available, 0.0):.0f} s were left for trials, the check's time kept back, and a trial of this "
-            f"workload has taken about {format_duration(typical)}; --budget {math.ceil(needed / 60)}m or more "
+            f"workload has taken about {format_duration(typical)}; --budget {budget_minutes(needed)} or more "
             "would run them and the check")
 
     def _nothing_new(self) -> str | None:

@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import optuna
 
 from dstune.knobs import Config, Knob, config_key
-from dstune.units import format_duration
+from dstune.units import budget_minutes, format_duration
 
 from .findings import Findings
 from .memory_model import MEMORY_ROOMY
@@ -435,7 +435,7 @@ class LocalSearch:
             text = (f"not trying {candidate.describe()}: about {format_duration(candidate.cost_s)}, longer than the "
                     f"{format_duration(ceiling_s)} one trial may take within a budget of {format_duration(budget_s)} "
                     f"({MAX_TRIAL_SHARE:.0%} of the time for trials: more would crowd out the search around it); "
-                    f"--budget {_minutes(needed)} or more would try it")
+                    f"--budget {budget_minutes(needed)} or more would try it")
             if candidate.describe() not in self.told:  # once, though its estimate moves as trials teach costs
                 self.told.add(candidate.describe())
                 say(text)
@@ -498,8 +498,3 @@ class LocalSearch:
         if seed_kind == "search" and self.exhausted_at is not None:
             self.sampler_tries += 1
             self.sampler_spent_s += cost_s
-
-
-def _minutes(seconds: float) -> str:
-    """A ``--budget`` value of whole minutes, rounded up."""
-    return f"{math.ceil(seconds / 60)}m"
