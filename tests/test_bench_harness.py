@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _harness(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     # Short windows: what is tested is the harness's bookkeeping, not the figures.
-    extra = ["--max-warmup", "3", "--windows", "3", "--window-time", "0.1"] if args[0] == "run" else []
+    extra = ["--max-warmup", "3", "--windows", "3", "--window-time", "0.1"] if args[0] in ("run", "oracle") else []
     return subprocess.run([sys.executable, "-m", "benchmarks.harness", *args, *extra], cwd=cwd, capture_output=True,
                           text=True, timeout=600, check=False)
 
@@ -83,6 +83,30 @@ def test_harness_measures_each_arm_side_by_side_and_reuses_the_oracle_cache(tmp_
 
     table = _harness("table", str(written))
     assert table.returncode == 0 and "| default |" in table.stdout
+
+
+def test_the_oracle_alone_stops_starting_points_after_its_time_and_goes_on_in_the_next_call(tmp_path: Path) -> None:
+    """``oracle --stop-after S``: a grid longer than a device call keeps what it measured, starts no point past S
+    (a point cut by the call's limit would be lost), and the next call measures only the rest."""
+    results, grid = tmp_path / "results", ("--grid", "batch_size=32,64")
+    cut = _harness("oracle", "examples/quickstart.py", *grid, "--results", str(results), "--out", str(tmp_path / "w"),
+                   "--stop-after", "0")
+    assert cut.returncode == 0, cut.stdout[-3000:] + cut.stderr[-3000:]
+    assert "stopping after 0 s with 2 of 2 points not measured" in cut.stdout
+    assert "0 points, complete: False" in cut.stdout
+    cache = results / "oracle-quickstart-cpu.json"
+    assert json.loads(cache.read_text())["complete"] is False
+    # A first point, as a call cut after it would leave the cache.
+    whole = _harness("oracle", "examples/quickstart.py", "--grid", "batch_size=32", "--results", str(results),
+                     "--out", str(tmp_path / "w"))
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    cache.write_text(json.dumps({**json.loads(cache.read_text()), "complete": False}))
+    rest = _harness("oracle", "examples/quickstart.py", *grid, "--results", str(results), "--out", str(tmp_path / "w"))
+    assert rest.returncode == 0, rest.stdout[-3000:] + rest.stderr[-3000:]
+    assert "reusing the 1 points both share" in rest.stdout and "point 2/2" in rest.stdout
+    assert "point 1/2" not in rest.stdout and "2 points, complete: True" in rest.stdout
+    ranked = [line.split()[3] for line in rest.stdout.splitlines() if line.lstrip().startswith("grid ")]
+    assert len(ranked) == 2 and float(ranked[0]) >= float(ranked[1]) > 0  # best first
 
 
 def test_oracle_measures_the_smaller_points_first_and_runs_none_beyond_one_out_of_memory() -> None:

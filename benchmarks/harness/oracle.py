@@ -129,8 +129,14 @@ def best_point(points: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def run_oracle(bench: Bench, spec: BenchWorkload, results: Path, env: dict[str, str],
-               say: Callable[[str], None] = print, reuse: bool = True) -> dict[str, Any]:
-    """Load the cached grid or measure it; return the oracle record (and write the cache)."""
+               say: Callable[[str], None] = print, reuse: bool = True, stop_after_s: float | None = None
+               ) -> dict[str, Any]:
+    """Load the cached grid or measure it; return the oracle record (and write the cache).
+
+    With ``stop_after_s``, no point is started once that many seconds have
+    passed: the cache is left marked incomplete, to go on in a later call,
+    rather than losing the point a device call's limit would cut.
+    """
     points, notes = grid_points(bench, spec)
     identity = cache_identity(bench, points)
     path = cache_path(results, spec.name, bench.environment.get("gpu"))
@@ -172,6 +178,11 @@ def run_oracle(bench: Bench, spec: BenchWorkload, results: Path, env: dict[str, 
         config, i = points[index], index + 1
         if _key(config) in known:
             continue
+        if stop_after_s is not None and time.perf_counter() - started > stop_after_s:
+            left = sum(_key(c) not in found_points for c in points)
+            say(f"oracle: stopping after {stop_after_s:.0f} s with {left} of {len(points)} points not measured; "
+                "run again to measure them")
+            return {**record(complete=False), "source": "measured", "cache_file": path.name}
         failed = implied_oom(spec.memory_order, config, list(found_points.values()))
         if failed is not None:
             found_points[_key(config)] = {"label": f"grid {i}", "config": config, "status": "oom", "metrics": {},
