@@ -32,10 +32,31 @@ def test_a_trial_whose_windows_disagree_warns_once_and_names_wait_idle(tmp_path)
 def test_a_first_window_that_alone_ran_long_is_the_configurations_late_work_not_a_busy_machine() -> None:
     """ResNet-50's reduce-overhead trial on the H200: windows of 0.42, 0.071, 0.072, 0.071, 0.072 s (cv 99%) on a
     machine nobody else used.  The first window alone disagrees: a compile or CUDA-graph recording ran late."""
-    from dstune.run.do import late_first_window
+    from dstune.run.windows import late_first_window
 
     assert late_first_window([0.42, 0.0712, 0.0725, 0.0714, 0.0722]) == pytest.approx(0.42 / 0.0718, rel=0.01)
     assert late_first_window([0.071, 0.42, 0.072, 0.071, 0.072]) is None  # a later window: the machine
     assert late_first_window([0.42, 0.10, 0.30, 0.071, 0.20]) is None  # the others disagree too
     assert late_first_window([0.075, 0.071, 0.072, 0.071]) is None  # within noise
     assert late_first_window([0.42, 0.07]) is None  # too few to tell
+
+
+def test_windows_that_all_slowed_after_the_first_are_the_configuration_not_a_busy_machine() -> None:
+    """GPT-2 at micro-batch 16, two accumulated, under reduce-overhead on an H200 nobody else used: windows of
+    0.105 s, then 0.49, 0.71, 0.49 and 0.47 s (cv 43%).  Every later window slowed: the configuration records its
+    CUDA graphs again as it runs, and the advice names that, not a busy machine."""
+    from dstune.run.windows import slowed_after_first_window, windows_message
+
+    gpt2 = [0.1049, 0.4933, 0.7102, 0.4918, 0.4666]
+    assert slowed_after_first_window(gpt2) == pytest.approx(0.4926 / 0.1049, rel=0.01)
+    assert slowed_after_first_window([0.10, 0.49, 0.11, 0.48, 0.47]) is None  # one later window kept the pace
+    assert slowed_after_first_window([0.10, 0.12, 0.11]) is None  # within noise
+    said, busy = windows_message({"step_time_cv": 0.431, "window_step_times_s": gpt2})
+    assert not busy and "4.4x or more as long as the first (0.105 s, then 0.493, 0.710, 0.492, 0.467 s)" in said
+    assert "reduce-overhead" in said and "median window's, the slower pace" in said
+
+    late, busy = windows_message({"step_time_cv": 0.99, "window_step_times_s": [0.42, 0.0712, 0.0725, 0.0714]})
+    assert not busy and late.startswith("a trial's first timed window took 5.9x as long as the others")
+    noisy, busy = windows_message({"step_time_cv": 0.5, "window_step_times_s": [0.10, 0.49, 0.11, 0.48, 0.47]})
+    assert busy and "something else was using this machine" in noisy
+    assert windows_message({"step_time_cv": 0.02, "window_step_times_s": [0.10, 0.10, 0.10]}) is None

@@ -48,6 +48,7 @@ from .memory_model import MemoryModel
 from .neighbourhood import CONVERGED, MAX_TRIAL_SHARE, NEIGHBOUR, LocalSearch, Measured, Neighbourhood
 from .options import LOCAL, RunOptions, trial_spec
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, tell
+from .windows import windows_message
 from .workload_failure import workload_failure
 
 if TYPE_CHECKING:
@@ -64,20 +65,7 @@ UNSEEDED = frozenset({"search", "promoted", NEIGHBOUR})  # trials the search cho
 PRUNABLE = frozenset({"search", NEIGHBOUR})  # trials stopped after warm-up when far slower than the best
 MEASURED_AS_THEY_ARE = frozenset({"default", "incumbent"})  # run even when predicted not to fit: they are the baseline
 WORKLOAD_FAILS = "the workload fails"
-NOISY_CV = 0.25  # a trial whose windows vary more than this was not measured on a quiet machine
 STOP_PRIORITY = (WORKLOAD_FAILS, CONVERGED, "exhausted", "invalid", "budget", "trials", "ended")
-
-
-def late_first_window(windows: Sequence[float]) -> float | None:
-    """How many times the others' median the first timed window took, where it alone disagrees (the others
-    within NOISY_CV of each other); None otherwise.  A compile or CUDA-graph recording that runs late lands in
-    the first window, while a busy machine slows windows at random."""
-    if len(windows) < 3:
-        return None
-    rest = windows[1:]
-    spread = statistics.pstdev(rest) / statistics.fmean(rest)
-    typical = statistics.median(rest)
-    return windows[0] / typical if spread <= NOISY_CV and windows[0] > typical * (1 + 2 * NOISY_CV) else None
 
 
 @dataclass
@@ -342,21 +330,12 @@ class TrialPool:
         return True
 
     def _warn_if_noisy(self, outcome: TrialOutcome) -> None:
-        """Say once when a trial's timed windows disagree so much that the machine cannot have been quiet."""
-        cv = outcome.metrics.get("step_time_cv")
-        if outcome.status != "ok" or cv is None or cv <= NOISY_CV or self.warned_noise:
+        """Say why a trial's timed windows disagree (``run/windows``): a busy machine is warned of once."""
+        said = windows_message(outcome.metrics) if outcome.status == "ok" else None
+        if said is None or (said[1] and self.warned_noise):
             return
-        late = late_first_window(outcome.metrics.get("window_step_times_s") or [])
-        if late is not None:  # the configuration's own late work, not the machine: the median stands
-            self.setup.reporter.message(
-                f"a trial's first timed window took {late:.1f}x as long as the others, which agree: the "
-                "configuration was still compiling or recording CUDA graphs, not a busy machine; its figure is "
-                "the median window's")
-            return
-        self.warned_noise = True
-        self.setup.reporter.message(
-            f"[warning] a trial's timed windows varied by {cv:.0%} (coefficient of variation): something else was "
-            "using this machine, and its figures are unreliable. Run on an idle machine, or with --wait-idle.")
+        self.warned_noise = self.warned_noise or said[1]
+        self.setup.reporter.message(said[0])
 
     def _workload_fails(self) -> bool:
         """The default configuration and another one failed alike, and nothing ran: the workload fails as written
