@@ -160,3 +160,37 @@ def test_the_windows_longest_chain_of_accumulating_micro_steps_is_rehearsed_befo
     assert max(windows) < 3 * min(windows), windows  # no window recorded a place of the chain
     assert metrics["micro_step_s"] < 0.2, metrics  # 20 ms a micro-step, not a recording's second
     assert runs_at[4] >= 2 + metrics["windows"], runs_at  # place 4 ran twice before the windows ran it
+
+
+def test_parts_whose_windows_disagree_are_timed_again_by_whole_steps():
+    """GPT-2 at micro-batch 16, two accumulated, under reduce-overhead on an H200: by parts its windows ran 0.10 s,
+    then 0.31-0.75 s, three times over, while whole steps ran 0.096 s in every window.  Here the parts turn slow
+    (0.2 s against 20 ms) in every other half-second after the warm-up, as that H200's did after the first window,
+    and whole steps stay steady: the trial is timed again by whole steps, and says so."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from dstune.trial.measure import measure
+
+    calls = {"micro": 0}
+
+    def micro() -> torch.Tensor:
+        calls["micro"] += 1
+        artefact = calls["micro"] > 12 and int(time.monotonic() * 2) % 2
+        time.sleep(0.2 if artefact else 0.02)
+        return torch.zeros(())
+
+    def step() -> torch.Tensor:
+        time.sleep(0.04)
+        return torch.zeros(())
+
+    composed = SimpleNamespace(micro_step=micro, optimizer_step=lambda: None, begin_step=lambda: None, step=step,
+                               device=torch.device("cpu"), input_shapes={(4,)}, guard=None, data_loader=None,
+                               mode="train", plan=SimpleNamespace(accumulation=2, samples_per_step=8, micro_batch=4))
+    metrics = measure(composed, MeasureSettings(windows=6, window_s=0.25, min_warmup_steps=2, max_warmup_s=5.0))
+    retimed = metrics["parts_retimed"]
+    assert retimed["step_time_cv"] > 0.25, retimed  # the parts' windows disagreed
+    assert "timing" not in metrics and metrics["step_time_cv"] < 0.25, metrics  # whole steps, which agree
+    assert metrics["samples_per_s"] == pytest.approx(8 / 0.04, rel=0.5)
+    assert metrics["samples_per_s"] > retimed["samples_per_s"]

@@ -60,3 +60,9 @@ def test_windows_that_all_slowed_after_the_first_are_the_configuration_not_a_bus
     noisy, busy = windows_message({"step_time_cv": 0.5, "window_step_times_s": [0.10, 0.49, 0.11, 0.48, 0.47]})
     assert busy and "something else was using this machine" in noisy
     assert windows_message({"step_time_cv": 0.02, "window_step_times_s": [0.10, 0.10, 0.10]}) is None
+    retimed = {"samples_per_s": 334.4, "step_time_cv": 0.02, "window_step_times_s": [0.097, 0.096, 0.096],
+               "parts_retimed": {"samples_per_s": 91.3, "step_time_cv": 0.43, "window_step_times_s": gpt2}}
+    said, busy = windows_message(retimed)
+    assert not busy and said == ("a trial's windows timed by its parts varied by 43%, so it was timed again by whole "
+                                 "steps, which agree: 334.4 samples/s against 91.3 by parts; its figure is the whole "
+                                 "steps'")

@@ -56,7 +56,7 @@ class Measurement:
     def to_dict(self) -> dict[str, Any]:
         keep = ("samples_per_s", "step_time_median_s", "step_time_cv", "first_step_s", "peak_memory_bytes",
                 "energy_per_sample_j", "power_w_mean", "gpu_util_mean", "latency_p50_s", "latency_p99_s",
-                "micro_batch", "accumulation", "samples_per_step", "warmup_s", "timed_wall_s")
+                "micro_batch", "accumulation", "samples_per_step", "warmup_s", "timed_wall_s", "parts_retimed")
         return {"label": self.label, "config": self.config, "status": self.status,
                 "metrics": {k: self.metrics[k] for k in keep if k in self.metrics},
                 "error": (self.error or "")[-600:] or None, "duration_s": round(self.duration_s, 2)}

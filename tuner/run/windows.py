@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Sequence
 
-NOISY_CV = 0.25  # a trial whose windows vary more than this was not measured on a quiet machine
+from dstune.trial.measure_settings import NOISY_CV
 
 
 def late_first_window(windows: Sequence[float]) -> float | None:
@@ -40,6 +40,11 @@ def slowed_after_first_window(windows: Sequence[float]) -> float | None:
 def windows_message(metrics: dict[str, Any]) -> tuple[str, bool] | None:
     """What to say of a trial whose windows disagree beyond NOISY_CV: (the sentence, whether it warns of a
     busy machine); None when they agree."""
+    retimed = metrics.get("parts_retimed")
+    if retimed and (metrics.get("step_time_cv") or 0.0) <= NOISY_CV:
+        return (f"a trial's windows timed by its parts varied by {retimed['step_time_cv']:.0%}, so it was timed again "
+                f"by whole steps, which agree: {metrics['samples_per_s']:,.1f} samples/s against "
+                f"{retimed['samples_per_s']:,.1f} by parts; its figure is the whole steps'", False)
     cv = metrics.get("step_time_cv")
     if cv is None or cv <= NOISY_CV:
         return None

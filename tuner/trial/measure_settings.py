@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+NOISY_CV = 0.25  # windows that vary more than this were not measured on a quiet machine, or measured wrongly
+
 
 @dataclass(frozen=True)
 class MeasureSettings:
