@@ -154,3 +154,21 @@ def test_committed_h100_results_render_and_state_their_targets() -> None:
     checks = {t["target"]: t for t in targets(loader)}
     assert checks["largest CV across rounds"]["met"] is False  # the miss the README explains
     assert "MISSED" in markdown(loader) and "p99 ms" not in markdown(loader)
+
+
+def test_a_runs_applied_configuration_is_placed_in_an_oracle_grid_measured_so_far() -> None:
+    """``benchmarks/oracle_ratio``: dstune / oracle from a grid cache and a run's history, costing no device time;
+    an incomplete grid says so, and a configuration outside the grid has no ratio rather than a wrong one."""
+    from benchmarks.oracle_ratio import place
+
+    def point(label: str, batch: int, rate: float | None, status: str = "ok") -> dict:
+        return {"label": label, "config": {"batch_size": batch, "precision": "bf16"}, "status": status,
+                "metrics": {"samples_per_s": rate} if rate else {}}
+
+    grid = {"complete": False, "points": [point("grid 1", 32, 352.6), point("grid 2", 16, 339.4),
+                                          point("grid 3", 64, None, "oom")]}
+    found = place(grid, {"batch_size": 16, "precision": "bf16", "compile_dynamic": "auto"})
+    assert found["point"] == "grid 2" and found["best"] == "grid 1"
+    assert found["ratio"] == pytest.approx(339.4 / 352.6) and found["grid_complete"] is False
+    assert place(grid, {"batch_size": 64, "precision": "bf16"})["ratio"] is None  # out of memory: no figure
+    assert place(grid, {"batch_size": 32, "precision": "fp16"})["ratio"] is None  # not a point of the grid
