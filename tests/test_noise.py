@@ -42,9 +42,11 @@ def test_a_first_window_that_alone_ran_long_is_the_configurations_late_work_not_
 
 
 def test_windows_that_all_slowed_after_the_first_are_the_configuration_not_a_busy_machine() -> None:
-    """GPT-2 at micro-batch 16, two accumulated, under reduce-overhead on an H200 nobody else used: windows of
-    0.105 s, then 0.49, 0.71, 0.49 and 0.47 s (cv 43%).  Every later window slowed: the configuration records its
-    CUDA graphs again as it runs, and the advice names that, not a busy machine."""
+    """GPT-2 at micro-batch 16, two accumulated, under reduce-overhead on an H200 nobody else used, timed by parts:
+    windows of 0.105 s, then 0.49, 0.71, 0.49 and 0.47 s (cv 43%).  Every later window slowed, a shape a busy machine
+    rarely gives.  (Those parts are now timed again by whole steps, which ran 0.096 s throughout; whole steps of that
+    shape are the configuration's own.)  The advice names the configuration, not a busy machine, and a trial timed
+    again says so and gives the whole steps' figure."""
     from dstune.run.windows import slowed_after_first_window, windows_message
 
     gpt2 = [0.1049, 0.4933, 0.7102, 0.4918, 0.4666]

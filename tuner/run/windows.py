@@ -6,7 +6,9 @@ window alone; a configuration that redoes that work every step (compile's
 reduce-overhead recording its CUDA graphs again, pytorch/pytorch#171672)
 runs its first window at full speed and every one after it slower.  Only the
 first is noise to be warned about; the others are the configuration, and the
-median window is its figure.
+median window is its figure.  Parts that disagree are timed again by whole
+steps before any of this is said (:func:`dstune.trial.measure.measure`):
+GPT-2's windows of that second shape on an H200 came from timing by parts.
 """
 
 from __future__ import annotations
