@@ -31,12 +31,13 @@ def late_first_window(windows: Sequence[float]) -> float | None:
 
 
 def slowed_after_first_window(windows: Sequence[float]) -> float | None:
-    """How many times the first window the others took, where every later one ran far slower than the first
-    (by more than 2 x NOISY_CV); None otherwise.  A busy machine rarely slows every window but the first."""
+    """How many times the first window the quickest of the others took, where every later one ran far slower
+    than the first (by more than 2 x NOISY_CV); None otherwise.  A busy machine rarely slows every window but the
+    first."""
     if len(windows) < 3:
         return None
     first, rest = windows[0], windows[1:]
-    return statistics.median(rest) / first if min(rest) > first * (1 + 2 * NOISY_CV) else None
+    return min(rest) / first if min(rest) > first * (1 + 2 * NOISY_CV) else None
 
 
 def windows_message(metrics: dict[str, Any]) -> tuple[str, bool] | None:
@@ -58,7 +59,7 @@ def windows_message(metrics: dict[str, Any]) -> tuple[str, bool] | None:
                 "median window's", False)
     slowed = slowed_after_first_window(windows)
     if slowed is not None:
-        return (f"a trial's timed windows after its first each took {min(windows[1:]) / windows[0]:.1f}x or more "
+        return (f"a trial's timed windows after its first each took {slowed:.1f}x or more "
                 f"as long as the first ({windows[0]:.3f} s, then {', '.join(f'{w:.3f}' for w in windows[1:])} s): "
                 "the configuration slowed down as it ran, as compile's reduce-overhead does when it records its CUDA "
                 "graphs again at every step (pytorch/pytorch#171672), unless another job began on this machine; "

@@ -132,10 +132,11 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
     whole steps, where a few whole steps fit the measurement's time: the
     parts are a shortcut, and under compile's reduce-overhead the shortcut
     itself can go wrong.  GPT-2 at micro-batch 16, two accumulated, ran
-    windows of 0.10 s, then 0.31-0.75 s by parts (cudagraph trees recording
-    new paths, 73-102 samples/s) against 0.096 s in every window by whole
-    steps (334 samples/s), three times over on an H200.  The figure is then
-    the whole steps'; the parts' are kept under ``parts_retimed``.
+    windows of 0.10 s, then 0.31-0.75 s by parts (73-102 samples/s; its
+    cudagraph log shows new paths recorded, the cause is not established)
+    against 0.096 s in every window by whole steps (334 samples/s), three
+    times over on an H200.  The figure is then the whole steps'; the parts'
+    are kept under ``parts_retimed``.
     """
     ranks = world()
     # A data-parallel step's all-reduce happens in its last micro-step only, so its parts are not what a whole
