@@ -35,6 +35,18 @@ def _cost(metrics: dict) -> float:
     return metrics["timed_wall_s"] + per_warmup_step * min(metrics["warmup_steps"], MINIMUM_WARMUP)
 
 
+def _fake_step(micro, update=lambda: None, accumulation: int = 4, **more):
+    """A composed step of host-timed sleeps on the CPU: what the measurement sees of a workload, and no more."""
+    from types import SimpleNamespace
+
+    import torch
+
+    return SimpleNamespace(micro_step=micro, optimizer_step=update, begin_step=lambda: None,
+                           device=torch.device("cpu"), input_shapes={(4,)}, guard=None, data_loader=None, mode="train",
+                           plan=SimpleNamespace(accumulation=accumulation, samples_per_step=4 * accumulation,
+                                                micro_batch=4), **more)
+
+
 def test_a_step_timed_by_its_parts_agrees_with_whole_steps(trials):
     runs: dict[str, list] = {"parts": [], "whole": []}
     for _ in range(2):  # interleaved, best of two each: a busy machine only ever slows a measurement down
@@ -95,8 +107,6 @@ def test_the_warm_up_runs_the_accumulating_micro_step_so_the_first_timed_window_
     CUDA graphs were recorded in ResNet-50's first timed window on the H200 (0.42 s against 0.07 s, a coefficient
     of variation of 99%).  Here that path is slow its first two times, as recording is, and fast after: 1 s against
     20 ms steps, far beyond what a busy machine adds to a sleep."""
-    from types import SimpleNamespace
-
     import torch
 
     from dstune.trial.measure import measure_by_parts
@@ -116,11 +126,8 @@ def test_the_warm_up_runs_the_accumulating_micro_step_so_the_first_timed_window_
         pending["micro"] = 0
         time.sleep(0.001)
 
-    composed = SimpleNamespace(micro_step=micro, optimizer_step=update, begin_step=lambda: None,
-                               device=torch.device("cpu"), input_shapes={(4,)}, guard=None,
-                               plan=SimpleNamespace(accumulation=4, samples_per_step=16, micro_batch=4))
-    metrics = measure_by_parts(composed, MeasureSettings(windows=3, window_s=0.2, min_warmup_steps=2,
-                                                         max_warmup_s=5.0))
+    metrics = measure_by_parts(_fake_step(micro, update), MeasureSettings(windows=3, window_s=0.2, min_warmup_steps=2,
+                                                                          max_warmup_s=5.0))
     windows = metrics["window_step_times_s"]
     assert max(windows) < 3 * min(windows), windows  # no window paid for the slow first runs
     assert metrics["step_time_cv"] < 0.5, metrics
@@ -132,8 +139,6 @@ def test_the_windows_longest_chain_of_accumulating_micro_steps_is_rehearsed_befo
     timed window (0.256 s against 0.105 s).  Here each place from the third on is slow its first two times (1 s
     against 20 ms steps).  Without the rehearsal the first two of three windows pay for it and so does the
     median, the trial's figure."""
-    from types import SimpleNamespace
-
     import torch
 
     from dstune.trial.measure import measure_by_parts
@@ -151,11 +156,8 @@ def test_the_windows_longest_chain_of_accumulating_micro_steps_is_rehearsed_befo
         place["now"] = 0
         time.sleep(0.001)
 
-    composed = SimpleNamespace(micro_step=micro, optimizer_step=update, begin_step=lambda: None,
-                               device=torch.device("cpu"), input_shapes={(4,)}, guard=None,
-                               plan=SimpleNamespace(accumulation=4, samples_per_step=16, micro_batch=4))
-    metrics = measure_by_parts(composed, MeasureSettings(windows=3, window_s=0.2, min_warmup_steps=2,
-                                                         max_warmup_s=5.0))
+    metrics = measure_by_parts(_fake_step(micro, update), MeasureSettings(windows=3, window_s=0.2, min_warmup_steps=2,
+                                                                          max_warmup_s=5.0))
     windows = metrics["window_step_times_s"]
     assert max(windows) < 3 * min(windows), windows  # no window recorded a place of the chain
     assert metrics["micro_step_s"] < 0.2, metrics  # 20 ms a micro-step, not a recording's second
@@ -167,8 +169,6 @@ def test_parts_whose_windows_disagree_are_timed_again_by_whole_steps():
     then 0.31-0.75 s, three times over, while whole steps ran 0.096 s in every window.  Here the parts turn slow
     (0.2 s against 20 ms) in every other half-second after the warm-up, as that H200's did after the first window,
     and whole steps stay steady: the trial is timed again by whole steps, and says so."""
-    from types import SimpleNamespace
-
     import torch
 
     from dstune.trial.measure import measure
@@ -185,10 +185,8 @@ def test_parts_whose_windows_disagree_are_timed_again_by_whole_steps():
         time.sleep(0.04)
         return torch.zeros(())
 
-    composed = SimpleNamespace(micro_step=micro, optimizer_step=lambda: None, begin_step=lambda: None, step=step,
-                               device=torch.device("cpu"), input_shapes={(4,)}, guard=None, data_loader=None,
-                               mode="train", plan=SimpleNamespace(accumulation=2, samples_per_step=8, micro_batch=4))
-    metrics = measure(composed, MeasureSettings(windows=6, window_s=0.25, min_warmup_steps=2, max_warmup_s=5.0))
+    metrics = measure(_fake_step(micro, accumulation=2, step=step),
+                      MeasureSettings(windows=6, window_s=0.25, min_warmup_steps=2, max_warmup_s=5.0))
     retimed = metrics["parts_retimed"]
     assert retimed["step_time_cv"] > 0.25, retimed  # the parts' windows disagreed
     assert "timing" not in metrics and metrics["step_time_cv"] < 0.25, metrics  # whole steps, which agree
