@@ -11,7 +11,7 @@ from datetime import date
 from pathlib import Path
 
 from .oracle import run_oracle
-from .registry import REPO, WORKLOADS, bench_for
+from .registry import REPO, WORKLOADS, BenchWorkload, bench_for
 from .report import markdown
 from .runner import ALL_ARMS, BenchmarkRun, RunSettings
 from .trials import Bench, cache_env
@@ -50,12 +50,8 @@ def _settings(args: argparse.Namespace, **more: object) -> RunSettings:
     return RunSettings(max_warmup_s=args.max_warmup, windows=args.windows, window_s=args.window_time, **more)
 
 
-def _oracle_only(args: argparse.Namespace) -> int:
+def _oracle_only(args: argparse.Namespace, spec: BenchWorkload) -> int:
     """Measure (or go on measuring) the grid and print every point, best first."""
-    spec = bench_for(args.workload, dict(args.grid) or None)
-    if not spec.file.exists():
-        print(f"workload {args.workload!r}: no such registered workload or file ({spec.file})", file=sys.stderr)
-        return 2
     out = args.out or REPO / ".bench" / spec.name
     out.mkdir(parents=True, exist_ok=True)
     env = cache_env(out / "cache-shared")
@@ -111,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             print(markdown(result))
         return 0
 
-    if args.command == "oracle":
-        return _oracle_only(args)
     spec = bench_for(args.workload, dict(args.grid) or None)
     if not spec.file.exists():
         parser.error(f"workload {args.workload!r}: no such registered workload or file ({spec.file})")
+    if args.command == "oracle":
+        return _oracle_only(args, spec)
     settings = _settings(args, arms=args.arms, budget=args.budget, rounds=args.rounds,
                          dstune_args=tuple(shlex.split(args.dstune_args)), reuse_oracle=not args.fresh_oracle,
                          resume=args.resume, checklist_cap=args.checklist_cap)

@@ -144,8 +144,9 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
     if (settings.by_parts and composed.plan.accumulation > 1 and composed.micro_step is not None
             and composed.optimizer_step is not None and composed.data_loader is None and ranks == 1):
         parts = measure_by_parts(composed, settings, prune_below)
-        step_s = parts["step_time_median_s"]
-        affordable = (settings.min_warmup_steps + 1 + 2) * step_s <= settings.max_warmup_s + settings.max_timed_s
+        # The fewest whole steps a measurement takes: the first, the warm-up's minimum, two windows of one step.
+        fewest_s = (1 + settings.min_warmup_steps + 2) * parts["step_time_median_s"]
+        affordable = fewest_s <= settings.max_warmup_s + settings.max_timed_s
         if parts["step_time_cv"] <= NOISY_CV or not affordable:
             return parts
         whole = measure_steps(composed, settings)
