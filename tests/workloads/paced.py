@@ -2,7 +2,10 @@
 
 ``DSTUNE_TEST_SLOWDOWN=0.15`` makes every step about 15% longer (the wait and the forward
 pass grow by 15%; they are nearly all of the step): the injected
-slow-down that the regression check must catch.
+slow-down that the regression check must catch.  With ``DSTUNE_TEST_SLOW_AFTER=FILE`` as well, only the
+processes after the first to train are slowed: each appends its pid to FILE at its first step, so the
+default's trial (under ``--trials 1``) runs at full pace and the check's rounds after it slower, as when
+another job starts on the host between a trial and its check.
 """
 
 import os
@@ -16,6 +19,21 @@ import dstune
 
 PACE_S = 0.010
 SLOWDOWN = float(os.environ.get("DSTUNE_TEST_SLOWDOWN", "0"))
+_slowdown: list[float] = []
+
+
+def _this_process_slowdown() -> float:
+    """SLOWDOWN, or with DSTUNE_TEST_SLOW_AFTER, 0 in the first process to train and SLOWDOWN in later ones."""
+    if not _slowdown:
+        starts = os.environ.get("DSTUNE_TEST_SLOW_AFTER")
+        earlier = 1
+        if starts:
+            with open(starts, "a+") as f:
+                f.seek(0)
+                earlier = len(f.read().split())
+                f.write(f"{os.getpid()}\n")
+        _slowdown.append(SLOWDOWN if earlier else 0.0)
+    return _slowdown[0]
 
 
 def _loss(model, batch):
@@ -23,7 +41,7 @@ def _loss(model, batch):
     loss = F.cross_entropy(model(batch[0]), batch[1])
     # Hold every step to (pace + compute) * (1 + slow-down).
     compute = time.perf_counter() - started
-    time.sleep(PACE_S + (PACE_S + compute) * SLOWDOWN)
+    time.sleep(PACE_S + (PACE_S + compute) * _this_process_slowdown())
     return loss
 
 
