@@ -68,6 +68,15 @@ def test_a_first_round_the_budget_cannot_pay_for_is_not_started(clock):
     assert check.timeout_s(600.0) == 40.0  # a measurement started now would be cut at the budget's overrun
 
 
+def test_a_check_without_a_challenger_ends_within_the_budget_itself(clock):
+    """Re-measuring the incumbent alone decides nothing now, so it may not use the overrun a decision may."""
+    budget = Budget(100.0, check_repeats=2, clock=clock)
+    clock.now += 95.0
+    assert CheckClock(budget, first_round_s=10.0).may_start(0)  # a challenger's check: 10 s fits 5 s + 30 s
+    assert not CheckClock(budget, first_round_s=10.0, may_overrun=False).may_start(0)
+    assert CheckClock(budget, first_round_s=4.0, may_overrun=False).may_start(0)
+
+
 def test_an_incumbent_whose_trial_failed_after_a_while_is_not_re_measured_past_the_budget(clock):
     """GPT-2 on the 24 GiB CPU machine, --budget 2m: the default trial was OOM-killed after 97 s and no trial
     succeeded, yet the check re-measured the incumbent from 121 s on, to be cut at 151 s with nothing learned."""

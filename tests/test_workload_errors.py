@@ -123,6 +123,10 @@ def test_a_budget_shorter_than_one_trial_says_so_rather_than_blaming_errors(tmp_
     assert ("No trial ran to the end: the budget ran out during the first, so one trial of this workload takes "
             "longer than the whole budget. Give a --budget several times one trial's length") in out
     assert "their errors are above" not in out
+    # Nothing challenges the default, so it is not re-measured after the budget (it was, twice, ending at 40 s),
+    # and no memory budget is blamed for the lack of a finished trial.
+    assert db_rows(db, "select count(*) from dstune_measurements") == [(0,)]
+    assert "Decision: kept (no trial ran to the end)" in out and "memory budget" not in out
     # A budget that ends before any trial starts says that instead.
     result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(tmp_path / "none.db"), "--budget", "1s",
                      "--disable-plugin", "compile", cwd=tmp_path)

@@ -161,11 +161,16 @@ class CheckClock:
     A round starts only if it ends within the budget and its overrun: as long
     as the rounds before it took, or, for the first, as long as ``first_round_s``
     (the budget's estimate).  So a slow incumbent, the workload's slow default
-    say, never pushes the check past the budget.
+    say, never pushes the check past the budget.  Without a challenger
+    (``may_overrun`` False) the check decides nothing now: it re-measures the
+    incumbent for a later iteration's regression check, so its rounds must
+    end within the budget itself.  A 10 s budget whose one trial was cut by it
+    re-measured that default twice after it, ending at 40 s.
     """
 
     budget: Budget
     first_round_s: float
+    may_overrun: bool = True
     measured_s: list[float] = field(default_factory=list)
 
     def timeout_s(self, trial_timeout_s: float) -> float:
@@ -179,4 +184,4 @@ class CheckClock:
         expected = sum(self.measured_s) / round_ if round_ else self.first_round_s
         if expected <= 0:  # nothing says what a round costs: only while the budget itself lasts
             return self.budget.left() > 0
-        return self.budget.pays_for(expected)
+        return self.budget.pays_for(expected) if self.may_overrun else expected <= self.budget.left()

@@ -320,7 +320,9 @@ class Iteration:
                                chosen_config=chosen.config if chosen else None)
         challenger: Config | None = None
         why = ""
-        if chosen is None:
+        if not ok:
+            why = "no trial ran to the end"
+        elif chosen is None:
             why = f"no trial succeeded within the memory budget ({format_bytes(self.memory_budget)})" + (
                 f" and a p99 latency of {format_latency(options.max_latency_s)}" if options.max_latency_s else "")
         elif config_key(chosen.config) == config_key(self.incumbent.config):
@@ -337,7 +339,7 @@ class Iteration:
         best_key = config_key(challenger) if challenger else self.pool.found.best_key if self.pool else ""
         # Without a challenger a round measures the incumbent alone.
         clock = CheckClock(self.budget, self.budget.round_s(best_key) if challenger else
-                           self.budget.incumbent_s(best_key))
+                           self.budget.incumbent_s(best_key), may_overrun=challenger is not None)
 
         def measure(role: str, round_: int, config: Config) -> TrialOutcome:
             self.wait_idle(slot)
