@@ -127,6 +127,8 @@ def test_a_budget_shorter_than_one_trial_says_so_rather_than_blaming_errors(tmp_
     # and no memory budget is blamed for the lack of a finished trial.
     assert db_rows(db, "select count(*) from dstune_measurements") == [(0,)]
     assert "Decision: kept (no trial ran to the end)" in out and "memory budget" not in out
+    assert ("Check: no trial ran to the end; the incumbent is not re-measured, since the time left does not pay for "
+            "one measurement of it.") in out and "re-measuring" not in out and "stopped early" not in out
     # A budget that ends before any trial starts says that instead.
     result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(tmp_path / "none.db"), "--budget", "1s",
                      "--disable-plugin", "compile", cwd=tmp_path)

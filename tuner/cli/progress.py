@@ -126,8 +126,14 @@ class ConsoleReporter:
 
     def check_started(self, incumbent: Config, challenger: Config | None, repeats: int, why: str) -> None:
         self.close()
-        if challenger is None:
+        if challenger is None and not repeats:
+            self.console.print(f"Check: {why}; the incumbent is not re-measured, since the time left does not pay "
+                               "for one measurement of it.")
+        elif challenger is None:
             self.console.print(f"Check: {why}; re-measuring the incumbent {repeats} times.")
+        elif not repeats:
+            self.console.print(f"Check: challenger {describe_config(challenger, incumbent)} vs incumbent: the time "
+                               "left does not pay for one round, so nothing is measured.", highlight=False)
         else:
             self.console.print(f"Check: challenger {describe_config(challenger, incumbent)} vs incumbent, "
                                f"{repeats} interleaved rounds (fresh process each).", highlight=False)

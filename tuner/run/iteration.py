@@ -332,14 +332,14 @@ class Iteration:
         repeats = (self.pool.check_rounds(config_key(challenger) if challenger else None)
                    if self.pool is not None else options.check_repeats)
         self.check_repeats = repeats
-        self.reporter.check_started(self.incumbent.config, challenger, repeats, why)
-
-        slot = self.slots[0]
-
         best_key = config_key(challenger) if challenger else self.pool.found.best_key if self.pool else ""
         # Without a challenger a round measures the incumbent alone.
         clock = CheckClock(self.budget, self.budget.round_s(best_key) if challenger else
                            self.budget.incumbent_s(best_key), may_overrun=challenger is not None)
+        affordable = clock.may_start(0)  # else the check is announced as measuring nothing, not as N rounds
+        self.reporter.check_started(self.incumbent.config, challenger, repeats if affordable else 0, why)
+
+        slot = self.slots[0]
 
         def measure(role: str, round_: int, config: Config) -> TrialOutcome:
             self.wait_idle(slot)
@@ -358,7 +358,7 @@ class Iteration:
 
         result = interleaved_check(measure, self.incumbent.config, challenger, repeats, clock.may_start,
                                    options.min_gain)
-        if result.cut:
+        if result.cut and affordable:
             self.reporter.message(f"the check stopped early: {result.cut}")
         if result.settled:
             self.reporter.message(f"the check {result.settled}")
