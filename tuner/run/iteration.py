@@ -257,13 +257,6 @@ class Iteration:
         """Whether a row measured on ``gpu_model`` compares with this run (rows from before schema 6 name none)."""
         return gpu_model in (None, self.gpu_model)
 
-    def _trial_figure(self, config: Config) -> float | None:
-        """The samples/s of this iteration's trial of ``config`` (the best, if it ran more than once), or None."""
-        key = config_key(config)
-        figures = [t.samples_per_s for t in self.store.trials(self.iteration_id, status="ok")
-                   if t.samples_per_s and self._same_model(t.gpu_model) and config_key(t.config) == key]
-        return max(figures) if figures else None
-
     def _incumbent(self) -> Incumbent:
         applied = self.store.applied(self.ctx.workload, self.gpu_model)
         if applied is None:
@@ -362,8 +355,11 @@ class Iteration:
             self.reporter.message(f"the check stopped early: {result.cut}")
         if result.settled:
             self.reporter.message(f"the check {result.settled}")
+        incumbent_key = config_key(self.incumbent.config)  # its trial's figure, where this iteration ran one
+        incumbent_trial = max((t.samples_per_s for t in ok
+                               if t.samples_per_s and config_key(t.config) == incumbent_key), default=None)
         noise = check_noise(result, {"challenger": chosen.samples_per_s if chosen is not None and challenger else None,
-                                     "incumbent": self._trial_figure(self.incumbent.config)})
+                                     "incumbent": incumbent_trial})
         if noise:
             self.reporter.message(f"[warning] {noise[0]}: the machine was not quiet, so the decision below rests on "
                                   f"unreliable figures. {noise[1]}.")
