@@ -212,6 +212,16 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | N
                           timeout=timeout, env=full_env)
 
 
+def run_paced_slower_after_its_trial(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``dstune run`` of tests/workloads/paced.py with one trial, whose two check rounds run 1.6x slower than it
+    (another job started on the host between them).  The memory model is off: its probe would train first and
+    take the full-pace turn from the trial (on the H200 the trial and the check then both ran slowed)."""
+    env = {"DSTUNE_TEST_SLOWDOWN": "0.6", "DSTUNE_TEST_SLOW_AFTER": str(tmp_path / "starts")}
+    return run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(tmp_path / "slower.db"), "--trials", "1",
+                   "--only", "batch_size", "--check-repeats", "2", "--budget", "2m", "--memory-model", "off",
+                   cwd=tmp_path, env=env)
+
+
 def cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """``dstune ARGS`` in this process (the quick commands; a run or a daemon gets a process of its own).
 

@@ -8,7 +8,7 @@ import pytest
 
 from dstune.run.check import CheckResult, check_noise
 
-from .conftest import WORKLOADS, run_cli
+from .conftest import WORKLOADS, run_cli, run_paced_slower_after_its_trial
 
 
 def test_the_checks_spread_and_its_disagreement_with_the_trial_are_named() -> None:
@@ -37,9 +37,7 @@ def test_a_host_bound_configurations_noise_is_put_down_to_the_host_not_the_gpu()
 def test_an_incumbent_that_ran_slower_in_the_check_than_in_its_trial_is_warned_of(tmp_path) -> None:
     """No challenger: the check re-measures the incumbent alone, and it ran 1.6x slower than in its trial (another
     job started on the host between them); a quiet machine runs both at one pace."""
-    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(tmp_path / "s.db"), "--trials", "1",
-                     "--only", "batch_size", "--check-repeats", "2", "--budget", "2m", cwd=tmp_path,
-                     env={"DSTUNE_TEST_SLOWDOWN": "0.6", "DSTUNE_TEST_SLOW_AFTER": str(tmp_path / "starts")})
+    result = run_paced_slower_after_its_trial(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = " ".join(result.stdout.split())
     assert "Decision: kept (the best trial by max-throughput is the incumbent itself)" in out

@@ -4,8 +4,9 @@
 pass grow by 15%; they are nearly all of the step): the injected
 slow-down that the regression check must catch.  With ``DSTUNE_TEST_SLOW_AFTER=FILE`` as well, only the
 processes after the first to train are slowed: each appends its pid to FILE at its first step, so the
-default's trial (under ``--trials 1``) runs at full pace and the check's rounds after it slower, as when
-another job starts on the host between a trial and its check.
+default's trial (under ``--trials 1``, and ``--memory-model off``, whose probe would train first) runs at full
+pace and the check's rounds after it slower, as when another job starts on the host between a trial and its
+check.
 """
 
 import os
