@@ -9,6 +9,7 @@ pace and the check's rounds after it slower, as when another job starts on the h
 check.
 """
 
+import functools
 import os
 import time
 
@@ -20,21 +21,19 @@ import dstune
 
 PACE_S = 0.010
 SLOWDOWN = float(os.environ.get("DSTUNE_TEST_SLOWDOWN", "0"))
-_slowdown: list[float] = []
 
 
+@functools.cache  # once per process: its first step registers it
 def _this_process_slowdown() -> float:
     """SLOWDOWN, or with DSTUNE_TEST_SLOW_AFTER, 0 in the first process to train and SLOWDOWN in later ones."""
-    if not _slowdown:
-        starts = os.environ.get("DSTUNE_TEST_SLOW_AFTER")
-        earlier = 1
-        if starts:
-            with open(starts, "a+") as f:
-                f.seek(0)
-                earlier = len(f.read().split())
-                f.write(f"{os.getpid()}\n")
-        _slowdown.append(SLOWDOWN if earlier else 0.0)
-    return _slowdown[0]
+    starts = os.environ.get("DSTUNE_TEST_SLOW_AFTER")
+    if not starts:
+        return SLOWDOWN
+    with open(starts, "a+") as f:
+        f.seek(0)
+        earlier = len(f.read().split())
+        f.write(f"{os.getpid()}\n")
+    return SLOWDOWN if earlier else 0.0
 
 
 def _loss(model, batch):
