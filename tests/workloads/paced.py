@@ -3,13 +3,15 @@
 ``DSTUNE_TEST_SLOWDOWN=0.15`` makes every step about 15% longer (the wait and the forward
 pass grow by 15%; they are nearly all of the step): the injected
 slow-down that the regression check must catch.  With ``DSTUNE_TEST_SLOW_AFTER=FILE`` as well, only the
-processes after the first to train are slowed: each appends its pid to FILE at its first step, so the
+processes after the first to train are slowed: each appends its pid to FILE at its second step, so the
 default's trial (under ``--trials 1``, and ``--memory-model off``, whose probe would train first) runs at full
 pace and the check's rounds after it slower, as when another job starts on the host between a trial and its
-check.
+check.  A process that calls the loss only once is not training: on a GPU the probe traces one loss call to find
+the model's attention calls, and counting it took the trial's full-pace turn (H200, 2026-12-02).
 """
 
 import functools
+import itertools
 import os
 import time
 
@@ -21,10 +23,16 @@ import dstune
 
 PACE_S = 0.010
 SLOWDOWN = float(os.environ.get("DSTUNE_TEST_SLOWDOWN", "0"))
+_calls = itertools.count()
 
 
-@functools.cache  # once per process: its first step registers it
 def _this_process_slowdown() -> float:
+    """0 for a process's first loss call (a probe's one traced call is not training), then :func:`_trainer_slowdown`."""
+    return _trainer_slowdown() if next(_calls) else 0.0
+
+
+@functools.cache  # once per process: its second step registers it
+def _trainer_slowdown() -> float:
     """SLOWDOWN, or with DSTUNE_TEST_SLOW_AFTER, 0 in the first process to train and SLOWDOWN in later ones."""
     starts = os.environ.get("DSTUNE_TEST_SLOW_AFTER")
     if not starts:
