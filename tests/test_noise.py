@@ -30,6 +30,8 @@ def test_a_host_bound_configurations_noise_is_put_down_to_the_host_not_the_gpu()
     assert why.endswith("the GPU was busy only 7-12% of the time, so the host's CPUs set its pace, and its figures "
                         "move with whatever else runs on the host")
     assert advice == "Run where no other job shares the host's CPUs (--wait-idle waits for the GPU alone)"
+    idle_gpu = CheckResult(incumbent=[434.1, 433.3], gpu_busy={"incumbent": [0.2, 0.4]})  # the paced test, H200
+    assert "the GPU was busy only 0% of the time" in check_noise(idle_gpu, {"incumbent": 662.4})[0]
     busy = CheckResult(incumbent=[509.3, 473.5, 357.2], gpu_busy={"incumbent": [97.0, 96.5, 97.2]})
     assert check_noise(busy, {"incumbent": 626.9})[1] == "Run on an idle machine, or with --wait-idle"
 

@@ -151,8 +151,10 @@ def check_noise(result: CheckResult, trials: dict[str, float | None]) -> tuple[s
             continue
         busy = result.gpu_busy.get(role) or []
         if busy and max(busy) < HOST_BOUND_BUSY:
-            return (f"{why}; the GPU was busy only {min(busy):.0f}-{max(busy):.0f}% of the time, so the host's CPUs "
-                    "set its pace, and its figures move with whatever else runs on the host",
+            low, high = f"{min(busy):.0f}", f"{max(busy):.0f}"  # "0-0%" on the H200's paced test: say "0%"
+            busy_text = low if low == high else f"{low}-{high}"
+            return (f"{why}; the GPU was busy only {busy_text}% of the time, so the host's CPUs set its pace, "
+                    "and its figures move with whatever else runs on the host",
                     "Run where no other job shares the host's CPUs (--wait-idle waits for the GPU alone)")
         return why, "Run on an idle machine, or with --wait-idle"
     return None
