@@ -145,3 +145,49 @@ def test_a_close_check_runs_every_round():
     # Without a minimum gain (the callers that want every round), no early stop either.
     measure, ran = _paced({"incumbent": [45.0] * 5, "challenger": [349.0, 348.0, 350.0, 349.0, 349.5]})
     assert interleaved_check(measure, {"x": 1}, {"x": 2}, 5).settled is None and len(ran) == 10
+
+
+
+def _timed(measure, clock: Clock, check: CheckClock, seconds: float):
+    """``measure``, each measurement taking ``seconds`` of the budget's clock."""
+    def timed(role: str, round_: int, config: dict) -> TrialOutcome:
+        clock.now += seconds
+        check.measured(seconds)
+        return measure(role, round_, config)
+    return timed
+
+
+AUGMENTED = {"incumbent": [613.8, 689.8, 640.0], "challenger": [2425.7, 2186.1, 2300.0]}
+
+
+@pytest.mark.parametrize("trials_s", [160.0, 190.0])
+def test_an_open_answer_after_the_rounds_planned_gets_another_round_where_the_allowance_pays(clock, trials_s):
+    """augmented_images on an H200, --budget 5m: the check was planned for the two rounds of 54 s the budget left
+    paid for; its checklist ran 3.95x and 3.17x the default in them, and it was kept on the interval [0.871,
+    14.378] with the time of a third round unused.  An answer still open after the rounds planned gets more, up
+    to --check-repeats, while the budget and its overrun pay for them (trials that took 160 s); where they do
+    not (190 s), the decision says the budget cut the rounds that would tell."""
+    budget = Budget(300.0, check_repeats=3, clock=clock)
+    clock.now += trials_s
+    check = CheckClock(budget, first_round_s=54.0)
+    measure, ran = _paced(AUGMENTED)
+    result = interleaved_check(_timed(measure, clock, check, 27.0), {"x": 1}, {"x": 2}, 2, check.may_start, 0.02,
+                               most=3)
+    made = decide(result, has_challenger=True, min_gain=0.02, reference=None)
+    assert budget.elapsed() <= budget.budget_s + budget.overrun_s
+    if trials_s == 160.0:
+        assert len(ran) == 6 and result.estimate.n == 3 and result.cut is None
+        assert made.decision == "promoted" and result.estimate.low > 2.5, made.reason
+    else:
+        assert len(ran) == 4 and result.cut == "the budget paid for 2 of 3 rounds"
+        assert made.decision == "kept" and "2 rounds leave the interval wide: a longer --budget would pay for the " \
+            "rest" in made.reason, made.reason
+
+
+def test_a_plain_answer_after_the_rounds_planned_spends_nothing_more():
+    measure, ran = _paced({"incumbent": [100.0, 101.0, 100.0], "challenger": [1000.0, 1010.0, 1000.0]})
+    plain = interleaved_check(measure, {"x": 1}, {"x": 2}, 2, min_gain=0.02, most=3)
+    assert len(ran) == 4 and plain.estimate.exceeds(0.02)
+    measure, ran = _paced({"incumbent": [100.0, 101.0, 100.0], "challenger": [80.0, 79.0, 80.0]})
+    assert interleaved_check(measure, {"x": 1}, {"x": 2}, 2, min_gain=0.02, most=3).estimate.high < 1.02
+    assert len(ran) == 4

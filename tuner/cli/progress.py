@@ -124,7 +124,8 @@ class ConsoleReporter:
         for note in incumbent.notes:
             self.console.print(f"  [yellow]{escape(note)}[/]", highlight=False)
 
-    def check_started(self, incumbent: Config, challenger: Config | None, repeats: int, why: str) -> None:
+    def check_started(self, incumbent: Config, challenger: Config | None, repeats: int, why: str, most: int = 0
+                      ) -> None:
         self.close()
         if challenger is None and not repeats:
             self.console.print(f"Check: {why}; the incumbent is not re-measured, since the time left does not pay "
@@ -136,7 +137,9 @@ class ConsoleReporter:
                                "left does not pay for one round, so nothing is measured.", highlight=False)
         else:
             self.console.print(f"Check: challenger {describe_config(challenger, incumbent)} vs incumbent, "
-                               f"{repeats} interleaved rounds (fresh process each).", highlight=False)
+                               f"{repeats} interleaved rounds (fresh process each)"
+                               + (f", up to {most} if the answer is still open and the budget's allowance pays for "
+                                  "them." if most > repeats else "."), highlight=False)
 
     def check_measured(self, role: str, round_: int, outcome: TrialOutcome) -> None:
         if outcome.status == "ok":

@@ -95,4 +95,7 @@ def decide(check: CheckResult, has_challenger: bool, min_gain: float, reference:
         reason = f"speed-up {estimate} (95% CI) exceeds the minimum gain of {min_gain:.0%}"
         return Decision(PROMOTED, reason, regression, regression_estimate)
     reason = f"speed-up {estimate} (95% CI): lower bound not above 1 + {min_gain:.0%}"
+    if check.cut and estimate.ratio > 1 + min_gain:  # promising, but the budget cut the rounds that would tell
+        reason += (f"; {check.cut}, and {estimate.n} rounds leave the interval wide: a longer --budget would pay for "
+                   "the rest")
     return Decision(KEPT, reason, regression, regression_estimate)

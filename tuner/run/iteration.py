@@ -83,7 +83,8 @@ class Reporter(Protocol):
     def trial_finished(self, index: int, outcome: TrialOutcome, best_samples_per_s: float | None,
                        number: int | None = None) -> None: ...
     def message(self, text: str) -> None: ...
-    def check_started(self, incumbent: Config, challenger: Config | None, repeats: int, why: str) -> None: ...
+    def check_started(self, incumbent: Config, challenger: Config | None, repeats: int, why: str, most: int = 0
+                      ) -> None: ...
     def check_measured(self, role: str, round_: int, outcome: TrialOutcome) -> None: ...
     def planned(self, previous_id: int | None, diff: list[dict[str, Any]], incumbent: Incumbent, copied: int
                 ) -> None: ...
@@ -330,7 +331,8 @@ class Iteration:
         clock = CheckClock(self.budget, self.budget.round_s(best_key) if challenger else
                            self.budget.incumbent_s(best_key), may_overrun=challenger is not None)
         affordable = clock.may_start(0)  # else the check is announced as measuring nothing, not as N rounds
-        self.reporter.check_started(self.incumbent.config, challenger, repeats if affordable else 0, why)
+        self.reporter.check_started(self.incumbent.config, challenger, repeats if affordable else 0, why,
+                                    options.check_repeats)
 
         slot = self.slots[0]
 
@@ -350,7 +352,7 @@ class Iteration:
             return outcome
 
         result = interleaved_check(measure, self.incumbent.config, challenger, repeats, clock.may_start,
-                                   options.min_gain)
+                                   options.min_gain, most=options.check_repeats)
         if result.cut and affordable:
             self.reporter.message(f"the check stopped early: {result.cut}")
         if result.settled:
