@@ -11,8 +11,10 @@ The figures the search issue asks of every workload:
   command's, measured outside it, probes and start-up included);
 - **trials by status**, those refused before they ran (``invalid``,
   ``predicted_oom``) apart;
-- **dstune / oracle** with ``--oracle``: the challenger's median in the check
-  over the oracle grid's best point, both on the same kind of device. They
+- **dstune / oracle** with ``--oracle``: the check's median of what the run
+  applied (the challenger if promoted, else the incumbent: a challenger kept
+  is not what the user gets) over the oracle grid's best point, both on the
+  same kind of device. They
   were not measured side by side, so this is only as close as two machines
   of one kind are.
 
@@ -57,6 +59,7 @@ def figures(db: Path) -> dict[str, Any]:
         by_status[t[3]] = by_status.get(t[3], 0) + 1
     check_data = json.loads(check) if check else {}
     challenger = check_data.get("challenger") or []
+    applied = challenger if decision == "promoted" else check_data.get("incumbent") or []
     return {
         "budget_s": json.loads(options).get("budget_s") if options else None,
         "iteration_s": round(_seconds(ended) - start, 1) if ended else None,
@@ -71,6 +74,7 @@ def figures(db: Path) -> dict[str, Any]:
         "check_challenger_median": statistics.median(challenger) if challenger else None,
         "check_settled": check_data.get("settled"),
         "decision": decision,
+        "applied_check_median": statistics.median(applied) if applied else None,
         "speedup": speedup,
     }
 
@@ -90,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         best = json.loads(args.oracle.read_text())["best"]
         rate = best["metrics"]["samples_per_s"]
         result["oracle_best"] = {"label": best["label"], "samples_per_s": rate}
-        if result["check_challenger_median"]:
-            result["dstune_over_oracle"] = round(result["check_challenger_median"] / rate, 3)
+        if result["applied_check_median"]:
+            result["dstune_over_oracle"] = round(result["applied_check_median"] / rate, 3)
     print(json.dumps(result, indent=2))
     return 0
 
