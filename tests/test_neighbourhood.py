@@ -116,6 +116,7 @@ def test_the_best_eager_configuration_is_searched_around_before_a_compiled_best(
     assert [c["compile"] for c, _ in centres] == ["off", "default"]
 
 
+@pytest.mark.slow
 def test_a_local_search_climbs_converges_and_ends_the_run_early(tmp_path):
     db = tmp_path / "local.db"
     started = time.monotonic()

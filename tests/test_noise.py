@@ -36,6 +36,7 @@ def test_a_host_bound_configurations_noise_is_put_down_to_the_host_not_the_gpu()
     assert check_noise(busy, {"incumbent": 626.9})[1] == "Run on an idle machine, or with --wait-idle"
 
 
+@pytest.mark.slow
 def test_an_incumbent_that_ran_slower_in_the_check_than_in_its_trial_is_warned_of(tmp_path) -> None:
     """No challenger: the check re-measures the incumbent alone, and it ran 1.6x slower than in its trial (another
     job started on the host between them); a quiet machine runs both at one pace."""

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import EXAMPLES, OTHER_THREADS, WORKLOADS
 
 OBSERVE = WORKLOADS / "observe.py"
@@ -56,6 +58,7 @@ print(json.dumps({{"tuned": tuned, "reference": reference, "facts": facts, "plan
 """
 
 
+@pytest.mark.slow
 def test_a_users_own_batches_train_as_the_trial_did_and_match_a_plain_loop(tmp_path, trials):
     outcome, in_trial = trials.run(OBSERVE, "observe_conv_accum", timeout_s=400, **CONFIG)
     assert outcome.status == "ok", outcome.error

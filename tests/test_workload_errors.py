@@ -107,6 +107,7 @@ def test_a_workload_that_fails_as_written_says_its_own_error_once_and_exits_4(tm
     assert db_rows(db, "select count(*) from dstune_applied") == [(0,)]  # nothing applied as a baseline
 
 
+@pytest.mark.slow
 def test_a_budget_shorter_than_one_trial_says_so_rather_than_blaming_errors(tmp_path):
     """GPT-2 on the CPU with --budget 2m: its first trial was still warming up when the budget ran out, and the run
     said only "No trial ran to the end (their errors are above)", though there was no error."""
@@ -138,6 +139,7 @@ def test_a_budget_shorter_than_one_trial_says_so_rather_than_blaming_errors(tmp_
     assert "No trial started: building the workload and planning took the whole budget" in out
 
 
+@pytest.mark.slow
 def test_a_budget_that_ends_the_trials_before_the_seeds_ran_says_which_and_what_budget_would(tmp_path):
     """DistilBERT on the 2-core CPU with --budget 2m: its default trial took 93 s, the trials stopped, and the
     run never said why the checklist did not run.  Here a trial takes seconds and the budget is 20 s."""
@@ -166,6 +168,7 @@ def test_a_loss_that_is_nan_in_fp32_already_blames_the_workload_not_the_toleranc
     assert "--tolerance" not in said
 
 
+@pytest.mark.slow
 def test_iterations_are_numbered_per_workload_and_show_agrees_with_history(tmp_path):
     db = str(tmp_path / "two.db")
     for name in ("raises_in_forward.py", "nan_loss.py"):
