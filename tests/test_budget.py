@@ -147,7 +147,6 @@ def test_a_close_check_runs_every_round():
     assert interleaved_check(measure, {"x": 1}, {"x": 2}, 5).settled is None and len(ran) == 10
 
 
-
 def _timed(measure, clock: Clock, check: CheckClock, seconds: float):
     """``measure``, each measurement taking ``seconds`` of the budget's clock."""
     def timed(role: str, round_: int, config: dict) -> TrialOutcome:

@@ -66,12 +66,17 @@ def settled(incumbent: list[float], challenger: list[float], min_gain: float, re
             f"1 + {min_gain:.0%}")
 
 
-def _open(incumbent: list[float], challenger: list[float], min_gain: float) -> bool:
-    """Whether the decision's own 95% interval still holds 1 + ``min_gain``: another round could change the answer."""
-    pairs = min(len(incumbent), len(challenger))
+def _open(result: CheckResult, min_gain: float | None) -> bool:
+    """Whether the decision's own 95% interval still holds 1 + ``min_gain``: another round could change the answer.
+
+    Not after a failure (the failure is the answer), nor without a minimum gain to decide against.
+    """
+    pairs = min(len(result.incumbent), len(result.challenger))
+    if result.failures or min_gain is None:
+        return False
     if pairs < 2:
         return True
-    estimate = paired_ratio(incumbent[:pairs], challenger[:pairs])
+    estimate = paired_ratio(result.incumbent[:pairs], result.challenger[:pairs])
     return estimate.low <= 1 + min_gain <= estimate.high
 
 
@@ -100,7 +105,7 @@ def interleaved_check(measure: Measure, incumbent: Config, challenger: Config | 
     configs = {"incumbent": incumbent, "challenger": challenger}
     most = max(repeats, most or 0) if challenger is not None and min_gain is not None else repeats
     for round_ in range(most):
-        if round_ >= repeats and (result.failures or not _open(result.incumbent, result.challenger, min_gain or 0.0)):
+        if round_ >= repeats and not _open(result, min_gain):
             break  # the rounds planned have answered: more would only spend the allowance
         if not may_start(round_):
             result.cut = f"the budget paid for {round_} of {most} rounds"
