@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import re
 import sqlite3
 import statistics
 import subprocess
@@ -27,19 +30,30 @@ from typing import Any
 
 from benchmarks.run_figures import figures
 
+STOPPED = re.compile(r"\(stopped:\s*([^)]+?)\s*\)")
 
-def one_run(workload: Path, search: str, seed: int, budget: str, folder: Path) -> dict[str, Any]:
+
+def stop_reason(output: str) -> str | None:
+    """Why the trials stopped, from the run's summary line (which the console may have wrapped)."""
+    found = STOPPED.search(output)
+    return " ".join(found.group(1).split()) if found else None
+
+
+def one_run(workload: Path, search: str, seed: int, budget: str, folder: Path,
+            logs: Path | None = None) -> dict[str, Any]:
     db = folder / f"{search}-{seed}.db"
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "dstune", "run", str(workload), "--db", str(db), "--search", search,
                            "--seed", str(seed), "--budget", budget, "--trials", "40"],
-                          capture_output=True, text=True, cwd=folder)
+                          capture_output=True, text=True, cwd=folder, env={**os.environ, "COLUMNS": "160"})
     wall = time.monotonic() - started
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / f"{search}-{seed}.log").write_text(done.stdout + done.stderr)
     with sqlite3.connect(db) as conn:
         (best,) = conn.execute("select max(samples_per_s) from dstune_trials where status = 'ok'").fetchone()
     found = figures(db)
-    stopped = next((line.split("(stopped: ")[1].rstrip(")") for line in done.stdout.splitlines()
-                    if "(stopped: " in line), None)
+    stopped = stop_reason(done.stdout)
     return {"search": search, "seed": seed, "returncode": done.returncode, "wall_s": round(wall, 1),
             "best_samples_per_s": best or 0.0, "time_to_answer_s": found["time_to_answer_s"],
             "trials": found["trials_by_status"], "trials_run": found["trials_run"], "stopped": stopped,
@@ -52,12 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", default="2m")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--logs", type=Path, help="keep each run's output here, as SEARCH-SEED.log")
     args = parser.parse_args(argv)
     runs = []
     with tempfile.TemporaryDirectory(prefix="dstune-search-") as tmp:
         for seed in args.seeds:
             for search in (("local", "sampler") if seed % 2 == 0 else ("sampler", "local")):
-                runs.append(one_run(args.workload.resolve(), search, seed, args.budget, Path(tmp)))
+                runs.append(one_run(args.workload.resolve(), search, seed, args.budget, Path(tmp), args.logs))
                 print(json.dumps(runs[-1]), flush=True)
     summary = {}
     for search in ("local", "sampler"):
@@ -69,13 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             "trials_median": statistics.median(r["trials_run"] for r in mine),
             "stopped": [r["stopped"] for r in mine],
         }
-    import platform
-
     import torch
 
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "workload": str(args.workload),
-              "budget": args.budget, "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(),
-                                                  "torch": torch.__version__, "python": platform.python_version()},
+              "budget": args.budget, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                                  "gpu": torch.cuda.get_device_name() if torch.cuda.is_available()
+                                                  else None, "torch": torch.__version__,
+                                                  "python": platform.python_version()},
               "runs": runs, "summary": summary}
     args.output.write_text(json.dumps(result, indent=2))
     print(json.dumps(summary, indent=2))

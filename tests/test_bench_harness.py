@@ -172,3 +172,15 @@ def test_a_runs_applied_configuration_is_placed_in_an_oracle_grid_measured_so_fa
     assert found["ratio"] == pytest.approx(339.4 / 352.6) and found["grid_complete"] is False
     assert place(grid, {"batch_size": 64, "precision": "bf16"})["ratio"] is None  # out of memory: no figure
     assert place(grid, {"batch_size": 32, "precision": "fp16"})["ratio"] is None  # not a point of the grid
+
+
+def test_the_search_comparison_reads_why_the_trials_stopped_where_the_console_wrapped_the_line() -> None:
+    """On the H200 the sampler's summary line, with five statuses, wrapped at 80 columns and its stop reason
+    was recorded as null; the reason is read across the wrap (and the runs now print 160 columns wide)."""
+    from benchmarks.search_compare import stop_reason
+
+    wrapped = ("Iteration 1 of gpt2: 1 crash, 1 interrupted, 1 invalid, 7 ok, 3 pruned \n(stopped: \nbudget)\n"
+               "Pareto front: throughput vs peak memory\n")
+    assert stop_reason(wrapped) == "budget"
+    assert stop_reason("Iteration 1 of gpt2: 9 ok (stopped: converged)") == "converged"
+    assert stop_reason("Iteration 1 of gpt2: 9 ok\n") is None
