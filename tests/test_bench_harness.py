@@ -142,7 +142,8 @@ def test_oracle_cache_is_refused_for_another_driver_or_grid() -> None:
     # A loader setting re-measures the grids of dataset workloads only.
     settings = MeasureSettings()
     assert "loader_epochs" not in settings.applicable(has_dataset=False)
-    assert settings.applicable(has_dataset=True) == {**settings.applicable(has_dataset=False), "loader_epochs": 2.0}
+    assert settings.applicable(has_dataset=True) == {**settings.applicable(has_dataset=False), "loader_epochs": 2.0,
+                                                     "epoch_aligned": True}
 
 
 def test_committed_h100_results_render_and_state_their_targets() -> None:

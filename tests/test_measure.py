@@ -42,7 +42,8 @@ def _fake_step(micro, update=lambda: None, accumulation: int = 4, **more):
     import torch
 
     return SimpleNamespace(micro_step=micro, optimizer_step=update, begin_step=lambda: None,
-                           device=torch.device("cpu"), input_shapes={(4,)}, guard=None, data_loader=None, mode="train",
+                           device=torch.device("cpu"), input_shapes={(4,)}, guard=None, data_loader=None, epoch=None,
+                           mode="train",
                            plan=SimpleNamespace(accumulation=accumulation, samples_per_step=4 * accumulation,
                                                 micro_batch=4), **more)
 

@@ -66,6 +66,7 @@ class Composed:
     # The shapes of the workload's own batches so far, one entry per distinct set, up to two: one entry means
     # torch.compile never saw a new shape, so its automatic dynamic shapes and dynamic=False compiled one graph.
     input_shapes: set[tuple[tuple[int, ...], ...]] = field(default_factory=set)
+    epoch: EpochPosition | None = None  # where the DataLoader's batches stand in its epoch (None: no loader)
 
     def autocast(self) -> ContextManager[Any]:
         """The contexts a step runs under (autocast with the tuned dtype, the SDPA backend): for evaluation."""
@@ -85,6 +86,26 @@ class Composed:
         kwargs = {**(self.loader_kwargs or {}), **overrides}
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size or self.plan.samples_per_step,
                                            shuffle=shuffle, drop_last=drop_last, collate_fn=collate_fn, **kwargs)
+
+
+@dataclass
+class EpochPosition:
+    """Where a DataLoader's endless batches stand in its epoch: ``drawn`` of its ``length`` batches.
+
+    An epoch's start has a pace of its own (the workers' first batches of it,
+    new workers without ``persistent_workers``, then a burst from queues
+    filled meanwhile), so two spans of two epochs begun anywhere may hold one
+    start or two.  A measurement that times whole epochs from an epoch's start
+    holds as many in every window and every process.
+    """
+
+    length: int
+    drawn: int = 0
+
+    @property
+    def at_start(self) -> bool:
+        """The next batch drawn begins an epoch."""
+        return self.drawn % self.length == 0
 
 
 def configure_process(pm: pluggy.PluginManager, config: dict[str, Any], ctx: TuneContext) -> None:
@@ -175,14 +196,15 @@ def shape_signature(batch: Any) -> tuple[tuple[int, ...], ...]:
 
 
 def _batches(workload: Workload, plan: BatchPlan, device: torch.device, loader_kwargs: dict[str, Any],
-             name: str, shapes: set[tuple[tuple[int, ...], ...]], ranked: bool = False) -> tuple[Iterator[Any], Any]:
-    """The workload's batches without end, and its DataLoader (None for synthetic batches); every distinct set of
-    shapes they have goes into ``shapes``."""
+             name: str, shapes: set[tuple[tuple[int, ...], ...]], ranked: bool = False
+             ) -> tuple[Iterator[Any], Any, EpochPosition | None]:
+    """The workload's batches without end, its DataLoader and where they stand in its epoch (None, None for
+    synthetic batches); every distinct set of shapes they have goes into ``shapes``."""
     if workload.batch is not None:
         # Two distinct batches, made once: data generation stays out of the timing.
         fixed = [workload.batch(plan.micro_batch, device) for _ in range(2)]
         shapes.update(shape_signature(batch) for batch in fixed)
-        return itertools.cycle(fixed), None
+        return itertools.cycle(fixed), None, None
     # Data-parallel ranks each read their own share of the dataset, as a DistributedSampler gives it.
     sampler = (torch.utils.data.DistributedSampler(workload.dataset, shuffle=True, drop_last=True)
                if ranked and torch.distributed.is_initialized() else None)
@@ -196,15 +218,18 @@ def _batches(workload: Workload, plan: BatchPlan, device: torch.device, loader_k
             f"micro-batch of {plan.micro_batch}. Give a larger dataset or a smaller batch_size."
         )
     pinned = bool(loader_kwargs.get("pin_memory"))
+    position = EpochPosition(len(loader))
 
     def forever() -> Iterator[Any]:
         while True:
+            position.drawn = 0
             for batch in loader:
+                position.drawn += 1
                 if len(shapes) < 2:  # one shape or several is all that is asked: no more work once it is several
                     shapes.add(shape_signature(batch))
                 yield to_device(batch, device, non_blocking=pinned)
 
-    return forever(), loader
+    return forever(), loader, position
 
 
 def step_begin(cuda: bool) -> Callable[[], None]:
@@ -227,7 +252,8 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
     plan = pm.hook.dstune_batch_plan(config=config, ctx=ctx) or BatchPlan(ctx.default_batch_size)
     loader_kwargs = _merged(pm.hook.dstune_loader_kwargs(config=config, ctx=ctx))
     shapes: set[tuple[tuple[int, ...], ...]] = set()
-    batches, loader = _batches(workload, plan, device, loader_kwargs, definition.name, shapes, ctx.data_parallel)
+    batches, loader, epoch = _batches(workload, plan, device, loader_kwargs, definition.name, shapes,
+                                      ctx.data_parallel)
     pinned = bool(loader_kwargs.get("pin_memory"))
     forward = workload.forward or default_forward
     if guard is not None:
@@ -263,7 +289,7 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
             return tensor
 
         return Composed(workload, model, None, None, plan, device, infer_step, ctx.mode, loader, guard,
-                        step_contexts=contexts, loader_kwargs=loader_kwargs, input_shapes=shapes)
+                        step_contexts=contexts, loader_kwargs=loader_kwargs, input_shapes=shapes, epoch=epoch)
 
     optimizer_kwargs = _merged(pm.hook.dstune_optimizer_kwargs(config=config, ctx=ctx))
     optimizer = workload.optimizer(model.parameters(), **optimizer_kwargs)
@@ -315,4 +341,4 @@ def compose(pm: pluggy.PluginManager, definition: WorkloadDef, config: dict[str,
 
     return Composed(workload, model, optimizer, scaler, plan, device, train_step, ctx.mode, loader, guard,
                     micro_step=micro_step, optimizer_step=optimizer_step, begin_step=mark_step,
-                    step_contexts=contexts, loader_kwargs=loader_kwargs, input_shapes=shapes)
+                    step_contexts=contexts, loader_kwargs=loader_kwargs, input_shapes=shapes, epoch=epoch)

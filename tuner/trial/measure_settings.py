@@ -28,6 +28,9 @@ class MeasureSettings:
     # With a DataLoader, the timed steps cover at least this many epochs (within max_timed_s), so
     # the stall when an epoch ends and the workers start the next one is in the figure.
     loader_epochs: float = 2.0
+    # With a DataLoader, each timed window is one whole epoch from its start where two epochs fit max_timed_s
+    # (dstune.trial.measure.epoch_windows); False times from wherever the warm-up ended, as before 2026-12-02.
+    epoch_aligned: bool = True
     # Training with synthetic batches: time micro-steps and the optimizer step apart (dstune.trial.measure).
     # False times whole steps, as the benchmarks do to check that both agree.
     by_parts: bool = True
@@ -37,6 +40,7 @@ class MeasureSettings:
         settings = self.to_dict()
         if not has_dataset:
             settings.pop("loader_epochs")
+            settings.pop("epoch_aligned")
         return settings
 
     def to_dict(self) -> dict[str, Any]:
