@@ -3,7 +3,7 @@
 An epoch's start has a pace of its own (the workers' first batches, a burst
 from queues filled meanwhile), and windows begun wherever the warm-up ended
 hold it or not: augmented_images' 16-worker trials on an H200 had windows of
-0.04 to 0.15 s a step and a cv of 27-56%, which the run reported as a busy
+0.04 to 0.15 s a step and a cv of up to 56%, which the run reported as a busy
 machine.  dstune now times each window as one whole epoch from its start
 (``MeasureSettings.epoch_aligned``).  This measures one configuration both
 ways, in fresh processes, interleaved round by round (drift hits both alike):

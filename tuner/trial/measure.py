@@ -16,7 +16,7 @@ user pays), and its throughput is the timed samples over the timed time, not
 the median window.  Where two epochs fit ``max_timed_s``, the timed steps
 begin at an epoch's start and each window is one whole epoch, so every window
 and every process holds as many epoch starts.  On augmented_images (H200, 16
-workers) windows begun anywhere ran 0.04 to 0.15 s a step, a cv of 26-56%
+workers) windows begun anywhere ran 0.04 to 0.15 s a step, a cv of up to 56%
 that the run reported as a busy machine; in whole epochs the cv was 2-8%
 (``benchmarks/epoch_windows``).
 
