@@ -149,13 +149,13 @@ def _align_to_epoch(composed: Composed, settings: MeasureSettings, typical: floa
     draws = composed.plan.accumulation if composed.mode == "train" else 1
     if epoch is None or not settings.epoch_aligned or epoch.length % draws:  # steps straddling epochs start none
         return windows, steps_per_window, None
-    whole = agree_all(epoch_windows(settings, typical, epoch.length // draws) is not None)
-    if not whole:
+    steps_per_epoch = epoch.length // draws
+    planned = epoch_windows(settings, typical, steps_per_epoch)
+    if not agree_all(planned is not None) or planned is None:  # every rank aligns, or none does
         return windows, steps_per_window, None
-    windows, steps_per_window = epoch_windows(settings, typical, epoch.length // draws) or (windows, steps_per_window)
     while not epoch.at_start:
         composed.step()
-    return windows, steps_per_window, epoch.length // draws
+    return *planned, steps_per_epoch
 
 
 def measure(composed: Composed, settings: MeasureSettings, prune_below: float | None = None) -> dict[str, Any]:
