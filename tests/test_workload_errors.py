@@ -158,6 +158,21 @@ def test_a_budget_that_ends_the_trials_before_the_seeds_ran_says_which_and_what_
     assert "(stopped: budget)" in out
 
 
+@pytest.mark.slow
+def test_trials_stopped_to_keep_the_checks_time_say_so(tmp_path):
+    """augmented_images at --budget 10m on an H200 stopped its trials with 4:09 left, every seed run, and said
+    nothing of why until "(stopped: budget)"; the time was kept for the check."""
+    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(tmp_path / "kept.db"), "--search", "sampler",
+                     "--budget", "15s", "--check-repeats", "2", "--windows", "2", "--window-time", "0.05",
+                     "--disable-plugin", "compile", cwd=tmp_path, env={"DSTUNE_TEST_SLOWDOWN": "10"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())
+    said = re.search(r"stopping the trials: \d+ s were left for them, too few to start one; 0:(\d\d) of the 0:(\d\d) "
+                     r"left are kept for the check, whose rounds take about 0:\d\d each", out)
+    assert said and int(said.group(1)) <= int(said.group(2)), out
+    assert "(stopped: budget)" in out and "seed(s) not run" not in out
+
+
 def test_a_loss_that_is_nan_in_fp32_already_blames_the_workload_not_the_tolerance(tmp_path):
     result = run_cli("run", str(WORKLOADS / "nan_loss.py"), "--db", str(tmp_path / "nan.db"), "--budget", "2m",
                      "--trials", "6", cwd=tmp_path)
