@@ -120,6 +120,7 @@ class TrialPool:
         self.published_until: float | None = None  # time.time() of the deadline last written for the workers
         self.closed = False
         self.warned_noise = False
+        self.said_why_stopped = False  # several slots reach the budget's end: one says why
         self.left_at_start = self.setup.budget.left()  # when the Do phase began: no trial could ever get more
         space = self.setup.space
         self.local = LocalSearch(Neighbourhood(space.knobs, space.normalised, self.schedule.is_costly),
@@ -289,8 +290,9 @@ class TrialPool:
         would run them (DistilBERT on a 2-core CPU with --budget 2m ran its default trial in 93 s and stopped,
         without a word on why the checklist never ran); else the time kept for the check (augmented_images
         at --budget 10m on an H200 stopped its trials with 4:09 left and said nothing of why)."""
-        if not self.setup.coordinator or not self.found.durations:
+        if not self.setup.coordinator or not self.found.durations or self.said_why_stopped:
             return
+        self.said_why_stopped = True
         budget, best = self.setup.budget, self.found.best_key
         waiting = self.setup.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
         kinds = [t.user_attrs.get(SEED_ATTR) for t in waiting if t.user_attrs.get(SEED_ATTR) not in (None, "search")]
