@@ -289,7 +289,7 @@ class TrialPool:
         """Say why the budget ends the trials: the seeds it left unrun, what a trial takes and the budget that
         would run them (DistilBERT on a 2-core CPU with --budget 2m ran its default trial in 93 s and stopped,
         without a word on why the checklist never ran); else the time kept for the check (augmented_images
-        at --budget 10m on an H200 stopped its trials with 4:09 left and said nothing of why)."""
+        at --budget 10m on an H200 stopped its trials with 3:48 left and said nothing of why)."""
         if not self.setup.coordinator or not self.found.durations or self.said_why_stopped:
             return
         self.said_why_stopped = True
