@@ -96,7 +96,6 @@ def test_an_fsdp_trial_shards_every_block_with_the_tuned_mixed_precision(tmp_pat
     (4, "crash", "ValueError: rank 1's own bug"),
     (8, "timeout", "no result after 12 s"),
 ])
-@pytest.mark.slow
 def test_a_failing_rank_fails_the_job_as_what_it_is_and_leaves_no_process(tmp_path, micro, status, says):
     """Rank 1 runs out of memory, raises, or hangs while rank 0 waits for it in the gradients' all-reduce."""
     marker = f"dstune-dp-{tmp_path.name}"
