@@ -17,12 +17,13 @@ from typing import Any, Iterator
 import pytest
 import torch
 
+from dstune.compile_cache import compile_cache_env
 from dstune.context import TuneContext
 from dstune.knobs import default_config
 from dstune.plugin_calls import applicable_knobs
 from dstune.plugin_manager import plugin_manager
 from dstune.run.options import RunOptions, trial_spec
-from dstune.run.plan import compile_cache_env, probe
+from dstune.run.plan import probe
 from dstune.trial.launch import run_in_subprocess
 from dstune.trial.measure_settings import MeasureSettings
 from dstune.trial.numerics import GuardSettings

@@ -6,8 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from dstune.compile_cache import compile_cache_env
 
 from .conftest import EXAMPLES, OTHER_THREADS, WORKLOADS
 
@@ -54,7 +57,7 @@ with torch.no_grad(), composed.autocast():
 loader = composed.loader(torch.utils.data.TensorDataset(*batches[0]))
 print(json.dumps({{"tuned": tuned, "reference": reference, "facts": facts, "plan": [composed.plan.micro_batch,
     composed.plan.accumulation], "eval_dtype": str(evaluated), "loader_batch": loader.batch_size,
-    "loader_workers": loader.num_workers}}))
+    "loader_workers": loader.num_workers, "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}}))
 """
 
 
@@ -83,6 +86,10 @@ def test_a_users_own_batches_train_as_the_trial_did_and_match_a_plain_loop(tmp_p
     assert found["tuned"][-1] != found["tuned"][0]  # the weights moved
     assert found["eval_dtype"] == "torch.bfloat16"  # autocast() for evaluation code
     assert found["loader_batch"] == 16  # a DataLoader of global batches, for step(batch)
+    # It compiled from the kernels the trial built (on two CPU cores a cold compile of this model takes ~45 s).
+    trials_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or compile_cache_env("observe_conv_accum")[
+        "TORCHINDUCTOR_CACHE_DIR"]
+    assert found["inductor_cache"] == trials_cache and any(Path(trials_cache).iterdir())
 
 
 def test_the_files_on_disk_example_trains_on_its_files_with_a_tuned_configuration(tmp_path):

@@ -96,10 +96,13 @@ def apply(workload_fn: Callable[..., Any], cfg: BestConfig | dict[str, Any],
     from dstune.trial.composition import compose, configure_process
     from dstune.trial.distributed import join_process_group, rank_context
 
+    from .compile_cache import compile_cache_env
     from .plugin_calls import applicable_knobs, probe_context
     from .plugin_manager import plugin_manager
 
     definition = _definition(workload_fn)
+    # Compile from the kernels the trials built; before the probe, whose plugins may fix inductor's cache.
+    os.environ.update(compile_cache_env(definition.name))
     chosen = cfg if isinstance(cfg, BestConfig) else BestConfig(definition.name, dict(cfg))
     plugins = plugin_manager(disabled_plugins)
     if chosen.context:

@@ -38,6 +38,7 @@ from typing import Any, Protocol, Sequence
 
 import optuna
 
+from dstune.compile_cache import compile_cache_env
 from dstune.context import TuneContext
 from dstune.devices.idle_gate import IdleGate
 from dstune.devices.lock import DeviceBusy
@@ -63,7 +64,7 @@ from .heartbeats import study_storage
 from .memory_model import MemoryModel
 from .memory_plan import measure_model
 from .options import LOCAL, RunOptions, guard_for, trial_spec
-from .plan import Incumbent, adapt_config, compile_cache_env, copy_trials, earlier_measurements, probe
+from .plan import Incumbent, adapt_config, copy_trials, earlier_measurements, probe
 from .search import SearchSpace, create_study, enqueue_seeds
 from .workload_failure import workload_failure
 

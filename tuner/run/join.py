@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import optuna
 
+from dstune.compile_cache import compile_cache_env
 from dstune.config_file import resolve_db
 from dstune.context import TuneContext
 from dstune.devices.slots import Slot, hold_slots, resolve_slots
@@ -44,7 +45,7 @@ from .do import DoSetup, TrialPool
 from .heartbeats import study_storage
 from .memory_model import MemoryModel
 from .options import RunOptions, guard_for
-from .plan import compile_cache_env, earlier_measurements, probe
+from .plan import earlier_measurements, probe
 from .search import SearchSpace, sampler
 
 if TYPE_CHECKING:

@@ -12,9 +12,7 @@ the workload and describes it, opens every run and every worker's join.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import optuna
@@ -80,17 +78,6 @@ def copy_trials(source: optuna.Study, target: optuna.Study, params_of: dict[str,
 
 
 PROBE_TIMEOUT_S = 600.0
-
-
-def compile_cache_env(workload: str) -> dict[str, str]:
-    """Share inductor/Triton caches among a workload's trials, unless the user set them."""
-    root = Path(os.environ.get("DSTUNE_CACHE_DIR", Path.home() / ".cache" / "dstune")) / workload
-    env = {}
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        env["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
-    if "TRITON_CACHE_DIR" not in os.environ:
-        env["TRITON_CACHE_DIR"] = str(root / "triton")
-    return env
 
 
 def probe(options: RunOptions, env: dict[str, str] | None = None) -> dict[str, Any]:
