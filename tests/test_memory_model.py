@@ -144,7 +144,7 @@ def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tm
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "DSTUNE_CACHE_DIR": str(tmp_path / "cache")}
     result = subprocess.run(
         [sys.executable, "-m", "dstune", "run", str(WORKLOADS / "memory_hungry.py"), "--db", str(db),
-         "--memory-budget", "600MiB", "--budget", "3m", "--trials", "8", "--check-repeats", "2",
+         "--memory-budget", "600MiB", "--budget", "3m", "--trials", "5", "--check-repeats", "2",
          "--windows", "2", "--window-time", "0.2", "--max-warmup", "5",
          "--exclude", "compile,intra_op_threads,interop_threads,matmul_precision,optimizer_impl",
          # The sampler's seeded random start-up proposes micro-batches above the budget whatever the trials

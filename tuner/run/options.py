@@ -22,7 +22,7 @@ from dstune.knobs import Config, Knob
 from dstune.trial.measure_settings import MeasureSettings
 from dstune.trial.numerics import GuardSettings, parse_tolerances, trial_tolerance
 from dstune.trial.records import TrialSpec
-from dstune.units import parse_duration, parse_latency
+from dstune.units import parse_duration, parse_latency, parse_memory_budget
 
 from .selection import SelectionPolicy, parse_policy
 
@@ -128,6 +128,8 @@ def options_from_params(params: Mapping[str, Any], label: Callable[[str], str] |
                             max_delay_s=parse_duration(params["max_delay"], where("max_delay")),
                             poll_s=min(1.0, max(0.05, window / 10)))
     lock_timeout = params.get("lock_timeout")
+    if params["memory_budget"] is not None:  # its form now; its bytes once the probe has read the device's memory
+        _named(where, "memory_budget", "--memory-budget", lambda: parse_memory_budget(params["memory_budget"], 0))
     return RunOptions(
         workload_file=Path(params["workload_file"]), workload_name=params["workload"],
         db=resolve_db(params["db"], Path(params["workload_file"]).parent),
