@@ -101,7 +101,8 @@ def apply(workload_fn: Callable[..., Any], cfg: BestConfig | dict[str, Any],
     from .plugin_manager import plugin_manager
 
     definition = _definition(workload_fn)
-    # Compile from the kernels the trials built; before the probe, whose plugins may fix inductor's cache.
+    # Compile from the kernels the trials built; before the probe, whose plugins may fix inductor's cache. Not a
+    # knob (where kernels are cached changes no step), so it may precede the config's check below.
     os.environ.update(compile_cache_env(definition.name))
     chosen = cfg if isinstance(cfg, BestConfig) else BestConfig(definition.name, dict(cfg))
     plugins = plugin_manager(disabled_plugins)
