@@ -72,9 +72,19 @@ def test_workload_returning_the_wrong_thing(tmp_path):
     ("--max-latency", "50", "is not a latency above zero"),
 ])
 def test_bad_option_values(tmp_path, option, value, fragment):
-    result = run_cli("run", str(WORKLOADS / "faults.py"), "--db", str(tmp_path / "t.db"), option, value,
-                     cwd=tmp_path)
+    """Refused with the other options, before the workload is imported (no probe, no fork server): --memory-budget
+    'lots' was refused only after the probe, 3.5 s later."""
+    imported = tmp_path / "imported"
+    _, result = _run(tmp_path, f"""
+        import dstune, pathlib
+        pathlib.Path({str(imported)!r}).touch()
+
+        @dstune.workload(batch_size=4)
+        def w(ctx):
+            return 42
+    """, option, value)
     _assert_usage_error(result, value, fragment)
+    assert not imported.exists()
 
 
 def test_a_latency_limit_on_a_training_workload_is_refused(tmp_path):
