@@ -119,11 +119,11 @@ def test_the_best_eager_configuration_is_searched_around_before_a_compiled_best(
 @pytest.mark.slow
 def test_a_local_search_climbs_converges_and_ends_the_run_early(tmp_path):
     db = tmp_path / "local.db"
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--trials", "40", "--budget", "5m",
                      "--only", "batch_size,interop_threads", "--window-time", "0.1", "--windows", "3",
                      "--check-repeats", "2", cwd=tmp_path)
-    elapsed = time.monotonic() - started
+    elapsed, wall = time.monotonic() - started, time.time() - started_wall
     assert result.returncode == 0, result.stdout + result.stderr
     text = " ".join(result.stdout.split())
     said = re.search(r"converged after (\d+) trials, (\d+):(\d\d) of 5:00 used", text)
@@ -149,7 +149,9 @@ def test_a_local_search_climbs_converges_and_ends_the_run_early(tmp_path):
     figs = figures(db)
     assert figs["budget_s"] == 300.0 and figs["trials_run"] == len(rows) and figs["decision"] is not None
     assert sum(figs["trials_by_status"].values()) >= len(rows)
-    assert 0 < figs["time_to_answer_s"] <= figs["iteration_s"] < elapsed
+    # The store's times are the wall clock's, so they are compared with it: on a CI run whose host stalled, the
+    # iteration read 46.6 s in the store against the command's 15.6 s of monotonic time.
+    assert 0 < figs["time_to_answer_s"] <= figs["iteration_s"] < wall
     assert figs["chosen_trial_samples_per_s"] >= 0.98 * max(r for r, in db_rows(
         db, "select samples_per_s from dstune_trials where status = 'ok'"))
 

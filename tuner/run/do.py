@@ -398,6 +398,8 @@ class TrialPool:
             with heartbeat:
                 outcome = self._run(spec, slot, available)
             with self.lock:
+                if row_id not in self.in_flight:  # the run was interrupted meanwhile, and interrupt() recorded it
+                    return "interrupted"
                 predicted = setup.memory.predict(config) if setup.memory is not None else None
                 setup.store.end_trial(
                     row_id, status=outcome.status, duration_s=outcome.duration_s,
@@ -535,11 +537,18 @@ class TrialPool:
             time.sleep(poll_s)
 
     def interrupt(self) -> None:
-        """Record the trials still in flight as interrupted (the run was stopped), in dstune and in Optuna."""
-        for row_id, trial in list(self.in_flight.items()):
-            self.setup.store.end_trial(row_id, status="interrupted", error="dstune run was interrupted during this trial")
-            try:
-                self.setup.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            except Exception:  # noqa: BLE001 - already told by its slot, or the storage is gone
-                pass
-            del self.in_flight[row_id]
+        """Record the trials still in flight as interrupted (the run was stopped), in dstune and in Optuna.
+
+        Under the slots' lock: a slot ending its trial at the same moment records it either before (and it is no
+        longer in flight) or after (and finds it recorded); unlocked, a Ctrl-C during two slots' trials once ended
+        the run with a KeyError and exit 1, not 130.
+        """
+        with self.lock:
+            for row_id, trial in list(self.in_flight.items()):
+                self.setup.store.end_trial(row_id, status="interrupted",
+                                           error="dstune run was interrupted during this trial")
+                try:
+                    self.setup.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                except Exception:  # noqa: BLE001 - already told by its slot, or the storage is gone
+                    pass
+                del self.in_flight[row_id]
