@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -104,7 +105,9 @@ def test_the_files_on_disk_example_trains_on_its_files_with_a_tuned_configuratio
                           env={**os.environ, "DSTUNE_CONFIG": str(exported)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list((tmp_path / "files-on-disk-data").glob("sample-*.pt"))) == 1024
-    assert "micro-batch 16 x 4 accumulated, 2 loader workers, on cpu" in done.stdout
+    # On whichever device the machine has: the example trains on CUDA where there is one.
+    assert re.search(r"^micro-batch 16 x 4 accumulated, 2 loader workers, on (cpu|cuda:\d+)$", done.stdout, re.M), \
+        done.stdout
     losses = [float(line.split("mean loss ")[1].split(",")[0]) for line in done.stdout.splitlines()
               if line.startswith("epoch")]
     assert len(losses) == 2 and losses[1] < losses[0], done.stdout  # it learns from what it read
