@@ -162,13 +162,14 @@ from dstune import Knob, hookimpl
 
 @hookimpl
 def dstune_knobs(ctx):
-    # An autotuner said to cost 500 eager trials: far beyond a one-minute budget, whoever proposes it.
-    return [Knob("autotune", choices=("off", "exhaustive"), default="off", checklist="off",
+    # An autotuner said to cost 500 eager trials: far beyond a one-minute budget, whoever proposes it, the
+    # checklist included.
+    return [Knob("autotune", choices=("off", "exhaustive"), default="off", checklist="exhaustive",
                  costly=("exhaustive",), cost={"exhaustive": 500.0})]
 '''
 
 
-def test_a_choice_beyond_the_budgets_reach_is_neither_a_neighbour_nor_run_when_the_sampler_proposes_it(tmp_path):
+def test_a_choice_beyond_the_budgets_reach_is_neither_a_seed_a_neighbour_nor_run_when_the_sampler_proposes_it(tmp_path):
     from .conftest import installed_plugin
 
     (tmp_path / "site").mkdir()
@@ -179,6 +180,10 @@ def test_a_choice_beyond_the_budgets_reach_is_neither_a_neighbour_nor_run_when_t
                      cwd=tmp_path, env={"PYTHONPATH": str(site)})
     assert result.returncode == 0, result.stdout + result.stderr
     text = " ".join(result.stdout.split())
+    # The checklist seed is not started only to be cut off.
+    assert re.search(r"not starting the checklist seed \(autotune=exhaustive\): about \d+:\d\d, longer than the "
+                     r"0:\d\d left for trials, the check's time kept back; --budget \d+m or more would run it",
+                     text), text
     assert re.search(r"not trying autotune=exhaustive: about \d+:\d\d, longer than the 0:\d\d one trial may take "
                      r"within a budget of 1:00 \(50% of the time for trials: more would crowd out the search around "
                      r"it\); --budget \d+m or more would try it", text), text
@@ -186,7 +191,7 @@ def test_a_choice_beyond_the_budgets_reach_is_neither_a_neighbour_nor_run_when_t
     # What the sampler proposes is measured or out of reach: the search has converged, not run out of budget.
     assert "(stopped: converged)" in text, text
     ran = db_rows(db, "select json_extract(config, '$.autotune'), seed_kind from dstune_trials")
-    assert ran and all(value == "off" for value, _ in ran), ran  # proposed by the sampler or not, never started
+    assert ran and all(value == "off" for value, _ in ran), ran  # seeded, proposed by the sampler or not: never started
 
 
 def test_a_numeric_knob_steps_the_other_way_from_a_change_that_hurt():

@@ -223,6 +223,22 @@ class Candidate:
         return ", ".join(f"{k}={v}" for k, v in self.changes)
 
 
+def trial_cost(knobs: Sequence[Knob], config: Config, durations: dict[str, float]) -> float:
+    """Seconds a trial of ``config`` should take: what trials with the same costly choices took, else the eager
+    trials' median times what its plugin says a costly choice costs (COSTLY_FACTOR if it says nothing)."""
+    def costly_values(c: Config) -> tuple[tuple[str, object], ...]:
+        return tuple((k.name, c.get(k.name)) for k in knobs if k.costly and c.get(k.name) in k.costly)
+
+    mine = costly_values(config)
+    same = [d for key, d in durations.items() if costly_values(json.loads(key)) == mine]
+    if same:
+        return statistics.median(same)
+    eager = [d for key, d in durations.items() if not costly_values(json.loads(key))]
+    base = statistics.median(eager) if eager else 1.0
+    by_name = {k.name: k for k in knobs}
+    return base * max((by_name[name].cost.get(value, COSTLY_FACTOR) for name, value in mine), default=1.0)
+
+
 @dataclass
 class Neighbourhood:
     """Proposes the next neighbour of the best configuration; None once there is none left."""
@@ -235,19 +251,8 @@ class Neighbourhood:
     passed_over: dict[str, str] = field(default_factory=dict)  # knob -> why the last centre's search left it out
 
     def cost(self, config: Config, durations: dict[str, float]) -> float:
-        """Seconds a trial of ``config`` should take: what trials with the same costly choices took, else the
-        eager trials' median times what its plugin says a costly choice costs (COSTLY_FACTOR if it says nothing)."""
-        def costly_values(c: Config) -> tuple[tuple[str, object], ...]:
-            return tuple((k.name, c.get(k.name)) for k in self.knobs if k.costly and c.get(k.name) in k.costly)
-
-        mine = costly_values(config)
-        same = [d for key, d in durations.items() if costly_values(json.loads(key)) == mine]
-        if same:
-            return statistics.median(same)
-        eager = [d for key, d in durations.items() if not costly_values(json.loads(key))]
-        base = statistics.median(eager) if eager else 1.0
-        by_name = {k.name: k for k in self.knobs}
-        return base * max((by_name[name].cost.get(value, COSTLY_FACTOR) for name, value in mine), default=1.0)
+        """Seconds a trial of ``config`` should take (:func:`trial_cost`)."""
+        return trial_cost(self.knobs, config, durations)
 
     def _settled(self, knob: str, old: object, new: object) -> bool:
         """Whether this iteration measured the change to gain nothing worth a trial (NOT_WORTH): around a new
