@@ -226,7 +226,9 @@ def test_exec_start_method_classifies_and_kills_the_same_way(tmp_path, trials, m
     assert ok.status == "ok" and ok.metrics["samples_per_s"] > 0
     crashed, _ = trials.run(WORKLOADS / "faults.py", None, batch_size=16)
     assert crashed.status == "crash" and crashed.signal == "SIGABRT"
-    hung, _ = trials.run(WORKLOADS / "faults.py", None, timeout_s=6, batch_size=128)
+    # The timeout covers a new interpreter's start (torch's import alone took 3 s on an idle 2-core host): with
+    # 6 s, a run of the suite with three workers timed the trial out before it had started its child.
+    hung, _ = trials.run(WORKLOADS / "faults.py", None, timeout_s=15, batch_size=128)
     assert hung.status == "timeout"
     child = int(pid_file.read_text())
     assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
