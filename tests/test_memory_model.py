@@ -18,6 +18,7 @@ from dstune.run.memory_model import Line, MemoryModel, build, memory_labels, rep
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
 MiB = 2**20
 GLOBAL = 64
+HUNGRY_GLOBAL = 32  # tests/workloads/memory_hungry.py's global batch
 
 KNOBS = [
     Knob("precision", ("fp32", "bf16", "fp16"), "fp32", "bf16", memory={"fp32": "fp32", "bf16": "16-bit",
@@ -155,7 +156,7 @@ def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tm
     assert result.returncode == 0, result.stdout + result.stderr
     out = " ".join(result.stdout.split())  # rich wraps lines at the terminal's width
     assert "[memory] measuring 2 variant(s) at micro-batches 1 and 2; the 4 that save memory only if it is tight" in out
-    assert "of the memory budget: measuring the 4 variant(s) that save memory" in out  # 64 x 40 MiB in 600 MiB
+    assert "of the memory budget: measuring the 4 variant(s) that save memory" in out  # 32 x 40 MiB in 600 MiB
     with sqlite3.connect(db) as conn:
         rows = conn.execute("select seed_kind, status, config, peak_memory_bytes, metrics, error, duration_s "
                             "from dstune_trials order by number").fetchall()
@@ -166,9 +167,10 @@ def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tm
     # large depends on what the process itself holds on this host (torch's own RSS), so it is read from the model.
     # The local search's step from the best to the next micro-batch then crosses the budget, and is refused.
     checklist = json.loads(next(t for t in trials if t["seed"] == "checklist")["config"])
-    memory = MemoryModel.from_dict(json.loads(recorded), lambda c: BatchPlan(c["batch_size"], GLOBAL // c["batch_size"]))
-    fitting = [b for b in (1, 2, 4, 8, 16, 32, 64) if memory.predict({**checklist, "batch_size": b}) <= 600 * MiB]
-    assert 4 <= checklist["batch_size"] == max(fitting) < 64
+    memory = MemoryModel.from_dict(json.loads(recorded),
+                                   lambda c: BatchPlan(c["batch_size"], HUNGRY_GLOBAL // c["batch_size"]))
+    fitting = [b for b in (1, 2, 4, 8, 16, 32) if memory.predict({**checklist, "batch_size": b}) <= 600 * MiB]
+    assert 4 <= checklist["batch_size"] == max(fitting) < HUNGRY_GLOBAL
     assert f"[memory] the checklist seed starts at batch_size={checklist['batch_size']}, the largest predicted to fit" in out
     ran = [t for t in trials if t["status"] == "ok"]
     assert len(ran) >= 4
@@ -209,7 +211,7 @@ def test_a_memory_budget_below_the_smallest_micro_batch_is_refused_before_any_tr
 def test_variants_that_save_memory_are_measured_only_when_memory_is_tight(budget_mib: int, measured: int) -> None:
     """GPT-2 on the H200 spent 41 s of its probe on six variants, four checkpointed, at 38% of its budget: with
     room to spare the search never proposes checkpointing, so its variants are not measured. memory_hungry's
-    largest micro-batch (64, about 2.5 GiB) is roomy in 20 GiB and tight in 600 MiB."""
+    largest micro-batch (32, about 1.2 GiB) is roomy in 20 GiB and tight in 600 MiB."""
     from dstune.context import TuneContext
     from dstune.plugin_calls import applicable_knobs, invalid_reason
     from dstune.plugin_manager import plugin_manager
@@ -235,7 +237,7 @@ def test_variants_that_save_memory_are_measured_only_when_memory_is_tight(budget
     assert len([v for v in memory.variants.values() if v.lines]) == measured, text
     if measured == 2:
         assert "variant(s) that save memory are not measured" in text
-        assert memory.predict({"precision": "fp32", "activation_checkpointing": True, "batch_size": 64}) is None
+        assert memory.predict({"precision": "fp32", "activation_checkpointing": True, "batch_size": 32}) is None
     else:
         assert "measuring the 4 variant(s) that save memory" in text
-        assert memory.predict({"precision": "fp32", "activation_checkpointing": True, "batch_size": 64}) is not None
+        assert memory.predict({"precision": "fp32", "activation_checkpointing": True, "batch_size": 32}) is not None
