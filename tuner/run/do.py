@@ -353,11 +353,11 @@ class TrialPool:
             return False
         setup.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         costly = ", ".join(f"{k.name}={config[k.name]}" for k in setup.space.knobs
-                           if k.costly and config.get(k.name) in k.costly) or "as the checklist has it"
+                           if k.costly and config.get(k.name) in k.costly)
         needed = self.elapsed() + cost + setup.budget.check_reserve(self.found.best_key)
         setup.reporter.message(
-            f"not starting the {seed_kind} seed ({costly}): about {format_duration(cost)}, longer than the "
-            f"{format_duration(max(seconds, 0.0))} left for trials, the check's time kept back; "
+            f"not starting the {seed_kind} seed{f' ({costly})' if costly else ''}: about {format_duration(cost)}, "
+            f"longer than the {format_duration(max(seconds, 0.0))} left for trials, the check's time kept back; "
             f"--budget {budget_minutes(needed)} or more would run it")
         return True
 
