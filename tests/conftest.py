@@ -66,18 +66,15 @@ FAST = MeasureSettings(windows=2, window_s=0.05, min_warmup_steps=1, max_warmup_
 _probes: dict[tuple[str, str | None, tuple[str, ...]], dict[str, Any]] = {}
 
 
-MAX_WORKERS = 3  # more workers than this on a larger machine would only crowd each other's timed trials
+MAX_WORKERS = 2  # the CI machine's cores: more workers than cores only wait on each other
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto`` (the default in pyproject.toml): one worker per core and one more, at most three.  Much of a
-    test's time is spent waiting (paced steps, timeouts, a budget's clock, a subprocess starting): with two
-    workers the CI machine's two cores were busy about 75% of the time (load average 1.5-1.9), and a third
-    worker brought the same tree's suite from 873 s to 720 s.  None on a machine with a GPU, whose tests time
-    one device, nor with ``-s`` (no workers: the tests run in the main process)."""
+    """``-n auto`` (the default in pyproject.toml): one worker per core, at most two.  None on a machine with a
+    GPU, whose tests time one device, nor with ``-s`` (no workers: the tests run in the main process)."""
     if torch.cuda.is_available() or config.option.capture == "no":
         return 0
-    return max(1, min(MAX_WORKERS, (os.cpu_count() or 1) + 1))
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
 MACHINE_LOCK = "DSTUNE_TEST_MACHINE_LOCK"  # the file the workers share the machine through (exclusive tests)
