@@ -128,20 +128,28 @@ def test_a_local_search_climbs_converges_and_ends_the_run_early(tmp_path):
     text = " ".join(result.stdout.split())
     said = re.search(r"converged after (\d+) trials, (\d+):(\d\d) of 5:00 used", text)
     assert said and "(stopped: converged)" in text, text[-3000:]
-    rows = db_rows(db, "select seed_kind, status, json_extract(config, '$.batch_size') from dstune_trials "
-                       "where status != 'invalid' order by id")
+    rows = db_rows(db, "select seed_kind, status, json_extract(config, '$.batch_size'), samples_per_s "
+                       "from dstune_trials where status != 'invalid' order by id")
     kinds = [kind for kind, *_ in rows]
+    speeds = [speed or 0.0 for *_, speed in rows]
     assert kinds[0] == "default" and "neighbour" in kinds  # (on the CPU the checklist is the default here)
-    # The sampler's tries came last and found nothing better: three, or fewer where it proposed only what was
-    # measured already (interop_threads held at the best's value once a change of it measured within noise).
+    # The sampler's tries came after the neighbourhood: three, or fewer where it proposed only what was measured
+    # already (interop_threads held at the best's value once a change of it measured within noise).
     searched = [i for i, kind in enumerate(kinds) if kind == "search"]
-    assert searched and min(searched) > max(i for i, kind in enumerate(kinds) if kind == "neighbour"), kinds
+    assert searched, kinds
+    later = [i for i, kind in enumerate(kinds) if kind == "neighbour" and i > searched[0]]
+    if later:
+        # A neighbour after a sampler trial only around a new best that the sampler found: noise on a busy host
+        # can make one measure faster than the best (a clean-clone CI run on three workers had neighbours after
+        # sampler trials), and the search then moves to it.
+        assert any(kinds[i] == "search" and speeds[i] > max(speeds[:i]) for i in range(searched[0], later[0])), \
+            list(zip(kinds, speeds))
     assert ("3 sampler trials found nothing better" in text) == (len(searched) == 3), (kinds, text[-3000:])
     if len(searched) < 3:
         assert "the sampler proposes only configurations measured already" in text, text[-3000:]
     assert len(rows) == int(said.group(1)) < 40
     (chosen,), = db_rows(db, "select json_extract(chosen_config, '$.batch_size') from dstune_iterations")
-    assert chosen == max(batch for *_, batch in rows)  # paced: the largest batch is the fastest
+    assert chosen == max(batch for _, _, batch, _ in rows)  # paced: the largest batch is the fastest
     assert elapsed < 150, elapsed  # well inside the 5-minute budget
     # The benchmarks' figures of the run, read from the same store.
     from benchmarks.run_figures import figures
