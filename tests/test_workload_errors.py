@@ -122,12 +122,12 @@ def test_a_budget_shorter_than_one_trial_says_so_rather_than_blaming_errors(tmp_
     """GPT-2 on the CPU with --budget 2m: its first trial was still warming up when the budget ran out, and the run
     said only "No trial ran to the end (their errors are above)", though there was no error."""
     db = tmp_path / "short.db"
-    # Steps of about 2 s: the first trial needs at least six (its first, three of warm-up, two windows), 12 s, more
-    # than the whole budget however quick the planning; and planning has 9 s before no trial may start (with a 5 s
-    # budget, a busy CI machine's planning once took it all).
-    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--budget", "10s", "--check-repeats", "2",
+    # Steps of about 4 s: the first trial needs at least six (its first, three of warm-up, two windows), 24 s, more
+    # than the whole budget however quick the planning; and planning has 18 s before no trial may start (a busy
+    # CI machine's planning once took all of a 5 s budget, and once the 9 s a 10 s budget left it).
+    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--budget", "20s", "--check-repeats", "2",
                      "--windows", "2", "--window-time", "0.05", "--disable-plugin", "compile", cwd=tmp_path,
-                     env={"DSTUNE_TEST_SLOWDOWN": "200"})
+                     env={"DSTUNE_TEST_SLOWDOWN": "400"})
     assert result.returncode == 0, result.stdout + result.stderr
     out = " ".join(result.stdout.split())
     assert db_rows(db, "select status from dstune_trials") == [("interrupted",)]
