@@ -45,7 +45,16 @@ from .failures import Ban, FailureMemory
 from .findings import Findings
 from .heartbeats import heartbeat_settings, optuna_trial_id, trial_heartbeat
 from .memory_model import MemoryModel
-from .neighbourhood import CONVERGED, MAX_TRIAL_SHARE, NEIGHBOUR, LocalSearch, Measured, Neighbourhood, trial_cost
+from .neighbourhood import (
+    CONVERGED,
+    MAX_TRIAL_SHARE,
+    NEIGHBOUR,
+    LocalSearch,
+    Measured,
+    Neighbourhood,
+    costly_choices,
+    trial_cost,
+)
 from .options import LOCAL, RunOptions, trial_spec
 from .search import SEED_ATTR, CostAwareSchedule, SearchSpace, tell
 from .windows import windows_message
@@ -352,8 +361,7 @@ class TrialPool:
         if cost <= seconds:
             return False
         setup.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        costly = ", ".join(f"{k.name}={config[k.name]}" for k in setup.space.knobs
-                           if k.costly and config.get(k.name) in k.costly)
+        costly = ", ".join(f"{name}={value}" for name, value in costly_choices(setup.space.knobs, config))
         needed = self.elapsed() + cost + setup.budget.check_reserve(self.found.best_key)
         setup.reporter.message(
             f"not starting the {seed_kind} seed{f' ({costly})' if costly else ''}: about {format_duration(cost)}, "

@@ -223,17 +223,19 @@ class Candidate:
         return ", ".join(f"{k}={v}" for k, v in self.changes)
 
 
+def costly_choices(knobs: Sequence[Knob], config: Config) -> tuple[tuple[str, object], ...]:
+    """The (knob, value) pairs of ``config`` that its plugins call costly (a compile mode)."""
+    return tuple((k.name, config.get(k.name)) for k in knobs if k.costly and config.get(k.name) in k.costly)
+
+
 def trial_cost(knobs: Sequence[Knob], config: Config, durations: dict[str, float]) -> float:
     """Seconds a trial of ``config`` should take: what trials with the same costly choices took, else the eager
     trials' median times what its plugin says a costly choice costs (COSTLY_FACTOR if it says nothing)."""
-    def costly_values(c: Config) -> tuple[tuple[str, object], ...]:
-        return tuple((k.name, c.get(k.name)) for k in knobs if k.costly and c.get(k.name) in k.costly)
-
-    mine = costly_values(config)
-    same = [d for key, d in durations.items() if costly_values(json.loads(key)) == mine]
+    mine = costly_choices(knobs, config)
+    same = [d for key, d in durations.items() if costly_choices(knobs, json.loads(key)) == mine]
     if same:
         return statistics.median(same)
-    eager = [d for key, d in durations.items() if not costly_values(json.loads(key))]
+    eager = [d for key, d in durations.items() if not costly_choices(knobs, json.loads(key))]
     base = statistics.median(eager) if eager else 1.0
     by_name = {k.name: k for k in knobs}
     return base * max((by_name[name].cost.get(value, COSTLY_FACTOR) for name, value in mine), default=1.0)
