@@ -167,7 +167,7 @@ def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tm
     assert not [t for t in trials if t["status"] == "oom"], "the model let a configuration run out of memory"
     # The checklist (bf16, no checkpointing) starts at the largest micro-batch its line fits in 600 MiB: how
     # large depends on what the process itself holds on this host (torch's own RSS), so it is read from the model.
-    # The local search's step from the best to the next micro-batch then crosses the budget, and is refused.
+    # The sampler's first proposal (micro-batch 32 with seed 15) is then refused before it starts.
     checklist = json.loads(next(t for t in trials if t["seed"] == "checklist")["config"])
     memory = MemoryModel.from_dict(json.loads(recorded),
                                    lambda c: BatchPlan(c["batch_size"], HUNGRY_GLOBAL // c["batch_size"]))
@@ -192,6 +192,7 @@ def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tm
     # again (with no second row), so the configurations agree, not the counts.
     refused_sizes = {json.loads(t["config"])["batch_size"] for t in refused}
     assert len(told) >= len(refused) and {t.params["batch_size"] for t in told} == refused_sizes
+    assert 32 in refused_sizes  # the first proposal, whatever the trials measured
     assert all(t.constraints["memory_over_budget"] > 0 for t in told)  # infeasible for the sampler, by memory
 
 
