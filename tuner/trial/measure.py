@@ -183,7 +183,8 @@ def measure(composed: Composed, settings: MeasureSettings, prune_below: float | 
         if parts["step_time_cv"] <= NOISY_CV or not affordable:
             return parts
         whole = measure_steps(composed, settings)
-        whole["parts_retimed"] = {k: parts[k] for k in ("samples_per_s", "step_time_cv", "window_step_times_s")}
+        whole["parts_retimed"] = {k: parts[k] for k in ("samples_per_s", "step_time_cv", "window_step_times_s",
+                                                        "timed_wall_s")}  # what the shortcut cost before
         for key in ("first_step_s", "warmup_steps", "warmup_s"):  # the parts' warm-up paid for the compile
             whole[key] = parts[key]
         return whole
