@@ -184,8 +184,9 @@ def test_seeds_out_of_cuda_memory_halve_their_batch_until_it_fits(tmp_path):
 
 
 def test_the_memory_model_predicts_cuda_peaks_and_sizes_the_seeds(tmp_path):
-    """GPT-2 small (examples/gpt2.py, global batch 32) under a 24 GiB budget: peaks predicted from micro-batches 1
-    and 2 within 10% for eager trials, the checklist seed sized below the whole global batch, no out-of-memory."""
+    """GPT-2 small (examples/gpt2.py, global batch 32) under a 24 GiB budget: peaks predicted from the smallest
+    micro-batches within 10% for eager trials, the checklist seed sized below the whole global batch, no
+    out-of-memory."""
     db = tmp_path / "memory.db"
     result = run_cli("run", str(ROOT / "examples" / "gpt2.py"), "--db", str(db), "--trials", "8",
                      "--budget", "5m", "--check-repeats", "2", "--memory-budget", "24GiB", "--exclude", "compile",
@@ -205,6 +206,38 @@ def test_the_memory_model_predicts_cuda_peaks_and_sizes_the_seeds(tmp_path):
     checklist = [r for r in rows if r[0] == "checklist"]
     assert checklist[-1][1] == "ok" and checklist[-1][2] < 32  # the whole global batch would not fit in 24 GiB
     assert all(r[5].startswith("predicted:") for r in rows if r[1] == "predicted_oom")
+
+
+def test_a_checkpointed_llamas_memory_is_measured_until_its_line_settles_and_predicts_full_trials(trials):
+    """llama_1b with every block checkpointed (H200, 2026-12-03): its peak before the first update was 20.4, 20.6,
+    21.8, 25.9, 34.2 and 52.0 GiB at micro-batches 1 to 32, so a line through 1 and 2 put micro-batch 32 at
+    26.4 GiB, half what it needed.  The probe now measures further micro-batches while the line bends; full trials
+    at 16 (two accumulated) and 32 (none) must then come within 10% of their predictions."""
+    from dstune.plugin_calls import invalid_reason
+    from dstune.run.memory_plan import measure_model
+    from dstune.run.options import RunOptions
+
+    file = ROOT / "examples" / "llama_1b.py"
+    info = probed(file, "llama_1b")
+    ctx = TuneContext.from_dict(info["ctx"])
+    pm = plugin_manager().pm
+    knobs = [k for k in applicable_knobs(pm, ctx) if k.name in ("precision", "activation_checkpointing", "batch_size")]
+    said: list[str] = []
+    memory = measure_model(RunOptions(workload_file=file, workload_name="llama_1b", budget_s=600.0), ctx,
+                           info["ctx"], knobs, pm, 100 * 2**30, {}, lambda c: invalid_reason(pm, c, ctx), said.append)
+    print("\n" + "\n".join(said))
+    assert memory is not None
+    assert "[memory] the peak still bends with the micro-batch, so measuring" in " ".join(" ".join(said).split())
+    every_block = {"precision": "bf16", "activation_checkpointing": True}
+    for micro in (16, 32):
+        config = {**every_block, "batch_size": micro}
+        outcome, _ = trials.run(file, "llama_1b", timeout_s=300, **config)
+        assert outcome.status == "ok", outcome.error
+        predicted = memory.predict({**{k.name: k.default for k in knobs}, **config})
+        peak = outcome.metrics["peak_memory_bytes"]
+        print(f"micro-batch {micro}: measured {peak / 2**30:.2f} GiB (allocated "
+              f"{outcome.metrics['peak_allocated'] / 2**30:.2f}), predicted {predicted / 2**30:.2f} GiB")
+        assert abs(predicted - peak) <= 0.10 * peak
 
 
 def test_numerics_guard_on_cuda(trials):

@@ -134,6 +134,56 @@ def test_the_allocators_cache_is_learned_from_full_size_trials() -> None:
     assert m.reserve_ratio == pytest.approx(1.03)
 
 
+GiB = 2**30
+# llama_1b with every block checkpointed, bf16, TF32 and fused AdamW, as the memory probe measured it on an H200
+# (2026-12-03, benchmarks/results/2026-12-03-h200-llama_1b-memory-points-every-block.json), in GiB per part; and the
+# full trials' allocated peaks: 39.22 at micro-batch 16 (two accumulated), 51.98 at 32 (none).
+EVERY_BLOCK = {1: (20.39, 23.83, 20.37), 2: (20.58, 24.82, 20.35), 4: (21.80, 26.86, 20.31),
+               8: (25.91, 30.95, 20.24), 16: (34.20, 39.21, 20.18), 32: (51.98, 57.00, 20.18)}
+LLAMA_SIZES = [1, 2, 4, 8, 16, 32]
+
+
+def every_block(*micro: int) -> list[dict]:
+    return [{"config": {"precision": "bf16", "ckpt": True, "batch": m, "compile": "off"}, "micro_batch": m,
+             "allocated": dict(zip(("first", "later", "update"), (g * GiB for g in EVERY_BLOCK[m]))),
+             "reserved": EVERY_BLOCK[m][1] * GiB * 1.05} for m in micro]
+
+
+def llama_plan(config: dict) -> BatchPlan:
+    return BatchPlan(config["batch"], 32 // config["batch"])
+
+
+def test_a_peak_that_bends_with_the_micro_batch_is_measured_until_its_line_settles() -> None:
+    """The line through micro-batches 1 and 2 predicted 26.4 GiB at 32 for a step that peaked at 52.0: at tiny
+    batches the moment with every gradient held binds, at large ones the one with the logits.  A third point
+    shows the bend; the next micro-batch is measured while the last two lines disagree where the prediction is
+    used, and the line is drawn through the two largest points."""
+    labels, budget = memory_labels(KNOBS), 125 * GiB
+
+    def fitted(*micro: int) -> MemoryModel:
+        return build(labels, every_block(*micro), budget, llama_plan, {"compile": "off"}, ("batch",))
+
+    variant = lambda m: next(iter(m.variants.values()))  # noqa: E731
+    at_32 = {"precision": "bf16", "ckpt": True, "compile": "off", "batch": 32}
+    assert variant(fitted(1, 2)).next_size(budget, LLAMA_SIZES) is None  # two points cannot show a bend
+    assert fitted(1, 2).predict(at_32) == pytest.approx(26.39 * GiB * 1.05, rel=0.01)  # half of what it needs
+    assert variant(fitted(1, 2, 4)).next_size(budget, LLAMA_SIZES) == 8
+    assert variant(fitted(1, 2, 4, 8)).next_size(budget, LLAMA_SIZES) == 16
+    settled = fitted(1, 2, 4, 8, 16)
+    assert variant(settled).next_size(budget, LLAMA_SIZES) is None  # the lines through 4-8 and 8-16 agree at 32
+    assert settled.predict(at_32) / 1.05 == pytest.approx(51.98 * GiB, rel=0.03)  # the trial's allocated peak
+    assert settled.predict({**at_32, "batch": 16}) / 1.05 == pytest.approx(39.22 * GiB, rel=0.01)
+    # A next point the last line puts near the budget, or at a micro-batch that ran out of memory, is not measured.
+    assert variant(fitted(1, 2, 4)).next_size(10 * GiB + 26 * GiB, LLAMA_SIZES) is None
+    capped = fitted(1, 2, 4)
+    variant(capped).ceiling = 8
+    assert variant(capped).next_size(budget, LLAMA_SIZES) is None
+    # A straight line needs no further point.
+    straight = [point("fp32", False, m, 200 * MiB, 40 * MiB) for m in (1, 2, 4)]
+    line = build(labels, straight, 10_000 * MiB, plan, {"compile": "off"}, ("batch",))
+    assert next(iter(line.variants.values())).next_size(10_000 * MiB, [1, 2, 4, 8, 16, 32, 64]) is None
+
+
 @pytest.mark.slow
 def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tmp_path: Path) -> None:
     """A real run on a workload whose memory is known (about 38 MiB per sample, tests/workloads/memory_hungry.py).
@@ -157,7 +207,8 @@ def test_a_run_sizes_its_seeds_by_the_model_and_never_runs_what_would_not_fit(tm
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
     out = " ".join(result.stdout.split())  # rich wraps lines at the terminal's width
-    assert "[memory] measuring 2 variant(s) at micro-batches 1 and 2; the 4 that save memory only if it is tight" in out
+    assert "[memory] measuring 2 variant(s) at micro-batches 1, 2 and 4; the 4 that save memory only if it is tight" \
+        in out
     assert "of the memory budget: measuring the 4 variant(s) that save memory" in out  # 32 x 40 MiB in 600 MiB
     with sqlite3.connect(db) as conn:
         rows = conn.execute("select seed_kind, status, config, peak_memory_bytes, metrics, error, duration_s "
@@ -235,7 +286,7 @@ def test_variants_that_save_memory_are_measured_only_when_memory_is_tight(budget
                            said.append)
     text = " ".join(said)
     assert memory is not None, text
-    assert "[memory] measuring 2 variant(s) at micro-batches 1 and 2; the 4 that save memory only if it is tight" \
+    assert "[memory] measuring 2 variant(s) at micro-batches 1, 2 and 4; the 4 that save memory only if it is tight" \
         in text
     assert len([v for v in memory.variants.values() if v.lines]) == measured, text
     if measured == 2:

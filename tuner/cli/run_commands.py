@@ -45,7 +45,7 @@ def run(
     window_time: float = typer.Option(0.5, "--window-time", min=0.01, envvar="DSTUNE_WINDOW_TIME", help="Seconds per timed window (at least)."),
     max_warmup: float = typer.Option(60.0, "--max-warmup", min=0.1, help="Most seconds of warm-up per trial."),
     search: str = typer.Option("local", "--search", envvar="DSTUNE_SEARCH", help="After the seeds: local (neighbours of the best, most promising per second first; ends once none is left) or sampler (Optuna's TPE throughout)."),
-    memory_model: str = typer.Option("auto", "--memory-model", envvar="DSTUNE_MEMORY_MODEL", help="Predict each configuration's peak memory from two small micro-batches before the trials, and skip those that would not fit: auto (on a GPU, or with --memory-budget), on, off."),
+    memory_model: str = typer.Option("auto", "--memory-model", envvar="DSTUNE_MEMORY_MODEL", help="Predict each configuration's peak memory from a few small micro-batches before the trials, and skip those that would not fit: auto (on a GPU, or with --memory-budget), on, off."),
     select: str = typer.Option("max-throughput", "--select", envvar="DSTUNE_SELECT", help="Challenger policy: max-throughput, knee, or weighted:throughput=1,memory=0.5,energy=0."),
     check_repeats: int = typer.Option(5, "--check-repeats", min=2, envvar="DSTUNE_CHECK_REPEATS", help="Interleaved rounds of incumbent and challenger in the check."),
     min_gain: float = typer.Option(0.02, "--min-gain", min=0.0, max=1.0, envvar="DSTUNE_MIN_GAIN", help="Promote only when the 95% CI's lower bound exceeds 1 + this."),

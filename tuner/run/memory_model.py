@@ -4,13 +4,22 @@ A large model near the memory limit cannot afford to learn its limits by
 running out of memory: each such trial costs a process start, a model build
 and an allocation failure, and the tuning guide's seed (the largest batch)
 fails first.  So before the trials, :mod:`dstune.run.memory_plan` measures
-one training step at two small micro-batches under each *variant*: every
-combination of the memory labels that plugins give their knobs
+one training step at the three smallest micro-batches under each *variant*:
+every combination of the memory labels that plugins give their knobs
 (``Knob.memory``: precision, activation checkpointing).  Per variant, a line
-through the two points for each part of a step (:mod:`dstune.trial.memory_probe`)
-gives the fixed memory (weights, gradients, optimizer state: the intercept)
-and the memory per sample of micro-batch (the slope), and so the peak of any
-micro-batch.
+through the two largest points for each part of a step
+(:mod:`dstune.trial.memory_probe`) gives the fixed memory (weights, gradients,
+optimizer state: the intercept) and the memory per sample of micro-batch (the
+slope), and so the peak of any micro-batch.
+
+A part's peak is the largest of several moments in the step, each a line in
+the micro-batch, so the peak bends upward where another moment takes over.
+llama_1b with every block checkpointed (H200, 2026-12-03) peaked at 20.4, 20.6,
+21.8, 25.9, 34.2 and 52.0 GiB at micro-batches 1 to 32 before its first update:
+at tiny batches the moment with every gradient held binds, later the one with
+the logits.  The line through 1 and 2 predicted 26.4 GiB at 32, half the
+truth.  So while the last two lines disagree where the prediction is used
+(:meth:`Variant.next_size`), the plan measures the next micro-batch too.
 
 The planning process then refuses configurations predicted to exceed the
 memory budget (they are told to Optuna as infeasible, reason ``predicted``,
@@ -40,6 +49,8 @@ from dstune.units import format_bytes
 
 PARTS = ("first", "later", "update")
 NOISE = 0.05  # a peak this close to its prediction corrects nothing
+SETTLED = 0.05  # two successive lines this close where the prediction is used: the line needs no further point
+HEADROOM = 1.25  # a further point is measured only if the last line predicts it this far within the budget
 MEMORY_ROOMY = 0.6  # within this share of the memory budget there is room: knobs that save memory have nothing to do
 
 
@@ -79,6 +90,40 @@ class Variant:
         if plan.accumulation > 1:
             parts.append(self.lines["later"].at(plan.micro_batch))
         return max(parts)
+
+    def measured(self) -> list[tuple[int, dict[str, float]]]:
+        """The probe's points that ran, as (micro-batch, allocated bytes per part), smallest first."""
+        return sorted((p["micro_batch"], p["allocated"]) for p in self.points if "oom" not in p)
+
+    def next_size(self, budget: float, sizes: Sequence[int]) -> int | None:
+        """The micro-batch to measure next, or None when the line is settled.
+
+        Settled means the line through the last two points and the one
+        through the two before agree, within :data:`SETTLED`, at the
+        micro-batch where the prediction matters: the largest that the last
+        line fits in ``budget`` (allocated bytes), or the largest in
+        ``sizes`` if that is less.  A next point is measured only where the
+        last line puts it within the budget by :data:`HEADROOM` (the peak
+        bends upward, so the line understates it) and below any micro-batch
+        that ran out of memory.
+        """
+        points = self.measured()
+        if len(points) < 3:
+            return None
+        (m1, p1), (m2, p2), (m3, p3) = points[-3:]
+        old = {part: Line.through((m1, p1[part]), (m2, p2[part])) for part in PARTS}
+        new = {part: Line.through((m2, p2[part]), (m3, p3[part])) for part in PARTS}
+        fitting = Variant(self.label, new).largest_fitting(budget)
+        reach = min(max(sizes), fitting if fitting is not None else float("inf"))
+        if self.ceiling is not None:
+            reach = min(reach, self.ceiling - 1)
+        if reach <= m3 or all(abs(new[p].at(reach) - old[p].at(reach)) <= SETTLED * max(new[p].at(reach), 1.0)
+                              for p in PARTS):
+            return None
+        larger = [m for m in sorted(sizes) if m > m3 and (self.ceiling is None or m < self.ceiling)]
+        if not larger or max(new[p].at(larger[0]) for p in PARTS) * HEADROOM > budget:
+            return None
+        return larger[0]
 
     def largest_fitting(self, budget: float) -> float | None:
         """The largest micro-batch (a real number) whose predicted peak stays within ``budget`` allocated bytes."""
@@ -307,7 +352,7 @@ def build(labels: dict[str, dict[str, str]], points: Sequence[Mapping[str, Any]]
         ooms = [p["micro_batch"] for p in found if "oom" in p and p.get("micro_batch")]
         variant.ceiling = min(ooms) if ooms else None
         if len(ok) >= 2:
-            a, b = ok[0], ok[-1]
+            a, b = ok[-2], ok[-1]  # the largest two: the nearest to the micro-batches predicted (the peak bends up)
             variant.lines = {part: Line.through((a["micro_batch"], a["allocated"][part]),
                                                 (b["micro_batch"], b["allocated"][part])) for part in PARTS}
             ratios.append(b["reserved"] / max(b["allocated"].values()))

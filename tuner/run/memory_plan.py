@@ -1,11 +1,16 @@
 """Measuring the memory model in the Plan phase: which points, in which processes, within what time.
 
-The points are the two smallest micro-batches the plugins offer (found by
+The points are the three smallest micro-batches the plugins offer (found by
 shrinking the checklist configuration with ``dstune_smaller_config`` until it
 cannot shrink) under each variant of the memory knobs
 (:func:`dstune.run.memory_model.representatives`); every other knob keeps its
-default.  On a GPU one process measures every point, resetting the
-allocator's peak between them; on the CPU each point needs a process of its
+default.  Where a variant's peak still bends at the third, the next
+micro-batch is measured too, round by round, until its line settles
+(:meth:`dstune.run.memory_model.Variant.next_size`) or the time is spent; the
+extra rounds only refine, and a round that fails keeps the lines before it.
+
+On a GPU one process measures every point, resetting the allocator's peak
+between them; on the CPU each point needs a process of its
 own (a process's peak RSS cannot be reset), which the fork server makes
 cheap.  The whole measurement gets a share of the budget
 (:data:`BUDGET_SHARE`); when it fails or runs out of time the run goes on
@@ -39,10 +44,14 @@ from .options import RunOptions
 BUDGET_SHARE = 0.15  # of the run's budget, at most, for measuring the model
 MAX_SECONDS = 300.0
 MIN_SECONDS = 60.0  # llama_1b's six variants took 33 s on an H200, building the model twelve times
+FIRST_SIZES = 3  # micro-batches measured per variant at first: two give a line, a third says whether it bends
+MAX_ROUNDS = 4  # further rounds, each one more micro-batch for the variants whose line still bends
+ROUND_SECONDS = 15.0  # a further round is not started with less time than this left
 
 
-def probe_sizes(pm: Any, knobs: Sequence[Knob], ctx: TuneContext) -> list[Config]:
-    """The changes that give the two smallest micro-batches on offer (empty when nothing sets a micro-batch)."""
+def probe_sizes(pm: Any, knobs: Sequence[Knob], ctx: TuneContext) -> list[tuple[int, Config]]:
+    """Each micro-batch on offer, smallest first, with the values it takes of the knobs that set the micro-batch
+    (empty when nothing sets one)."""
     start = checklist_config(knobs)
     chain = [start]
     while len(chain) < 64:
@@ -51,22 +60,22 @@ def probe_sizes(pm: Any, knobs: Sequence[Knob], ctx: TuneContext) -> list[Config
             break
         chain.append(smaller)
     plans = [batch_plan(pm, config, ctx) for config in chain]
-    sized = [(plan.micro_batch, config) for plan, config in zip(plans, chain) if plan is not None]
-    sized = sorted({micro: config for micro, config in sized}.items())[:2]
+    sized = sorted({plan.micro_batch: config for plan, config in zip(plans, chain) if plan is not None}.items())
     if len(sized) < 2:
         return []
-    return [{k: v for k, v in config.items() if start.get(k) != v} for _, config in sized]
+    names = sorted({k for _, config in sized for k, v in config.items() if start.get(k) != v})
+    return [(micro, {name: config.get(name) for name in names}) for micro, config in sized]
 
 
 def probe_configs(pm: Any, knobs: Sequence[Knob], ctx: TuneContext, invalid: Callable[[Config], str | None]
-                  ) -> tuple[list[Config], tuple[str, ...]]:
-    """Every (variant, micro-batch) configuration to measure, the default for every other knob; and the knobs
-    that set the micro-batch."""
+                  ) -> tuple[list[Config], tuple[str, ...], list[tuple[int, Config]]]:
+    """Every (variant, micro-batch) configuration to measure first, the default for every other knob; the knobs
+    that set the micro-batch; and every micro-batch on offer with those knobs' values, for the further rounds."""
     base = default_config(knobs)
-    sizes = probe_sizes(pm, knobs, ctx)
-    configs = [{**base, **variant, **size} for variant in representatives(knobs) for size in sizes]
-    sized = tuple(sorted({name for size in sizes for name in size}))
-    return [config for config in configs if not invalid(config)], sized
+    ladder = probe_sizes(pm, knobs, ctx)
+    configs = [{**base, **variant, **size} for variant in representatives(knobs) for _, size in ladder[:FIRST_SIZES]]
+    sized = tuple(sorted({name for _, size in ladder for name in size}))
+    return [config for config in configs if not invalid(config)], sized, ladder
 
 
 def saves_memory(knobs: Sequence[Knob], config: Config) -> bool:
@@ -91,7 +100,7 @@ def measure_model(options: RunOptions, ctx: TuneContext, ctx_dict: dict[str, Any
                   memory_budget: int, env: dict[str, str], invalid: Callable[[Config], str | None],
                   say: Callable[[str], None]) -> MemoryModel | None:
     """Measure the points and fit the model; None (and a warning said) when it cannot be had."""
-    configs, sized = probe_configs(pm, knobs, ctx, invalid)
+    configs, sized, ladder = probe_configs(pm, knobs, ctx, invalid)
     if not configs:
         say("[memory] no micro-batch to vary: the memory model is skipped, and trials learn the limit by running")
         return None
@@ -100,7 +109,8 @@ def measure_model(options: RunOptions, ctx: TuneContext, ctx_dict: dict[str, Any
     first = [c for c in configs if not saves_memory(knobs, c)]
     saving = [c for c in configs if saves_memory(knobs, c)]
     per_variant = max(1, len(micro))
-    say(f"[memory] measuring {len(first) // per_variant} variant(s) at micro-batches {' and '.join(map(str, micro))}"
+    shown = ", ".join(map(str, micro[:-1])) + f" and {micro[-1]}" if len(micro) > 1 else str(micro[0])
+    say(f"[memory] measuring {len(first) // per_variant} variant(s) at micro-batches {shown}"
         + (f"; the {len(saving) // per_variant} that save memory only if it is tight" if saving else ""))
     allotted = max(MIN_SECONDS, min(MAX_SECONDS, BUDGET_SHARE * options.budget_s))
     started = time.perf_counter()
@@ -108,11 +118,11 @@ def measure_model(options: RunOptions, ctx: TuneContext, ctx_dict: dict[str, Any
     if points is None:
         return None
 
-    def fitted() -> MemoryModel:
-        return build(labels, points, memory_budget, lambda config: batch_plan(pm, config, ctx), default_config(knobs),
-                     sized)
+    def fitted(measured: list[dict[str, Any]]) -> MemoryModel:
+        return build(labels, measured, memory_budget, lambda config: batch_plan(pm, config, ctx),
+                     default_config(knobs), sized)
 
-    model = fitted()
+    model = fitted(points)
     if saving:
         needs = [model.predict(largest_micro_batch(pm, knobs, ctx, c, sized)) for c in first]
         known = [n for n in needs if n is not None]
@@ -128,7 +138,9 @@ def measure_model(options: RunOptions, ctx: TuneContext, ctx_dict: dict[str, Any
             if more is None:
                 return None
             points += more
-            model = fitted()
+            model = fitted(points)
+    points, model = _settle(points, model, fitted, ladder, allotted - (time.perf_counter() - started), options, ctx,
+                            ctx_dict, env, say)
     took = time.perf_counter() - started
     say(f"[memory] measured in {took:.0f} s; memory budget {format_bytes(memory_budget)}:")
     for line in model.describe():
@@ -136,10 +148,45 @@ def measure_model(options: RunOptions, ctx: TuneContext, ctx_dict: dict[str, Any
     return model
 
 
+def _settle(points: list[dict[str, Any]], model: MemoryModel, fitted: Callable[[list[dict[str, Any]]], MemoryModel],
+            ladder: Sequence[tuple[int, Config]], allotted: float, options: RunOptions, ctx: TuneContext,
+            ctx_dict: dict[str, Any], env: dict[str, str], say: Callable[[str], None]
+            ) -> tuple[list[dict[str, Any]], MemoryModel]:
+    """Measure the next micro-batch of each variant whose line still bends, round by round, within ``allotted``
+    seconds; a round that fails or runs out of time leaves the lines as they were."""
+    started = time.perf_counter()
+    changes = dict(ladder)
+    sizes = [micro for micro, _ in ladder]
+    for _ in range(MAX_ROUNDS):
+        wanted = []
+        for variant in model.variants.values():
+            size = variant.next_size(model.budget / model.reserve_ratio / variant.correction, sizes)
+            largest = max(variant.points, key=lambda p: p["micro_batch"] if "oom" not in p else -1, default=None)
+            if size is not None and largest is not None:
+                wanted.append((variant.label, size, {**largest["config"], **changes[size]}))
+        left = allotted - (time.perf_counter() - started)
+        if not wanted:
+            break
+        if left < ROUND_SECONDS:
+            say(f"[memory] not measuring {', '.join(f'{label} at micro-batch {size}' for label, size, _ in wanted)}"
+                ": the line still bends there, but the memory model's time is spent; predictions there may be low")
+            break
+        say("[memory] the peak still bends with the micro-batch, so measuring "
+            + ", ".join(f"{label} at micro-batch {size}" for label, size, _ in wanted))
+        more = _measure([config for _, _, config in wanted], left, options, ctx, ctx_dict, env, say, fatal=False)
+        if more is None:
+            break
+        points = points + more
+        model = fitted(points)
+    return points, model
+
+
 def _measure(configs: Sequence[Config], allotted: float, options: RunOptions, ctx: TuneContext,
-             ctx_dict: dict[str, Any], env: dict[str, str], say: Callable[[str], None]) -> list[dict[str, Any]] | None:
+             ctx_dict: dict[str, Any], env: dict[str, str], say: Callable[[str], None], fatal: bool = True
+             ) -> list[dict[str, Any]] | None:
     """The probe's points of ``configs``, in one process on a GPU, one each on the CPU, within ``allotted``
-    seconds; None (and a warning said) when a probe fails or runs out of time."""
+    seconds; None (and a warning said) when a probe fails or runs out of time.  Not ``fatal``: a further round,
+    whose failure leaves the model as it was."""
     started = time.perf_counter()
     groups = [list(configs)] if ctx.is_cuda else [[c] for c in configs]
     points: list[dict[str, Any]] = []
@@ -152,7 +199,8 @@ def _measure(configs: Sequence[Config], allotted: float, options: RunOptions, ct
         if outcome is None or outcome.status != "ok":
             why = "it ran out of its time" if outcome is None or outcome.status == "timeout" else (
                 f"it ended {outcome.status}: {(outcome.error or outcome.stderr_tail).strip()[-300:]}")
-            say(f"[warning] the memory model could not be measured ({why}); trials run without predictions")
+            say(f"[warning] the memory model could not be measured ({why}); trials run without predictions" if fatal
+                else f"[warning] a further memory point could not be measured ({why}); the lines stay as they were")
             return None
         points.extend(outcome.payload.get("points", []))
     return points

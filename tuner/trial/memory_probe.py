@@ -1,7 +1,7 @@
 """Measure what one training step needs in memory, part by part, under a few configurations.
 
 The memory model (:mod:`dstune.run.memory_model`) fits a line per variant
-(precision, checkpointing) through two small micro-batches; this is the
+(precision, checkpointing) through small micro-batches; this is the
 trial-process side that measures the points.  A training step has three
 moments where memory peaks, and they scale differently with the batch:
 

@@ -298,7 +298,7 @@ def _memory_section(iteration: Any) -> str:
                      str(variant["ceiling"]) if variant.get("ceiling") else "-", f"{variant.get('correction', 1.0):.2f}"])
     effects = ", ".join(f"{html.escape(k)} {v:.2f}x" for k, v in sorted((model.get("effects") or {}).items()))
     return (f"<p>Memory model (budget {format_bytes(model['budget'])}): peak = fixed + per sample x micro-batch, "
-            "measured at two small micro-batches before the trials; configurations predicted over the budget were "
+            "measured at small micro-batches before the trials; configurations predicted over the budget were "
             "not run (status predicted_oom).</p>"
             + _table(("variant", "fixed", "per sample", "out of memory at", "correction"), rows, numeric=(1, 2, 3, 4),
                      table_id="memory-model")
