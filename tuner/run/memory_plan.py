@@ -41,9 +41,11 @@ from dstune.units import format_bytes
 from .memory_model import MEMORY_ROOMY, MemoryModel, build, memory_labels, representatives
 from .options import RunOptions
 
-BUDGET_SHARE = 0.15  # of the run's budget, at most, for measuring the model
+BUDGET_SHARE = 0.2  # of the run's budget, at most, for measuring the model
 MAX_SECONDS = 300.0
-MIN_SECONDS = 60.0  # llama_1b's six variants took 33 s on an H200, building the model twelve times
+# llama_1b's six variants took 33 s at two micro-batches on an H200, building the model twelve times; at three,
+# GPT-2's took 47 s and llama_1b's about 60, and a further round about 15 s more (H200, 2026-12-03).
+MIN_SECONDS = 75.0
 FIRST_SIZES = 3  # micro-batches measured per variant at first: two give a line, a third says whether it bends
 MAX_ROUNDS = 4  # further rounds, each one more micro-batch for the variants whose line still bends
 ROUND_SECONDS = 15.0  # a further round is not started with less time than this left
@@ -112,7 +114,8 @@ def measure_model(options: RunOptions, ctx: TuneContext, ctx_dict: dict[str, Any
     shown = ", ".join(map(str, micro[:-1])) + f" and {micro[-1]}" if len(micro) > 1 else str(micro[0])
     say(f"[memory] measuring {len(first) // per_variant} variant(s) at micro-batches {shown}"
         + (f"; the {len(saving) // per_variant} that save memory only if it is tight" if saving else ""))
-    allotted = max(MIN_SECONDS, min(MAX_SECONDS, BUDGET_SHARE * options.budget_s))
+    # Never more than half the budget: the trials and the check need the rest.
+    allotted = min(max(MIN_SECONDS, min(MAX_SECONDS, BUDGET_SHARE * options.budget_s)), 0.5 * options.budget_s)
     started = time.perf_counter()
     points = _measure(first, allotted, options, ctx, ctx_dict, env, say)
     if points is None:
