@@ -60,6 +60,18 @@ def test_a_line_through_two_points_never_falls() -> None:
     assert Line.through((2, 300.0), (1, 310.0)).per_sample == 0.0  # noise at tiny batches: flat, not falling
 
 
+def test_the_line_over_many_points_lies_above_each_and_keeps_the_steepest_slope() -> None:
+    """Peak RSS of memory_hungry on the CPU, measured in forked processes without glibc's threshold (MiB): the
+    point at 32 fell below the one at 16.  A line through the last two would have had no slope at all (any
+    micro-batch fits); the line above the points keeps the steepest slope seen, between 2 and 4."""
+    rss = [(1, 339.0), (2, 445.0), (4, 667.0), (8, 1031.0), (16, 1831.0), (32, 1463.0)]
+    line = Line.above(rss)
+    assert line.per_sample == pytest.approx(111.0)
+    assert all(line.at(x) >= y for x, y in rss)
+    assert Line.above([(1, 300.0), (2, 340.0)]) == Line.through((1, 300.0), (2, 340.0))
+    assert Line.above([(1, 300.0), (2, 290.0)]) == Line(300.0, 0.0)  # never falling, and never below a point
+
+
 def test_predictions_follow_the_lines_and_refuse_what_exceeds_the_budget() -> None:
     m = model()
     fp32 = {"precision": "fp32", "ckpt": False, "compile": "off"}
@@ -157,7 +169,7 @@ def test_a_peak_that_bends_with_the_micro_batch_is_measured_until_its_line_settl
     """The line through micro-batches 1 and 2 predicted 26.4 GiB at 32 for a step that peaked at 52.0: at tiny
     batches the moment with every gradient held binds, at large ones the one with the logits.  A third point
     shows the bend; the next micro-batch is measured while the last two lines disagree where the prediction is
-    used, and the line is drawn through the two largest points."""
+    used.  The line takes the steepest slope between neighbouring points, raised to the highest of them."""
     labels, budget = memory_labels(KNOBS), 125 * GiB
 
     def fitted(*micro: int) -> MemoryModel:

@@ -6,11 +6,11 @@ and an allocation failure, and the tuning guide's seed (the largest batch)
 fails first.  So before the trials, :mod:`dstune.run.memory_plan` measures
 one training step at the three smallest micro-batches under each *variant*:
 every combination of the memory labels that plugins give their knobs
-(``Knob.memory``: precision, activation checkpointing).  Per variant, a line
-through the two largest points for each part of a step
-(:mod:`dstune.trial.memory_probe`) gives the fixed memory (weights, gradients,
-optimizer state: the intercept) and the memory per sample of micro-batch (the
-slope), and so the peak of any micro-batch.
+(``Knob.memory``: precision, activation checkpointing).  Per variant and part
+of a step (:mod:`dstune.trial.memory_probe`), a line at or above every point
+(:meth:`Line.above`) gives the fixed memory (weights, gradients, optimizer
+state: the intercept) and the memory per sample of micro-batch (the slope),
+and so the peak of any micro-batch.
 
 A part's peak is the largest of several moments in the step, each a line in
 the micro-batch, so the peak bends upward where another moment takes over.
@@ -65,6 +65,22 @@ class Line:
         return self.fixed + self.per_sample * micro_batch
 
     @classmethod
+    def above(cls, points: Sequence[tuple[int, float]]) -> "Line":
+        """The line with the steepest slope between neighbouring points, raised until no point lies above it.
+
+        Through two points it is the line through them.  Where the peak bends
+        upward the last two points give the slope, and the line is lifted to
+        the earlier points that bind at small batches; where a point falls
+        below its neighbour (noise, or the allocator reusing a block) an earlier
+        slope still holds: a prediction errs above what was measured, never
+        below it.
+        """
+        ordered = sorted(points)
+        slopes = [(y2 - y1) / (x2 - x1) for (x1, y1), (x2, y2) in zip(ordered, ordered[1:]) if x2 != x1]
+        slope = max([0.0, *slopes])
+        return cls(max(y - slope * x for x, y in ordered), slope)
+
+    @classmethod
     def through(cls, a: tuple[int, float], b: tuple[int, float]) -> "Line":
         """The line through two (micro-batch, bytes) points; never falling (noise at tiny batches)."""
         (x1, y1), (x2, y2) = sorted((a, b))
@@ -117,7 +133,8 @@ class Variant:
         reach = min(max(sizes), fitting if fitting is not None else float("inf"))
         if self.ceiling is not None:
             reach = min(reach, self.ceiling - 1)
-        if reach <= m3 or all(abs(new[p].at(reach) - old[p].at(reach)) <= SETTLED * max(new[p].at(reach), 1.0)
+        # Only a bend upward matters: a line that bends down is already above what it predicts (Line.above).
+        if reach <= m3 or all(new[p].at(reach) - old[p].at(reach) <= SETTLED * max(new[p].at(reach), 1.0)
                               for p in PARTS):
             return None
         larger = [m for m in sorted(sizes) if m > m3 and (self.ceiling is None or m < self.ceiling)]
@@ -352,9 +369,8 @@ def build(labels: dict[str, dict[str, str]], points: Sequence[Mapping[str, Any]]
         ooms = [p["micro_batch"] for p in found if "oom" in p and p.get("micro_batch")]
         variant.ceiling = min(ooms) if ooms else None
         if len(ok) >= 2:
-            a, b = ok[-2], ok[-1]  # the largest two: the nearest to the micro-batches predicted (the peak bends up)
-            variant.lines = {part: Line.through((a["micro_batch"], a["allocated"][part]),
-                                                (b["micro_batch"], b["allocated"][part])) for part in PARTS}
+            variant.lines = {part: Line.above([(p["micro_batch"], p["allocated"][part]) for p in ok]) for part in PARTS}
+            b = ok[-1]
             ratios.append(b["reserved"] / max(b["allocated"].values()))
         variants[key] = variant
     ratio = max(1.0, statistics.median(ratios)) if ratios else 1.0
