@@ -114,11 +114,12 @@ class Variant:
     def next_size(self, budget: float, sizes: Sequence[int]) -> int | None:
         """The micro-batch to measure next, or None when the line is settled.
 
-        Settled means the line through the last two points and the one
-        through the two before agree, within :data:`SETTLED`, at the
+        Settled means the line through the last two points predicts no more
+        than the one through the two before, within :data:`SETTLED`, at the
         micro-batch where the prediction matters: the largest that the last
         line fits in ``budget`` (allocated bytes), or the largest in
-        ``sizes`` if that is less.  A next point is measured only where the
+        ``sizes`` if that is less.  (A line that bends down needs nothing:
+        :meth:`Line.above` keeps the earlier, steeper slope.)  A next point is measured only where the
         last line puts it within the budget by :data:`HEADROOM` (the peak
         bends upward, so the line understates it) and below any micro-batch
         that ran out of memory.
