@@ -1,9 +1,9 @@
 """A workload's peak memory point by point: the memory probe's parts at several micro-batches, and full trials.
 
 The memory model (``dstune.run.memory_model``) predicts a configuration's
-peak from a line per part of a step through small micro-batches (before 2026-12-03,
-the two smallest).
-This benchmark shows where such a line holds and where it does not: it
+peak from a line per part of a step through small micro-batches (before
+2026-12-03, the two smallest).  This benchmark shows where such a line holds
+and where it does not: it
 measures the probe's three parts (``first``, ``later``, ``update``) at each
 micro-batch given, in one process as the Plan phase does on a GPU, then runs
 full trials at the micro-batches given to ``--trials-at`` and records their
@@ -13,10 +13,10 @@ allocated and reserved peaks::
         --set precision=bf16 --micro 1 2 4 8 16 --trials-at 16 -o results/DATE-GPU-llama_1b-memory-points.json
 
 For each micro-batch the JSON holds the measured parts, the line through the
-two smallest micro-batches (the model's lines before 2026-12-03) and its prediction, and each trial's peaks beside
-the prediction, so a miss can be put down to the line (the probe's own point
-at that micro-batch disagrees with the line) or to the trial (the probe's
-point agrees, the trial does not).
+two smallest micro-batches (the model's lines before 2026-12-03) and its
+prediction, and each trial's peaks beside the prediction, so a miss can be put
+down to the line (the probe's own point at that micro-batch disagrees with the
+line) or to the trial (the probe's point agrees, the trial does not).
 """
 
 from __future__ import annotations
