@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("; ".join(notes))
         configs.append(config)
     points = probe_points(bench, configs, args.timeout)
-    ok = sorted((p["micro_batch"], p) for p in points if "allocated" in p)
+    ok = sorted(((p["micro_batch"], p) for p in points if "allocated" in p), key=lambda pair: pair[0])
     if len(ok) < 2:
         raise SystemExit(f"fewer than two points measured: {points}")
     (x1, p1), (x2, p2) = ok[0], ok[1]

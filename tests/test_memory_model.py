@@ -186,7 +186,9 @@ def test_a_peak_that_bends_with_the_micro_batch_is_measured_until_its_line_settl
     assert settled.predict(at_32) / 1.05 == pytest.approx(51.98 * GiB, rel=0.03)  # the trial's allocated peak
     assert settled.predict({**at_32, "batch": 16}) / 1.05 == pytest.approx(39.22 * GiB, rel=0.01)
     # A next point the last line puts near the budget, or at a micro-batch that ran out of memory, is not measured.
-    assert variant(fitted(1, 2, 4)).next_size(10 * GiB + 26 * GiB, LLAMA_SIZES) is None
+    # The line through 2 and 4 puts micro-batch 8 at 30.9 GiB: with 25% headroom that needs 38.6 GiB of budget.
+    assert variant(fitted(1, 2, 4)).next_size(36 * GiB, LLAMA_SIZES) is None
+    assert variant(fitted(1, 2, 4)).next_size(40 * GiB, LLAMA_SIZES) == 8
     capped = fitted(1, 2, 4)
     variant(capped).ceiling = 8
     assert variant(capped).next_size(budget, LLAMA_SIZES) is None
