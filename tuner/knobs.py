@@ -65,8 +65,9 @@ class Knob:
     tolerance: Mapping[Choice, float] = field(default_factory=dict, compare=False, hash=False)
     active: Callable[[Mapping[str, Choice]], bool] | None = field(default=None, compare=False)
     plugin: str = field(default="", compare=False)
-    # What a trial with a costly choice is expected to cost, in trials of the eager default (what the plugin
-    # knows before anything is measured: autotuning compiles far longer than a plain compile).
+    # What a trial with a costly choice is expected to cost, in trials of its eager twin (the same configuration
+    # with this knob at its default): what the plugin knows before anything is measured (autotuning compiles far
+    # longer than a plain compile).
     cost: Mapping[Choice, float] = field(default_factory=dict, compare=False, hash=False)
     # Choice -> memory label, for knobs whose choices change the memory per sample or the fixed memory.
     memory: Mapping[Choice, str] = field(default_factory=dict, compare=False, hash=False)

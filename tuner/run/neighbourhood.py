@@ -228,15 +228,33 @@ def costly_choices(knobs: Sequence[Knob], config: Config) -> tuple[tuple[str, ob
     return tuple((k.name, config.get(k.name)) for k in knobs if k.costly and config.get(k.name) in k.costly)
 
 
+def eager_twin(knobs: Sequence[Knob], config: Config) -> Config:
+    """``config`` with its costly knobs at their defaults, and the knobs that only they made active too."""
+    twin = {**config, **{name: next(k.default for k in knobs if k.name == name)
+                         for name, _ in costly_choices(knobs, config)}}
+    return {**twin, **{k.name: k.default for k in knobs if k.name in twin and not k.active_in(twin)}}
+
+
 def trial_cost(knobs: Sequence[Knob], config: Config, durations: dict[str, float]) -> float:
-    """Seconds a trial of ``config`` should take: what trials with the same costly choices took, else the eager
-    trials' median times what its plugin says a costly choice costs (COSTLY_FACTOR if it says nothing)."""
+    """Seconds a trial of ``config`` should take, from what this iteration's successful trials took (``durations``,
+    by configuration key, in the order they ended).
+
+    With the same costly choices (compile mode) measured: what those trials
+    took, after the first where there are several, since the first filled the
+    compile caches the later ones read (ResNet-50 on an H200: 56 s, then 13-15
+    s).  Else the eager twin of ``config`` (its costly knobs at their
+    defaults) times what the plugin says the choice costs (``Knob.cost``;
+    COSTLY_FACTOR if it says nothing), the median eager trial standing in for
+    a twin not measured.  The twin, not the median: the eager trials of one
+    run differ 3x (cuDNN's autotuning, a larger micro-batch), and a compiled
+    trial runs what its twin runs, plus the compile.
+    """
     mine = costly_choices(knobs, config)
     same = [d for key, d in durations.items() if costly_choices(knobs, json.loads(key)) == mine]
     if same:
-        return statistics.median(same)
-    eager = [d for key, d in durations.items() if not costly_choices(knobs, json.loads(key))]
-    base = statistics.median(eager) if eager else 1.0
+        return statistics.median(same[1:] if mine and len(same) > 1 else same)
+    eager = {key: d for key, d in durations.items() if not costly_choices(knobs, json.loads(key))}
+    base = eager.get(config_key(eager_twin(knobs, config))) or (statistics.median(eager.values()) if eager else 1.0)
     by_name = {k.name: k for k in knobs}
     return base * max((by_name[name].cost.get(value, COSTLY_FACTOR) for name, value in mine), default=1.0)
 
