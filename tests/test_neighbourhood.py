@@ -15,6 +15,7 @@ from dstune.run.neighbourhood import (
     Headroom,
     KnobEffects,
     Neighbourhood,
+    costly_factors,
     steps,
     trial_cost,
 )
@@ -230,6 +231,51 @@ def test_a_compiled_trial_is_costed_from_its_eager_twin_then_from_compiled_trial
     durations[config_key({**compiled, "threads": 2})] = 14.0
     assert trial_cost(KNOBS, {**compiled, "batch_size": 16}, durations) == 14.0
     assert trial_cost(KNOBS, {**checklist, "threads": 2}, durations) == 17.5  # eager: every eager trial counts
+
+
+def test_a_compile_is_costed_from_what_it_cost_against_its_twin_in_the_workloads_newest_iteration():
+    """llama_1b on an H200: its compiled checklist took 62 s against its eager twin's 12 s (5.2x), where the plugin
+    knows 3x of all workloads.  The next iteration costs its compile from that ratio.  Only the first compile of
+    an iteration counts (the later ones read its caches), and only beside its eager twin."""
+    eager, compiled = {**BEST, "batch_size": 32}, {**BEST, "batch_size": 32, "compile": "default"}
+    plain = (("compile", "default"),)
+    newest = ((BEST, 24.0), (eager, 12.0), (compiled, 62.0), ({**compiled, "threads": 2}, 15.0))
+    older = ((eager, 10.0), (compiled, 30.0))
+    factors = costly_factors(KNOBS, (newest, older))
+    assert factors == {plain: pytest.approx(62.0 / 12.0)}
+    durations = {config_key(BEST): 20.0, config_key(eager): 14.0}
+    assert trial_cost(KNOBS, compiled, durations, factors) == pytest.approx(14.0 * 62.0 / 12.0)
+    assert trial_cost(KNOBS, compiled, durations) == pytest.approx(14.0 * 4.0)  # nothing earlier: the plugin's 4
+    assert trial_cost(KNOBS, {**compiled, "compile": "autotune"}, durations, factors) == pytest.approx(14.0 * 40.0)
+    # The newest iteration's first compile had no eager twin, and its second read the first's caches (its twin,
+    # BEST, took 24 s: 0.6x would be no compile's cost): the older iteration tells.
+    untwinned = ((BEST, 24.0), ({**compiled, "batch_size": 8}, 50.0), ({**BEST, "compile": "default"}, 15.0))
+    assert costly_factors(KNOBS, (untwinned, older)) == {plain: pytest.approx(3.0)}
+    assert costly_factors(KNOBS, (untwinned,)) == {}
+
+
+def test_earlier_iterations_give_their_successful_trials_seconds_newest_first_in_the_order_they_ran(tmp_path):
+    """What :func:`costly_factors` reads, from a real store: another GPU model's iterations and failed trials do
+    not count, and a compile's first trial comes before the later ones."""
+    from dstune.run.plan import earlier_durations
+    from dstune.store import Store
+
+    store = Store(str(tmp_path / "earlier.db"))
+    workload = store.workload_id("llm", "/llm.py")
+    ran = {}
+    for week, gpu, trials in ((1, "H200", ((BEST, "ok", 24.0), ({**BEST, "compile": "default"}, "ok", 62.0))),
+                              (2, "H100", ((BEST, "ok", 30.0),)),
+                              (3, "H200", ((BEST, "crash", 3.0), (BEST, "ok", 20.0),
+                                           ({**BEST, "compile": "default"}, "ok", 70.0),
+                                           ({**BEST, "compile": "default", "threads": 2}, "ok", 14.0)))):
+        ran[week] = store.start_iteration(workload_id=workload, study_name=f"llm-it{week}", gpu_model=gpu)
+        for number, (config, status, seconds) in enumerate(trials):
+            store.record_trial(ran[week], number=number, config=config, status=status, duration_s=seconds,
+                               metrics={"samples_per_s": 1.0})
+    later = store.start_iteration(workload_id=workload, study_name="llm-it4", gpu_model="H200")
+    found = earlier_durations(store, "llm", "H200", later)
+    assert [[seconds for _, seconds in trials] for trials in found] == [[20.0, 70.0, 14.0], [24.0, 62.0]]
+    assert costly_factors(KNOBS, found) == {(("compile", "default"),): pytest.approx(70.0 / 20.0)}
 
 
 def test_a_numeric_knob_steps_the_other_way_from_a_change_that_hurt():

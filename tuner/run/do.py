@@ -53,6 +53,7 @@ from .neighbourhood import (
     Measured,
     Neighbourhood,
     costly_choices,
+    costly_factors,
     trial_cost,
 )
 from .options import LOCAL, RunOptions, trial_spec
@@ -101,6 +102,7 @@ class DoSetup:
     budget: Budget  # the coordinator's clock and check costs; a worker's clock is the coordinator's deadline
     coordinator: bool = True
     earlier: tuple[tuple[Measured, ...], ...] = ()  # earlier iterations' successful trials, for knob effects
+    earlier_durations: tuple[tuple[tuple[Config, float], ...], ...] = ()  # and their seconds, for costly choices
     memory: MemoryModel | None = None  # predicted peaks (dstune.run.memory_model), when measured
 
 
@@ -132,7 +134,9 @@ class TrialPool:
         self.said_why_stopped = False  # several slots reach the budget's end: one says why
         self.left_at_start = self.setup.budget.left()  # when the Do phase began: no trial could ever get more
         space = self.setup.space
-        self.local = LocalSearch(Neighbourhood(space.knobs, space.normalised, self.schedule.is_costly),
+        self.cost_factors = costly_factors(space.knobs, self.setup.earlier_durations)
+        self.local = LocalSearch(Neighbourhood(space.knobs, space.normalised, self.schedule.is_costly,
+                                               factors=self.cost_factors),
                                  self.setup.earlier) if options.search == LOCAL else None
 
     # -- what every process has measured --------------------------------------------
@@ -357,7 +361,7 @@ class TrialPool:
         if seed_kind in MEASURED_AS_THEY_ARE or seed_kind in PRUNABLE or not self.found.durations:
             return False
         setup = self.setup
-        cost = trial_cost(setup.space.knobs, config, self.found.durations)
+        cost = trial_cost(setup.space.knobs, config, self.found.durations, self.cost_factors)
         if cost <= seconds:
             return False
         setup.study.tell(trial, state=optuna.trial.TrialState.FAIL)

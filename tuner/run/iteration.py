@@ -64,7 +64,7 @@ from .heartbeats import study_storage
 from .memory_model import MemoryModel
 from .memory_plan import measure_model
 from .options import LOCAL, RunOptions, guard_for, trial_spec
-from .plan import Incumbent, adapt_config, copy_trials, earlier_measurements, probe
+from .plan import Incumbent, adapt_config, copy_trials, earlier_durations, earlier_measurements, probe
 from .search import SearchSpace, create_study, enqueue_seeds
 from .workload_failure import workload_failure
 
@@ -290,6 +290,7 @@ class Iteration:
             invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, self.ctx),
             wait_idle=self.wait_idle, budget=self.budget, coordinator=True,
             earlier=earlier_measurements(self.store, self.ctx.workload, self.gpu_model, self.iteration_id),
+            earlier_durations=earlier_durations(self.store, self.ctx.workload, self.gpu_model, self.iteration_id),
             memory=self.memory,
         )
         self.pool = pool = TrialPool(setup, self.slots)

@@ -45,7 +45,7 @@ from .do import DoSetup, TrialPool
 from .heartbeats import study_storage
 from .memory_model import MemoryModel
 from .options import RunOptions, guard_for
-from .plan import earlier_measurements, probe
+from .plan import earlier_durations, earlier_measurements, probe
 from .search import SearchSpace, sampler
 
 if TYPE_CHECKING:
@@ -145,6 +145,7 @@ class Worker:
             invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, ctx),
             wait_idle=lambda slot: None, coordinator=False,
             earlier=earlier_measurements(store, ctx.workload, self.slots[0].device.model, iteration.id),
+            earlier_durations=earlier_durations(store, ctx.workload, self.slots[0].device.model, iteration.id),
             budget=Budget(options.budget_s, options.check_repeats, config_key(iteration.incumbent_config or {})),
             memory=(MemoryModel.from_dict(iteration.memory_model, lambda config: batch_plan(self.plugins.pm, config, ctx))
                     if iteration.memory_model else None),  # the coordinator's, measured on its GPU

@@ -223,7 +223,10 @@ class Candidate:
         return ", ".join(f"{k}={v}" for k, v in self.changes)
 
 
-def costly_choices(knobs: Sequence[Knob], config: Config) -> tuple[tuple[str, object], ...]:
+Costly = tuple[tuple[str, object], ...]  # a configuration's costly choices (:func:`costly_choices`)
+
+
+def costly_choices(knobs: Sequence[Knob], config: Config) -> Costly:
     """The (knob, value) pairs of ``config`` that its plugins call costly (a compile mode)."""
     return tuple((k.name, config.get(k.name)) for k in knobs if k.costly and config.get(k.name) in k.costly)
 
@@ -235,7 +238,29 @@ def eager_twin(knobs: Sequence[Knob], config: Config) -> Config:
     return {**twin, **{k.name: k.default for k in knobs if k.name in twin and not k.active_in(twin)}}
 
 
-def trial_cost(knobs: Sequence[Knob], config: Config, durations: dict[str, float]) -> float:
+def costly_factors(knobs: Sequence[Knob], earlier: Sequence[Sequence[tuple[Config, float]]]) -> dict[Costly, float]:
+    """What each costly choice cost in the workload's earlier iterations (``earlier``: each one's successful
+    trials with their seconds, in the order they started, newest iteration first), in trials of its eager twin:
+    the first trial with that choice in an iteration, which compiled from cold caches, over its twin's.  The
+    newest iteration that measured both tells.  A compile of llama_1b on an H200 took 4-5 times its twin, ResNet-50's
+    2.1-2.4 times: what one workload's compile cost last week says more than what the plugin knows of all."""
+    found: dict[Costly, float] = {}
+    for trials in earlier:
+        eager = {config_key(c): d for c, d in trials if not costly_choices(knobs, c)}
+        seen: set[Costly] = set()
+        for config, duration in trials:
+            mine = costly_choices(knobs, config)
+            if not mine or mine in seen:
+                continue
+            seen.add(mine)
+            twin = eager.get(config_key(eager_twin(knobs, config)))
+            if mine not in found and twin:
+                found[mine] = duration / twin
+    return found
+
+
+def trial_cost(knobs: Sequence[Knob], config: Config, durations: dict[str, float],
+               factors: Mapping[Costly, float] | None = None) -> float:
     """Seconds a trial of ``config`` should take, from what this iteration's successful trials took (``durations``,
     by configuration key, in the order they ended).
 
@@ -243,9 +268,10 @@ def trial_cost(knobs: Sequence[Knob], config: Config, durations: dict[str, float
     took, after the first where there are several, since the first filled the
     compile caches the later ones read (ResNet-50 on an H200: 56 s, then 13-15
     s).  Else the eager twin of ``config`` (its costly knobs at their
-    defaults) times what the plugin says the choice costs (``Knob.cost``;
-    COSTLY_FACTOR if it says nothing), the median eager trial standing in for
-    a twin not measured.  The twin, not the median: the eager trials of one
+    defaults) times what that choice cost in the workload's earlier
+    iterations (``factors``, :func:`costly_factors`), else what the plugin
+    says it costs (``Knob.cost``; COSTLY_FACTOR if it says nothing), the
+    median eager trial standing in for a twin not measured.  The twin, not the median: the eager trials of one
     run differ 3x (cuDNN's autotuning, a larger micro-batch), and a compiled
     trial runs what its twin runs, plus the compile.
     """
@@ -255,6 +281,8 @@ def trial_cost(knobs: Sequence[Knob], config: Config, durations: dict[str, float
         return statistics.median(same[1:] if mine and len(same) > 1 else same)
     eager = {key: d for key, d in durations.items() if not costly_choices(knobs, json.loads(key))}
     base = eager.get(config_key(eager_twin(knobs, config))) or (statistics.median(eager.values()) if eager else 1.0)
+    if factors and mine in factors:
+        return base * factors[mine]
     by_name = {k.name: k for k in knobs}
     return base * max((by_name[name].cost.get(value, COSTLY_FACTOR) for name, value in mine), default=1.0)
 
@@ -269,10 +297,11 @@ class Neighbourhood:
     effects: KnobEffects = field(default_factory=KnobEffects)  # this iteration's and earlier ones': the order
     settled: KnobEffects = field(default_factory=KnobEffects)  # this iteration's alone: what is not tried again
     passed_over: dict[str, str] = field(default_factory=dict)  # knob -> why the last centre's search left it out
+    factors: Mapping[Costly, float] = field(default_factory=dict)  # costly choices' cost in earlier iterations
 
     def cost(self, config: Config, durations: dict[str, float]) -> float:
         """Seconds a trial of ``config`` should take (:func:`trial_cost`)."""
-        return trial_cost(self.knobs, config, durations)
+        return trial_cost(self.knobs, config, durations, self.factors)
 
     def _settled(self, knob: str, old: object, new: object) -> bool:
         """Whether this iteration measured the change to gain nothing worth a trial (NOT_WORTH): around a new

@@ -107,12 +107,26 @@ def earlier_measurements(store: "Store", workload: str, gpu_model: str | None, b
     The local search learns from them what each knob's changes did before
     (:class:`dstune.run.neighbourhood.KnobEffects`).
     """
+    return tuple(tuple((dict(r.config), float(r.samples_per_s)) for r in rows if r.samples_per_s)
+                 for rows in _earlier_successes(store, workload, gpu_model, before))
+
+
+def earlier_durations(store: "Store", workload: str, gpu_model: str | None, before: int
+                      ) -> tuple[tuple[tuple[Config, float], ...], ...]:
+    """What the same iterations' successful trials took, in the order they started: what a compile cost there
+    against its eager twin (:func:`dstune.run.neighbourhood.costly_factors`)."""
+    return tuple(tuple((dict(r.config), float(r.duration_s)) for r in rows if r.duration_s)
+                 for rows in _earlier_successes(store, workload, gpu_model, before))
+
+
+def _earlier_successes(store: "Store", workload: str, gpu_model: str | None, before: int) -> list[Sequence[Any]]:
+    """The ok trial rows of the workload's ``EARLIER_ITERATIONS`` newest iterations before ``before`` on this GPU
+    model (or of unknown model), newest iteration first."""
     found = []
     for iteration in reversed(store.iterations_of(workload)):
         if iteration.id >= before or iteration.gpu_model not in (None, gpu_model):
             continue
-        rows = store.trials(iteration.id, status="ok")
-        found.append(tuple((dict(r.config), float(r.samples_per_s)) for r in rows if r.samples_per_s))
+        found.append(store.trials(iteration.id, status="ok"))
         if len(found) == EARLIER_ITERATIONS:
             break
-    return tuple(found)
+    return found
