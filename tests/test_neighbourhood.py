@@ -257,7 +257,7 @@ def test_a_compile_is_costed_from_what_it_cost_against_its_twin_in_the_workloads
 def test_earlier_iterations_give_their_successful_trials_seconds_newest_first_in_the_order_they_ran(tmp_path):
     """What :func:`costly_factors` reads, from a real store: another GPU model's iterations and failed trials do
     not count, and a compile's first trial comes before the later ones."""
-    from dstune.run.plan import earlier_durations
+    from dstune.run.plan import earlier_trials
     from dstune.store import Store
 
     store = Store(str(tmp_path / "earlier.db"))
@@ -273,7 +273,8 @@ def test_earlier_iterations_give_their_successful_trials_seconds_newest_first_in
             store.record_trial(ran[week], number=number, config=config, status=status, duration_s=seconds,
                                metrics={"samples_per_s": 1.0})
     later = store.start_iteration(workload_id=workload, study_name="llm-it4", gpu_model="H200")
-    found = earlier_durations(store, "llm", "H200", later)
+    rates, found = earlier_trials(store, "llm", "H200", later)
+    assert [len(trials) for trials in rates] == [3, 2]
     assert [[seconds for _, seconds in trials] for trials in found] == [[20.0, 70.0, 14.0], [24.0, 62.0]]
     assert costly_factors(KNOBS, found) == {(("compile", "default"),): pytest.approx(70.0 / 20.0)}
 

@@ -64,7 +64,7 @@ from .heartbeats import study_storage
 from .memory_model import MemoryModel
 from .memory_plan import measure_model
 from .options import LOCAL, RunOptions, guard_for, trial_spec
-from .plan import Incumbent, adapt_config, copy_trials, earlier_durations, earlier_measurements, probe
+from .plan import Incumbent, adapt_config, copy_trials, earlier_trials, probe
 from .search import SearchSpace, create_study, enqueue_seeds
 from .workload_failure import workload_failure
 
@@ -282,6 +282,7 @@ class Iteration:
 
     def do(self) -> str:
         """Trials on every slot (and on the workers that join), until the count, budget or search runs out."""
+        earlier, durations = earlier_trials(self.store, self.ctx.workload, self.gpu_model, self.iteration_id)
         setup = DoSetup(
             options=self.options, store=self.store, storage=self.storage, study=self.study, space=self.space,
             iteration_id=self.iteration_id, ctx=self.ctx, ctx_dict=self.ctx_dict, pm=self.plugins.pm,
@@ -289,8 +290,7 @@ class Iteration:
             reporter=self.reporter, guard=self.guard,
             invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, self.ctx),
             wait_idle=self.wait_idle, budget=self.budget, coordinator=True,
-            earlier=earlier_measurements(self.store, self.ctx.workload, self.gpu_model, self.iteration_id),
-            earlier_durations=earlier_durations(self.store, self.ctx.workload, self.gpu_model, self.iteration_id),
+            earlier=earlier, earlier_durations=durations,
             memory=self.memory,
         )
         self.pool = pool = TrialPool(setup, self.slots)

@@ -45,7 +45,7 @@ from .do import DoSetup, TrialPool
 from .heartbeats import study_storage
 from .memory_model import MemoryModel
 from .options import RunOptions, guard_for
-from .plan import earlier_durations, earlier_measurements, probe
+from .plan import earlier_trials, probe
 from .search import SearchSpace, sampler
 
 if TYPE_CHECKING:
@@ -135,6 +135,7 @@ class Worker:
         # No seed: workers with the coordinator's seed would propose the same configurations as it does.
         study = optuna.load_study(study_name=iteration.study_name, storage=storage,
                                   sampler=sampler(options.trials, seed=None))
+        earlier, durations = earlier_trials(store, ctx.workload, self.slots[0].device.model, iteration.id)
         return DoSetup(
             options=options, store=store, storage=storage, study=study, space=SearchSpace(tuple(knobs)),
             iteration_id=iteration.id, ctx=ctx, ctx_dict=ctx_dict, pm=self.plugins.pm,
@@ -144,8 +145,7 @@ class Worker:
             reporter=self.reporter, guard=guard_for(options, knobs, self.reference_dir),
             invalid_reason=lambda config: invalid_reason(self.plugins.pm, config, ctx),
             wait_idle=lambda slot: None, coordinator=False,
-            earlier=earlier_measurements(store, ctx.workload, self.slots[0].device.model, iteration.id),
-            earlier_durations=earlier_durations(store, ctx.workload, self.slots[0].device.model, iteration.id),
+            earlier=earlier, earlier_durations=durations,
             budget=Budget(options.budget_s, options.check_repeats, config_key(iteration.incumbent_config or {})),
             memory=(MemoryModel.from_dict(iteration.memory_model, lambda config: batch_plan(self.plugins.pm, config, ctx))
                     if iteration.memory_model else None),  # the coordinator's, measured on its GPU

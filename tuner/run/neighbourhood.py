@@ -239,11 +239,16 @@ def eager_twin(knobs: Sequence[Knob], config: Config) -> Config:
 
 
 def costly_factors(knobs: Sequence[Knob], earlier: Sequence[Sequence[tuple[Config, float]]]) -> dict[Costly, float]:
-    """What each costly choice cost in the workload's earlier iterations (``earlier``: each one's successful
-    trials with their seconds, in the order they started, newest iteration first), in trials of its eager twin:
-    the first trial with that choice in an iteration, which compiled from cold caches, over its twin's.  The
-    newest iteration that measured both tells.  A compile of llama_1b on an H200 took 4-5 times its twin, ResNet-50's
-    2.1-2.4 times: what one workload's compile cost last week says more than what the plugin knows of all."""
+    """What each costly choice cost in the workload's earlier iterations, in trials of its eager twin.
+
+    ``earlier`` holds each iteration's successful trials with their seconds,
+    in the order they started, newest iteration first.  The first trial with
+    a choice in an iteration, which compiled from cold caches, is set against
+    its twin's; the newest iteration that measured both tells.  On an H200 a
+    compile of llama_1b took 4-5 times its twin, ResNet-50's 2.1-2.4 times:
+    what one workload's compile cost last week says more than what the plugin
+    knows of all workloads.
+    """
     found: dict[Costly, float] = {}
     for trials in earlier:
         eager = {config_key(c): d for c, d in trials if not costly_choices(knobs, c)}
@@ -271,9 +276,10 @@ def trial_cost(knobs: Sequence[Knob], config: Config, durations: dict[str, float
     defaults) times what that choice cost in the workload's earlier
     iterations (``factors``, :func:`costly_factors`), else what the plugin
     says it costs (``Knob.cost``; COSTLY_FACTOR if it says nothing), the
-    median eager trial standing in for a twin not measured.  The twin, not the median: the eager trials of one
-    run differ 3x (cuDNN's autotuning, a larger micro-batch), and a compiled
-    trial runs what its twin runs, plus the compile.
+    median eager trial standing in for a twin not measured.  The twin, not
+    the median: the eager trials of one run differ 3x (cuDNN's autotuning, a
+    larger micro-batch), and a compiled trial runs what its twin runs, plus
+    the compile.
     """
     mine = costly_choices(knobs, config)
     same = [d for key, d in durations.items() if costly_choices(knobs, json.loads(key)) == mine]

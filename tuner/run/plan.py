@@ -100,23 +100,21 @@ def probe(options: RunOptions, env: dict[str, str] | None = None) -> dict[str, A
 EARLIER_ITERATIONS = 3  # how many earlier iterations the search learns knob effects from
 
 
-def earlier_measurements(store: "Store", workload: str, gpu_model: str | None, before: int
-                         ) -> tuple[tuple[tuple[Config, float], ...], ...]:
-    """The successful trials of the workload's newest earlier iterations on this GPU model, one tuple each.
+Earlier = tuple[tuple[tuple[Config, float], ...], ...]  # per earlier iteration, newest first: (config, a figure)
 
-    The local search learns from them what each knob's changes did before
-    (:class:`dstune.run.neighbourhood.KnobEffects`).
+
+def earlier_trials(store: "Store", workload: str, gpu_model: str | None, before: int) -> tuple[Earlier, Earlier]:
+    """The successful trials of the workload's newest earlier iterations on this GPU model, one tuple each: with
+    their samples/s, and with their seconds in the order they started.
+
+    From the first the local search learns what each knob's changes did
+    before (:class:`dstune.run.neighbourhood.KnobEffects`); from the second
+    what a compile cost there against its eager twin
+    (:func:`dstune.run.neighbourhood.costly_factors`).
     """
-    return tuple(tuple((dict(r.config), float(r.samples_per_s)) for r in rows if r.samples_per_s)
-                 for rows in _earlier_successes(store, workload, gpu_model, before))
-
-
-def earlier_durations(store: "Store", workload: str, gpu_model: str | None, before: int
-                      ) -> tuple[tuple[tuple[Config, float], ...], ...]:
-    """What the same iterations' successful trials took, in the order they started: what a compile cost there
-    against its eager twin (:func:`dstune.run.neighbourhood.costly_factors`)."""
-    return tuple(tuple((dict(r.config), float(r.duration_s)) for r in rows if r.duration_s)
-                 for rows in _earlier_successes(store, workload, gpu_model, before))
+    found = _earlier_successes(store, workload, gpu_model, before)
+    return (tuple(tuple((dict(r.config), float(r.samples_per_s)) for r in rows if r.samples_per_s) for rows in found),
+            tuple(tuple((dict(r.config), float(r.duration_s)) for r in rows if r.duration_s) for rows in found))
 
 
 def _earlier_successes(store: "Store", workload: str, gpu_model: str | None, before: int) -> list[Sequence[Any]]:
