@@ -218,8 +218,8 @@ def test_a_compiled_trial_is_costed_from_its_eager_twin_then_from_compiled_trial
     """ResNet-50 at ``--budget 4m`` on an H200: the default trial took 8 s, the eager checklist 27 s (cuDNN
     autotuning at micro-batch 256).  Its compiled twin took 66 s.  The median eager trial times the factor said
     about 1:42 and kept it out of the 1:41 left for trials; the twin times the factor says 1:48 here (the test's
-    factor is 4), and with the eager default alone measured the median is all there is.  Later compiles read the
-    caches the first one filled (13-15 s against 56 s in a 10-minute run): the first is not their estimate."""
+    factor is 4); where no twin was measured, the median eager trial stands in.  Later compiles read the caches
+    the first one filled (13-15 s against 56 s in a 10-minute run): the first is not their estimate."""
     default, checklist = BEST, {**BEST, "batch_size": 32}
     compiled = {**checklist, "compile": "default"}
     durations = {config_key(default): 8.0, config_key(checklist): 27.0}
