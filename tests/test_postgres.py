@@ -195,7 +195,10 @@ def test_coordinator_and_three_workers_share_one_study_and_a_killed_workers_tria
     assert [r[2] for r in stale] == [victim.pid] and "no heartbeat" in stale[0][3], rows
     assert all(r[1] in ("ok", "pruned", "invalid") for r in rows if r[1] != "stale"), rows
     assert len({r[2] for r in ran}) >= 3, "the coordinator and the surviving workers took trials"
-    assert any("worker done" in o and "stopped: trials" in o for o in outputs), outputs
+    # Each surviving worker stops cleanly and says why: the trials it saw claimed reached the count, or the
+    # coordinator had taken the last one and left the Do phase before the worker looked ("ended").  Which of the
+    # two a worker sees is a race: a clean-clone CI run on a busy host saw both workers say "ended".
+    assert all("worker done" in o and ("(stopped: trials)" in o or "(stopped: ended)" in o) for o in outputs), outputs
 
     loaded = optuna.load_study(study_name=study, storage=_psycopg(pg_url))
     by_number = {t.number: t for t in loaded.trials}
