@@ -112,19 +112,12 @@ def earlier_trials(store: "Store", workload: str, gpu_model: str | None, before:
     what a compile cost there against its eager twin
     (:func:`dstune.run.neighbourhood.costly_factors`).
     """
-    found = _earlier_successes(store, workload, gpu_model, before)
-    return (tuple(tuple((dict(r.config), float(r.samples_per_s)) for r in rows if r.samples_per_s) for rows in found),
-            tuple(tuple((dict(r.config), float(r.duration_s)) for r in rows if r.duration_s) for rows in found))
-
-
-def _earlier_successes(store: "Store", workload: str, gpu_model: str | None, before: int) -> list[Sequence[Any]]:
-    """The ok trial rows of the workload's ``EARLIER_ITERATIONS`` newest iterations before ``before`` on this GPU
-    model (or of unknown model), newest iteration first."""
-    found = []
+    found = []  # the ok trial rows of the newest iterations before this one, on this GPU model or an unknown one
     for iteration in reversed(store.iterations_of(workload)):
         if iteration.id >= before or iteration.gpu_model not in (None, gpu_model):
             continue
         found.append(store.trials(iteration.id, status="ok"))
         if len(found) == EARLIER_ITERATIONS:
             break
-    return found
+    return (tuple(tuple((dict(r.config), float(r.samples_per_s)) for r in rows if r.samples_per_s) for rows in found),
+            tuple(tuple((dict(r.config), float(r.duration_s)) for r in rows if r.duration_s) for rows in found))
