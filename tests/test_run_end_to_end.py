@@ -56,6 +56,13 @@ def test_run_records_every_trial_and_prints_the_front(tmp_path):
         assert status in ("ok", "pruned") and sps > 0 and peak > 0  # pruned: its warm-up estimate
         assert (cv is not None) == (status == "ok")
     assert len({t[5] for t in trials}) == 5, "each trial measured a different configuration"
+    # From the second trial on, the run says how long it expects each to take, and keeps that beside what it took.
+    lines = [line for line in out.splitlines() if line.startswith("trial ") and "/5 [" in line]
+    assert len(lines) == 5 and "this trial about" not in lines[0], lines
+    assert all("; this trial about 0:" in line for line in lines[1:]), lines
+    expected = [json.loads(m).get("expected_duration_s") for (m,) in
+                db_rows(db, "select metrics from dstune_trials order by id")]
+    assert expected[0] is None and all(e > 0 for e in expected[1:]), expected
     # Optuna's own tables live in the same file, and hold the same trials.
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{db}")
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 5

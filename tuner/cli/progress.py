@@ -77,14 +77,19 @@ class ConsoleReporter:
             text += f", ETA {format_duration(min(left, elapsed / done * max(0, self.trials - done)))}"
         return text
 
-    def trial_started(self, index: int, config: Config, seed_kind: str) -> None:
+    def trial_started(self, index: int, config: Config, seed_kind: str, expected_s: float | None = None) -> None:
+        """Trial ``index`` starts; ``expected_s`` is how long the run expects it to take (``trial_cost``), from the
+        trials before it: the user sees why a compile is or is not started with the time left."""
         self.last_started = index
         label = f"{seed_kind}: " if seed_kind != "search" else ""
         text = f"{label}{describe_config(config, self.defaults)}"
+        remaining = self._remaining(index - 1)
+        if expected_s is not None:
+            remaining += f"; this trial about {format_duration(expected_s)}"
         if self.progress:
-            self.progress.update(self.task, last=f"running {text}", remaining=self._remaining(index - 1))
+            self.progress.update(self.task, last=f"running {text}", remaining=remaining)
         else:
-            self.console.print(f"trial {index}/{self.trials} [{self._remaining(index - 1)}] {text}", highlight=False)
+            self.console.print(f"trial {index}/{self.trials} [{remaining}] {text}", highlight=False)
 
     def trial_finished(self, index: int, outcome: TrialOutcome, best: float | None, number: int | None = None) -> None:
         """Trial ``number`` (the i of "trial i/N") ended; ``index`` trials have ended in all.

@@ -423,7 +423,9 @@ class TrialPool:
                     return picked
                 trial, config, seed_kind = picked
                 heartbeat = trial_heartbeat(setup.storage, setup.study, trial.number)
-                setup.reporter.trial_started(claim, config, seed_kind)
+                expected = (trial_cost(setup.space.knobs, config, self.found.durations, self.cost_factors)
+                            if self.found.durations else None)
+                setup.reporter.trial_started(claim, config, seed_kind, expected_s=expected)
                 row_id = setup.store.begin_trial(
                     setup.iteration_id, number=trial.number, seed_kind=seed_kind, config=config, host=setup.host,
                     gpu=slot.label, pid=os.getpid(), gpu_model=slot.device.model,
@@ -437,9 +439,10 @@ class TrialPool:
                 if row_id not in self.in_flight:  # the run was interrupted meanwhile, and interrupt() recorded it
                     return "interrupted"
                 predicted = setup.memory.predict(config) if setup.memory is not None else None
+                forecast = {"predicted_peak_bytes": predicted, "expected_duration_s": expected}
                 setup.store.end_trial(
                     row_id, status=outcome.status, duration_s=outcome.duration_s,
-                    metrics={**outcome.metrics, "predicted_peak_bytes": predicted} if predicted else outcome.metrics,
+                    metrics={**outcome.metrics, **{k: v for k, v in forecast.items() if v is not None}},
                     error=outcome.error, exit_code=outcome.exit_code, signal=outcome.signal,
                     stderr_tail=outcome.stderr_tail if outcome.status != "ok" else None,
                 )

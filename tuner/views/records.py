@@ -53,7 +53,9 @@ def trial_record(row: Any, defaults: dict[str, Any]) -> dict[str, Any]:
         "samples_per_s": row.samples_per_s, "peak_memory_bytes": row.peak_memory_bytes,
         "predicted_peak_bytes": (row.metrics or {}).get("predicted_peak_bytes"),  # the memory model's, before it ran
         "step_time_median_s": row.step_time_median_s, "step_time_cv": row.step_time_cv,
-        "first_step_s": row.first_step_s, "duration_s": row.duration_s, "micro_batch": row.micro_batch,
+        "first_step_s": row.first_step_s, "duration_s": row.duration_s,
+        "expected_duration_s": (row.metrics or {}).get("expected_duration_s"),  # what the run costed it at, before
+        "micro_batch": row.micro_batch,
         "accumulation": row.accumulation, "energy_per_sample_j": row.energy_per_sample_j,
         "gpu_util_mean": row.gpu_util_mean, "started_at": iso(row.started_at), "ended_at": iso(row.ended_at),
         "host": row.host, "gpu": row.gpu, "gpu_model": row.gpu_model, "pid": row.pid,
