@@ -47,7 +47,7 @@ from dstune.devices.slots import Slot, hold_slots, resolve_slots
 from dstune.environment_diff import diff_facts
 from dstune.errors import UsageError
 from dstune.heartbeat import Heartbeat
-from dstune.knobs import Config, Knob, checklist_config, config_key, default_config
+from dstune.knobs import Config, Knob, checklist_config, config_key, default_config, describe_config
 from dstune.plugin_calls import applicable_knobs, invalid_reason, pin_except, shrinker
 from dstune.plugin_manager import plugin_manager
 from dstune.trial.fingerprint import fingerprint_hash
@@ -66,6 +66,7 @@ from .memory_plan import measure_model
 from .options import LOCAL, RunOptions, guard_for, trial_spec
 from .plan import Incumbent, adapt_config, copy_trials, earlier_trials, probe
 from .search import SearchSpace, create_study, enqueue_seeds
+from .selection import WITHIN_NOISE, faster_within_noise
 from .workload_failure import workload_failure
 
 __all__ = ["RunOptions", "RunResult", "compile_cache_env", "probe", "run_iteration"]
@@ -323,6 +324,12 @@ class Iteration:
                 f" and a p99 latency of {format_latency(options.max_latency_s)}" if options.max_latency_s else "")
         elif config_key(chosen.config) == config_key(self.incumbent.config):
             why = f"the best trial by {options.select} is the incumbent itself"
+            faster = (faster_within_noise(ok, chosen, self.memory_budget, options.max_latency_s)
+                      if options.select.name == "max-throughput" else None)
+            if faster is not None:
+                why += (f": the fastest, {describe_config(faster.config, self.incumbent.config)} at "
+                        f"{faster.samples_per_s:,.1f} samples/s, ran within {WITHIN_NOISE:.0%} of its "
+                        f"{chosen.samples_per_s:,.1f}, closer than one trial each can tell apart")
         else:
             challenger = chosen.config
         repeats = (self.pool.check_rounds(config_key(challenger) if challenger else None)

@@ -62,6 +62,19 @@ class SelectionPolicy:
         return max(fitting, key=lambda r: _weighted_score(r, fitting, dict(self.weights)))
 
 
+def faster_within_noise(rows: Sequence[Any], chosen: Any, memory_budget: int, max_latency_s: float | None = None
+                        ) -> Any | None:
+    """The fastest trial among ``rows`` when it is not ``chosen`` but ran faster, within :data:`WITHIN_NOISE`: the
+    trial ``max-throughput`` passed over for one changing fewer knobs.  The run names it, so a user who sees a
+    faster configuration in the front knows why it was not applied."""
+    fitting = [r for r in rows if r.samples_per_s
+               and fits(r.peak_memory_bytes, r.latency_p99_s, memory_budget, max_latency_s)]
+    fastest = max(fitting, key=lambda r: r.samples_per_s, default=None)
+    if fastest is None or fastest.samples_per_s <= (chosen.samples_per_s or 0) or fastest.config == chosen.config:
+        return None
+    return fastest
+
+
 def _changes(config: Mapping[str, Any], baseline: Mapping[str, Any]) -> int:
     return sum(1 for k, v in config.items() if k in baseline and baseline[k] != v)
 
