@@ -247,6 +247,13 @@ def test_a_compile_is_costed_from_what_it_cost_against_its_twin_in_the_workloads
     assert trial_cost(KNOBS, compiled, durations, factors) == pytest.approx(14.0 * 62.0 / 12.0)
     assert trial_cost(KNOBS, compiled, durations) == pytest.approx(14.0 * 4.0)  # nothing earlier: the plugin's 4
     assert trial_cost(KNOBS, {**compiled, "compile": "autotune"}, durations, factors) == pytest.approx(14.0 * 40.0)
+    # A compile applied before is the incumbent, run first: until an eager trial has run, an eager one is costed at
+    # the incumbent's time over its factor.  ResNet-50's second iteration on an H200 costed its default at 1 s
+    # (nothing eager measured) after the compiled incumbent's 16.8 s; the default took 8.2 s.
+    incumbent_only = {config_key(compiled): 31.0}
+    assert trial_cost(KNOBS, BEST, incumbent_only, factors) == pytest.approx(31.0 * 12.0 / 62.0)
+    assert trial_cost(KNOBS, BEST, incumbent_only) == pytest.approx(31.0 / 4.0)
+    assert trial_cost(KNOBS, {**compiled, "compile": "autotune"}, incumbent_only) == pytest.approx(31.0 / 4.0 * 40.0)
     # The newest iteration's first compile had no eager twin, and its second read the first's caches (its twin,
     # BEST, took 24 s: 0.6x would be no compile's cost): the older iteration tells.
     untwinned = ((BEST, 24.0), ({**compiled, "batch_size": 8}, 50.0), ({**BEST, "compile": "default"}, 15.0))

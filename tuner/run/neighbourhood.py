@@ -279,18 +279,31 @@ def trial_cost(knobs: Sequence[Knob], config: Config, durations: dict[str, float
     median eager trial standing in for a twin not measured.  The twin, not
     the median: the eager trials of one run differ 3x (cuDNN's autotuning, a
     larger micro-batch), and a compiled trial runs what its twin runs, plus
-    the compile.
+    the compile.  With no eager trial measured yet (a compiled incumbent runs
+    first), the compiled trials' times over their factors stand in.
     """
     mine = costly_choices(knobs, config)
-    same = [d for key, d in durations.items() if costly_choices(knobs, json.loads(key)) == mine]
+    choices = {key: costly_choices(knobs, json.loads(key)) for key in durations}
+    same = [d for key, d in durations.items() if choices[key] == mine]
     if same:
         return statistics.median(same[1:] if mine and len(same) > 1 else same)
-    eager = {key: d for key, d in durations.items() if not costly_choices(knobs, json.loads(key))}
-    base = eager.get(config_key(eager_twin(knobs, config))) or (statistics.median(eager.values()) if eager else 1.0)
-    if factors and mine in factors:
-        return base * factors[mine]
+    eager = {key: d for key, d in durations.items() if not choices[key]}
+    if eager:
+        base = eager.get(config_key(eager_twin(knobs, config))) or statistics.median(eager.values())
+    elif durations:  # only compiled trials so far (an applied compile is the incumbent, run first): undo their factor
+        base = statistics.median(d / _factor(knobs, choices[key], factors) for key, d in durations.items())
+    else:
+        base = 1.0
+    return base * _factor(knobs, mine, factors)
+
+
+def _factor(knobs: Sequence[Knob], choices: Costly, factors: Mapping[Costly, float] | None) -> float:
+    """How many times its eager twin a trial with costly ``choices`` takes: as the workload's earlier iterations
+    measured it, else as the plugin says (``Knob.cost``; COSTLY_FACTOR if it says nothing); 1 for no choices."""
+    if factors and choices in factors:
+        return factors[choices]
     by_name = {k.name: k for k in knobs}
-    return base * max((by_name[name].cost.get(value, COSTLY_FACTOR) for name, value in mine), default=1.0)
+    return max((by_name[name].cost.get(value, COSTLY_FACTOR) for name, value in choices), default=1.0)
 
 
 @dataclass
