@@ -1,6 +1,7 @@
 """The search's figures of one ``dstune run``, read from its store: time to the answer, wall time, trials by status.
 
     python -m benchmarks.run_figures RUN.db [--oracle results/oracle-WORKLOAD-DEVICE.json] [--wall-s 390.0]
+        [--iteration ID]
 
 The figures the search issue asks of every workload:
 
@@ -41,12 +42,16 @@ def _seconds(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def figures(db: Path) -> dict[str, Any]:
-    """The last iteration's figures in ``db``."""
+def figures(db: Path, iteration: int | None = None) -> dict[str, Any]:
+    """The figures of iteration ``iteration`` in ``db`` (its id; the last iteration when None)."""
     with sqlite3.connect(db) as conn:
-        (iteration_id, started, ended, options, check, chosen_id, decision, speedup) = conn.execute(
+        row = conn.execute(
             'select id, started_at, ended_at, options, "check", chosen_trial_id, decision, speedup '
-            "from dstune_iterations order by id desc limit 1").fetchone()
+            "from dstune_iterations where ? is null or id = ? order by id desc limit 1", (iteration, iteration)
+        ).fetchone()
+        if row is None:
+            raise SystemExit(f"{db} holds no iteration {iteration}: give an id that `dstune history` lists")
+        (iteration_id, started, ended, options, check, chosen_id, decision, speedup) = row
         trials = conn.execute("select id, number, seed_kind, status, samples_per_s, ended_at from dstune_trials "
                               "where iteration_id = ? order by ended_at", (iteration_id,)).fetchall()
     start = _seconds(started)
@@ -84,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("db", type=Path)
     parser.add_argument("--oracle", type=Path, help="an oracle cache of the same workload and device kind")
     parser.add_argument("--wall-s", type=float, help="the whole command's wall time, measured outside it")
+    parser.add_argument("--iteration", type=int, help="the iteration's id (default: the last)")
     args = parser.parse_args(argv)
-    result = figures(args.db)
+    result = figures(args.db, args.iteration)
     if args.wall_s is not None:
         result["wall_s"] = args.wall_s
         if result["budget_s"]:
