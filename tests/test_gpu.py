@@ -469,3 +469,10 @@ def test_data_parallel_trials_run_as_nccl_jobs_on_two_gpus(tmp_path):
         assert {seen["backend"] for seen in ranks.values()} == {"nccl"} and sorted(ranks) == [0, 1]
     oom, _ = run_job("dp_faults", tmp_path, timeout_s=60, batch_size=2)
     assert oom.status == "oom" and oom.error.startswith("rank 1 of 2"), oom.error
+
+
+def test_a_probe_cut_off_at_its_time_keeps_the_points_it_measured_in_one_cuda_process():
+    """On a GPU the memory model's points share one process: killed at its time, it still gives those it wrote."""
+    from .test_memory_model import cut_off_probe
+
+    assert cut_off_probe().is_cuda

@@ -13,8 +13,10 @@ On a GPU one process measures every point, resetting the allocator's peak
 between them; on the CPU each point needs a process of its
 own (a process's peak RSS cannot be reset), which the fork server makes
 cheap.  The whole measurement gets a share of the budget
-(:data:`BUDGET_SHARE`); when it fails or runs out of time the run goes on
-without predictions, as runs did before the model existed.
+(:data:`BUDGET_SHARE`).  When it fails or runs out of time, the points
+measured so far stay (the probe writes them as it goes) and predict what
+they cover; with none, the run goes on without predictions, as runs did
+before the model existed.
 
 The variants that save memory (a knob that ``relieves`` memory, such as
 activation checkpointing, at a choice other than its default) are measured
@@ -117,15 +119,19 @@ def measure_model(options: RunOptions, ctx: TuneContext, ctx_dict: dict[str, Any
     # Never more than half the budget: the trials and the check need the rest.
     allotted = min(max(MIN_SECONDS, min(MAX_SECONDS, BUDGET_SHARE * options.budget_s)), 0.5 * options.budget_s)
     started = time.perf_counter()
-    points = _measure(first, allotted, options, ctx, ctx_dict, env, say)
-    if points is None:
-        return None
-
     def fitted(measured: list[dict[str, Any]]) -> MemoryModel:
         return build(labels, measured, memory_budget, lambda config: batch_plan(pm, config, ctx),
                      default_config(knobs), sized)
 
+    points, why = _measure(first, allotted, options, ctx, ctx_dict, env)
     model = fitted(points)
+    if not any(variant.lines for variant in model.variants.values()):
+        say(f"[warning] the memory model could not be measured ({why or 'no variant ran at two micro-batches'}); "
+            "trials run without predictions")
+        return None
+    if why:
+        say(f"[warning] the memory model was measured only in part ({why}): {len(points)} of {len(first)} points; "
+            "predictions cover the variants measured at two micro-batches")
     if saving:
         needs = [model.predict(largest_micro_batch(pm, knobs, ctx, c, sized)) for c in first]
         known = [n for n in needs if n is not None]
@@ -137,9 +143,10 @@ def measure_model(options: RunOptions, ctx: TuneContext, ctx_dict: dict[str, Any
         else:
             say(f"[memory] {largest} needs {'an unknown share' if share is None else f'{share:.0%}'} of the memory "
                 f"budget: measuring the {len(saving) // per_variant} variant(s) that save memory")
-            more = _measure(saving, allotted - (time.perf_counter() - started), options, ctx, ctx_dict, env, say)
-            if more is None:
-                return None
+            more, why = _measure(saving, allotted - (time.perf_counter() - started), options, ctx, ctx_dict, env)
+            if why:  # what was measured before stays: a 336M-parameter Qwen2 lost all its points to this on an H200
+                say(f"[warning] the variants that save memory were measured only in part ({why}): {len(more)} of "
+                    f"{len(saving)} points; predictions cover the variants measured at two micro-batches")
             points += more
             model = fitted(points)
     points, model = _settle(points, model, fitted, ladder, allotted - (time.perf_counter() - started), options, ctx,
@@ -176,20 +183,21 @@ def _settle(points: list[dict[str, Any]], model: MemoryModel, fitted: Callable[[
             break
         say("[memory] the peak still bends with the micro-batch, so measuring "
             + ", ".join(f"{label} at micro-batch {size}" for label, size, _ in wanted))
-        more = _measure([config for _, _, config in wanted], left, options, ctx, ctx_dict, env, say, fatal=False)
-        if more is None:
-            break
+        more, why = _measure([config for _, _, config in wanted], left, options, ctx, ctx_dict, env)
         points = points + more
         model = fitted(points)
+        if why:
+            say(f"[warning] a further memory point could not be measured ({why}); the lines stay as they were "
+                "where it was not")
+            break
     return points, model
 
 
 def _measure(configs: Sequence[Config], allotted: float, options: RunOptions, ctx: TuneContext,
-             ctx_dict: dict[str, Any], env: dict[str, str], say: Callable[[str], None], fatal: bool = True
-             ) -> list[dict[str, Any]] | None:
+             ctx_dict: dict[str, Any], env: dict[str, str]) -> tuple[list[dict[str, Any]], str | None]:
     """The probe's points of ``configs``, in one process on a GPU, one each on the CPU, within ``allotted``
-    seconds; None (and a warning said) when a probe fails or runs out of time.  Not ``fatal``: a further round,
-    whose failure leaves the model as it was."""
+    seconds, and why it stopped short (None when every point came back).  A probe killed at its time, or one
+    that fails, keeps the points it had written (the probe writes its result after each point)."""
     started = time.perf_counter()
     groups = [list(configs)] if ctx.is_cuda else [[c] for c in configs]
     points: list[dict[str, Any]] = []
@@ -199,12 +207,9 @@ def _measure(configs: Sequence[Config], allotted: float, options: RunOptions, ct
                          workload_name=options.workload_name or ctx.workload, ctx=ctx_dict,
                          disabled_plugins=options.disabled_plugins, seed=options.seed, variants=group)
         outcome = run_in_subprocess(spec, timeout_s=max(1.0, left), env=env) if left > 0 else None
+        if outcome is not None:
+            points.extend(outcome.payload.get("points", []))
         if outcome is None or outcome.status != "ok":
-            why = "it ran out of its time" if outcome is None or outcome.status == "timeout" else (
-                f"it ended {outcome.status}: {(outcome.error or outcome.stderr_tail).strip()[-300:]}")
-            say(f"[warning] the memory model could not be measured ({why}); trials run without predictions" if fatal
-                else f"[warning] a further memory point could not be measured ({why}); the lines stay as they were")
-            return None
-        points.extend(outcome.payload.get("points", []))
-    return points
-
+            return points, ("it ran out of its time" if outcome is None or outcome.status == "timeout" else
+                            f"it ended {outcome.status}: {(outcome.error or outcome.stderr_tail).strip()[-300:]}")
+    return points, None

@@ -29,7 +29,7 @@ import threading
 import time
 import types
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from dstune.devices.processes import die_with_parent
 from dstune.errors import UsageError
@@ -243,10 +243,21 @@ def run_in_subprocess(spec: TrialSpec, timeout_s: float, env: dict[str, str] | N
                                 duration_s=duration, stderr_tail=stderr_tail, exit_code=returncode)
         if ending == "timeout":
             return TrialOutcome("timeout", error=f"no result after {timeout_s:.0f} s; process group killed",
-                                duration_s=duration, stderr_tail=stderr_tail, exit_code=returncode)
+                                duration_s=duration, stderr_tail=stderr_tail, exit_code=returncode,
+                                payload=_cut_short(result_path))
         after = oom_kills()
         return classify_exit(returncode, result_path, duration, stderr_tail,
                              oom_killed=kills is not None and after is not None and after > kills)
+
+
+def _cut_short(result_path: Path) -> dict[str, Any]:
+    """What a process killed at its time had written as it went (the memory probe's points so far), or nothing."""
+    try:
+        written = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    points = written.get("points") if isinstance(written, dict) else None
+    return {"points": points} if isinstance(points, list) else {}
 
 
 def oom_kills() -> int | None:

@@ -93,10 +93,14 @@ def measure_config(pm: pluggy.PluginManager, definition: WorkloadDef, config: di
 
 
 def run_memory(pm: pluggy.PluginManager, definition: WorkloadDef, variants: list[dict[str, Any]],
-               ctx: TuneContext, compose: Compose) -> list[dict[str, Any]]:
-    """Measure every configuration in turn; one that runs out of memory is reported as such, not raised."""
-    results = []
+               ctx: TuneContext, compose: Compose,
+               measured: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """Measure every configuration in turn; one that runs out of memory is reported as such, not raised.
+    ``measured`` is given the points so far after each one, so a probe killed at its time leaves them."""
+    results: list[dict[str, Any]] = []
     for config in variants:
+        if results and measured is not None:
+            measured(results)
         try:
             results.append(measure_config(pm, definition, config, ctx, compose))
         except Exception as exc:  # noqa: BLE001 - an out-of-memory point is an answer; anything else is not

@@ -89,8 +89,10 @@ def run_trial(spec: TrialSpec, rank: bool = False) -> dict[str, Any]:
     return {"status": "ok", "metrics": metrics}
 
 
-def run_memory_spec(spec: TrialSpec, rank: bool = False) -> dict[str, Any]:
-    """Measure the peak memory of a training step under each of ``spec.variants`` (dstune.trial.memory_probe)."""
+def run_memory_spec(spec: TrialSpec, rank: bool = False, result_path: str | None = None) -> dict[str, Any]:
+    """Measure the peak memory of a training step under each of ``spec.variants`` (dstune.trial.memory_probe).
+    With ``result_path``, the points so far are written there after each one, marked as cut short, so a probe
+    killed at its time still gives them (``run_in_subprocess``); the last write, on success, replaces them."""
     from dstune.context import TuneContext
     from dstune.plugin_manager import plugin_manager
 
@@ -108,7 +110,11 @@ def run_memory_spec(spec: TrialSpec, rank: bool = False) -> dict[str, Any]:
         join_process_group(ctx)
     torch_seed(spec.seed)
     definition = select_workload(spec.workload_file, spec.workload_name)
-    return {"status": "ok", "points": run_memory(plugins.pm, definition, spec.variants, ctx, compose)}
+    def measured(points: list[dict[str, Any]]) -> None:
+        if result_path is not None:
+            write_result(result_path, {"status": "timeout", "points": points})
+
+    return {"status": "ok", "points": run_memory(plugins.pm, definition, spec.variants, ctx, compose, measured)}
 
 
 def torch_seed(seed: int) -> None:
@@ -146,7 +152,8 @@ def main(argv: list[str] | None = None, rank: bool = False) -> int:
 
             result = run_job(spec, spec_path, result_path)  # this process launches the ranks and judges them
         else:
-            result = (run_probe(spec) if spec.is_probe else run_memory_spec(spec, rank) if spec.kind == MEMORY
+            result = (run_probe(spec) if spec.is_probe else run_memory_spec(spec, rank, None if rank else result_path)
+                      if spec.kind == MEMORY
                       else run_trial(spec, rank))
     except UsageError as exc:
         write_result(result_path, {"status": "usage_error", "error": str(exc)})
