@@ -206,11 +206,68 @@ def parallel_seconds(rows: list[tuple]) -> float:
                for g2, a2, b2 in spans[i + 1:] if g1 != g2)
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The real ``dstune`` command in a subprocess."""
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "dstune", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+# What only a process of its own sees: its import path, and the fork server's start (which a run in this process
+# shares with the runs before it).  The long-lived commands get one too.
+OWN_PROCESS_ENV = ("PYTHONPATH", "DSTUNE_PRELOAD", "DSTUNE_START_METHOD")
+OWN_PROCESS_COMMANDS = ("daemon", "worker", "dashboard")
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None,
+            own_process: bool = False) -> subprocess.CompletedProcess[str]:
+    """The real ``dstune`` command, as ``python -m dstune ARGS`` run in ``cwd`` with ``env`` added.
+
+    In this test process unless ``own_process`` (or an environment or command
+    that needs one, above): its trials are forked from this process's fork
+    server, which has imported torch once for every run of the test worker.
+    Each run in a fresh process started a fork server of its own, 92 of them in
+    the suite, a quarter of its CPU time on two cores (``docs/RELIABILITY.md``).
+    """
+    if own_process or args[0] in OWN_PROCESS_COMMANDS or any(name in (env or {}) for name in OWN_PROCESS_ENV):
+        full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+        return subprocess.run([sys.executable, "-m", "dstune", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout, env=full_env)
+    return _cli_here(args, cwd, timeout, env or {})
+
+
+def _cli_here(args: tuple[str, ...], cwd: Path, timeout: float, env: dict[str, str]
+              ) -> subprocess.CompletedProcess[str]:
+    """``dstune ARGS`` in this process, its state (directory, environment, signal handlers, arguments, the error
+    console's width) put back after; a run past ``timeout`` ends the test worker with every thread's stack."""
+    import faulthandler
+    import io
+    import signal
+    import traceback
+
+    from dstune.cli import main
+    from dstune.cli.app import err_console
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd, saved_argv, saved_width = dict(os.environ), os.getcwd(), sys.argv, err_console.width
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    os.environ.update({"COLUMNS": "200", **env})
+    os.chdir(cwd)
+    sys.argv = ["dstune", *args]
+    err_console.width = 200
+    code = 0
+    faulthandler.dump_traceback_later(timeout, exit=True, file=sys.__stderr__)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except Exception:  # noqa: BLE001 - as a process would: the traceback on stderr, exit 1
+        err.write(traceback.format_exc())
+        code = 1
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        err_console.width = saved_width
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return subprocess.CompletedProcess([sys.executable, "-m", "dstune", *args], code, out.getvalue(), err.getvalue())
 
 
 def run_paced_slower_after_its_trial(tmp_path: Path) -> subprocess.CompletedProcess[str]:

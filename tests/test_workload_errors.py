@@ -142,7 +142,7 @@ def test_a_budget_shorter_than_one_trial_says_so_rather_than_blaming_errors(tmp_
             "one measurement of it.") in out and "re-measuring" not in out and "stopped early" not in out
     # A budget that ends before any trial starts says that instead.
     result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(tmp_path / "none.db"), "--budget", "1s",
-                     "--disable-plugin", "compile", cwd=tmp_path)
+                     "--disable-plugin", "compile", cwd=tmp_path, own_process=True)  # a fresh process plans for >1 s
     assert result.returncode == 0, result.stdout + result.stderr
     out = " ".join(result.stdout.split())
     assert "(stopped: budget)" in out and "Iteration 1 of paced: no trials" in out
