@@ -119,6 +119,7 @@ def measure_model(options: RunOptions, ctx: TuneContext, ctx_dict: dict[str, Any
     # Never more than half the budget: the trials and the check need the rest.
     allotted = min(max(MIN_SECONDS, min(MAX_SECONDS, BUDGET_SHARE * options.budget_s)), 0.5 * options.budget_s)
     started = time.perf_counter()
+
     def fitted(measured: list[dict[str, Any]]) -> MemoryModel:
         return build(labels, measured, memory_budget, lambda config: batch_plan(pm, config, ctx),
                      default_config(knobs), sized)
@@ -196,8 +197,8 @@ def _settle(points: list[dict[str, Any]], model: MemoryModel, fitted: Callable[[
 def _measure(configs: Sequence[Config], allotted: float, options: RunOptions, ctx: TuneContext,
              ctx_dict: dict[str, Any], env: dict[str, str]) -> tuple[list[dict[str, Any]], str | None]:
     """The probe's points of ``configs``, in one process on a GPU, one each on the CPU, within ``allotted``
-    seconds, and why it stopped short (None when every point came back).  A probe killed at its time, or one
-    that fails, keeps the points it had written (the probe writes its result after each point)."""
+    seconds, and why it stopped short (None when every point came back).  A probe killed at its time gives
+    back the points it had written (it writes them after each one); the processes before a failed one, theirs."""
     started = time.perf_counter()
     groups = [list(configs)] if ctx.is_cuda else [[c] for c in configs]
     points: list[dict[str, Any]] = []
