@@ -312,7 +312,6 @@ def test_variants_that_save_memory_are_measured_only_when_memory_is_tight(budget
         assert memory.predict({"precision": "fp32", "activation_checkpointing": True, "batch_size": 32}) is not None
 
 
-
 def test_a_probe_cut_off_at_its_time_keeps_the_points_it_measured() -> None:
     """A 336M-parameter Qwen2 on an H200 spent 80 s of a 4-minute run on its probe and got nothing: the variants
     that save memory ran out of the probe's time, and the points measured before them were dropped with them.
@@ -323,7 +322,7 @@ def test_a_probe_cut_off_at_its_time_keeps_the_points_it_measured() -> None:
 
 
 def cut_off_probe() -> Any:
-    """Run the checks above where this machine runs trials; return the workload's context."""
+    """The checks of the test above, on the device this machine's trials use; returns the workload's context."""
     from dstune.context import TuneContext
     from dstune.plugin_calls import applicable_knobs, invalid_reason
     from dstune.plugin_manager import plugin_manager

@@ -96,7 +96,8 @@ def run_memory(pm: pluggy.PluginManager, definition: WorkloadDef, variants: list
                ctx: TuneContext, compose: Compose,
                measured: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Measure every configuration in turn; one that runs out of memory is reported as such, not raised.
-    ``measured`` is given the points so far after each one, so a probe killed at its time leaves them."""
+    ``measured`` is given the points so far before each point after the first, so a probe killed at its time
+    leaves those it had; the last comes back with the result."""
     results: list[dict[str, Any]] = []
     for config in variants:
         if results and measured is not None:

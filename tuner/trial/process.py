@@ -110,10 +110,8 @@ def run_memory_spec(spec: TrialSpec, rank: bool = False, result_path: str | None
         join_process_group(ctx)
     torch_seed(spec.seed)
     definition = select_workload(spec.workload_file, spec.workload_name)
-    def measured(points: list[dict[str, Any]]) -> None:
-        if result_path is not None:
-            write_result(result_path, {"status": "timeout", "points": points})
-
+    measured = None if result_path is None else (
+        lambda points: write_result(result_path, {"status": "timeout", "points": points}))
     return {"status": "ok", "points": run_memory(plugins.pm, definition, spec.variants, ctx, compose, measured)}
 
 
