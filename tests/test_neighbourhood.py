@@ -539,3 +539,27 @@ def test_a_host_knob_whose_one_change_moved_nothing_is_not_tried_at_its_other_va
     neighbourhood = Neighbourhood((*knobs[:-1], memory), space.normalised, lambda c: c["compile"] != "off")
     neighbourhood.settled.learn([(best, 100.0), (one, 100.5)])
     assert neighbourhood._flat(memory) is None and neighbourhood._flat(threads) is not None
+
+
+def test_neighbours_beyond_reach_of_one_estimate_and_budget_are_named_on_one_line_once():
+    """A 20-s budget on the CPU refused its checklist seed, then each of six thread and optimizer neighbours on a
+    line of its own, every one "about 0:03"; ResNet-50 on an H200 refused its two autotuning compile modes alike,
+    "about 15:41" each.  Those of one estimate and one budget share a line; a later call does not repeat them."""
+    from dstune.run.neighbourhood import Candidate, LocalSearch
+
+    local = LocalSearch(Neighbourhood(KNOBS, SearchSpace(KNOBS).normalised, lambda c: c["compile"] != "off"))
+    around = [Candidate({}, (("threads", 1),), 0.1, 3.2), Candidate({}, (("threads", 2),), 0.1, 3.4),
+              Candidate({}, (("compile", "autotune"), ("threads", 2)), 0.5, 941.0),
+              Candidate({}, (("batch_size", 8),), 0.1, 2.0)]
+    said: list[str] = []
+    kept = local._within_reach(around, ceiling_s=3.0, budget_s=20.0, say=said.append)
+    assert [c.describe() for c in kept] == ["batch_size=8"]
+    assert said == [
+        "not trying threads=1; threads=2: about 0:03 each, longer than the 0:03 one trial may take within a budget "
+        "of 0:20 (50% of the time for trials: more would crowd out the search around it); --budget 1m or more would "
+        "try them",
+        "not trying compile=autotune, threads=2: about 15:41, longer than the 0:03 one trial may take within a "
+        "budget of 0:20 (50% of the time for trials: more would crowd out the search around it); --budget 32m or "
+        "more would try it"]
+    said.clear()
+    assert len(local._within_reach(around, ceiling_s=3.0, budget_s=20.0, say=said.append)) == 1 and said == []

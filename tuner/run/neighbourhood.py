@@ -501,17 +501,22 @@ class LocalSearch:
 
     def _within_reach(self, around: list[Candidate], ceiling_s: float, budget_s: float,
                       say: Callable[[str], None]) -> list[Candidate]:
-        """The candidates the budget could ever pay for; the others are said once, with the budget that would."""
-        beyond = [c for c in around if c.cost_s > ceiling_s]
-        for candidate in beyond:
-            needed = budget_s + (candidate.cost_s - ceiling_s) / MAX_TRIAL_SHARE
-            text = (f"not trying {candidate.describe()}: about {format_duration(candidate.cost_s)}, longer than the "
-                    f"{format_duration(ceiling_s)} one trial may take within a budget of {format_duration(budget_s)} "
-                    f"({MAX_TRIAL_SHARE:.0%} of the time for trials: more would crowd out the search around it); "
-                    f"--budget {budget_minutes(needed)} or more would try it")
-            if candidate.describe() not in self.told:  # once, though its estimate moves as trials teach costs
+        """The candidates the budget could ever pay for; the others are said once, with the budget that would.
+        Those of one estimate and one budget share a line: a 20-s budget on the CPU had its six thread and
+        optimizer neighbours each refused on a line of its own, every one "about 0:03"."""
+        alike: dict[tuple[str, str], list[str]] = {}
+        for candidate in around:
+            # once, though its estimate moves as trials teach costs
+            if candidate.cost_s > ceiling_s and candidate.describe() not in self.told:
                 self.told.add(candidate.describe())
-                say(text)
+                needed = budget_s + (candidate.cost_s - ceiling_s) / MAX_TRIAL_SHARE
+                key = (format_duration(candidate.cost_s), budget_minutes(needed))
+                alike.setdefault(key, []).append(candidate.describe())
+        for (cost, needed), names in alike.items():
+            say(f"not trying {'; '.join(names)}: about {cost}{' each' if len(names) > 1 else ''}, longer than the "
+                f"{format_duration(ceiling_s)} one trial may take within a budget of {format_duration(budget_s)} "
+                f"({MAX_TRIAL_SHARE:.0%} of the time for trials: more would crowd out the search around it); "
+                f"--budget {needed} or more would try {'them' if len(names) > 1 else 'it'}")
         return [c for c in around if c.cost_s <= ceiling_s]
 
     def _pin_passed_over(self, study: optuna.Study, centre: Config) -> None:
