@@ -6,6 +6,7 @@ ORACLE.json is a grid cache (``python -m benchmarks.harness oracle``), HISTORY.j
 ``dstune history --json``.  The promoted configuration is looked up among the grid's points (every knob
 equal); its samples/s, measured in the grid's session, is divided by the best point's.  The grid may be
 incomplete (a device call's limit): the ratio is then against the best point measured so far, and says so.
+The best point is the harness's (``best_point``): a compiled point whose eager twin diverged is left out.
 This is not the harness's side-by-side comparison (``python -m benchmarks.harness run``), which measures
 both again in one session; it costs no device time.
 """
@@ -18,11 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.oracle import best_point
+
 
 def place(oracle: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """Where ``config`` stands in the grid: its point, the best point, and the ratio (None where not in it)."""
     ok = [p for p in oracle["points"] if p["status"] == "ok" and p["metrics"].get("samples_per_s")]
-    best = max(ok, key=lambda p: p["metrics"]["samples_per_s"]) if ok else None
+    best = best_point(oracle["points"])
     same = next((p for p in ok if all(config.get(k) == v for k, v in p["config"].items())), None)
     ratio = (same["metrics"]["samples_per_s"] / best["metrics"]["samples_per_s"]) if same and best else None
     return {"point": same and same["label"], "samples_per_s": same and same["metrics"]["samples_per_s"],

@@ -34,6 +34,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.oracle import best_point
+
 WITHIN = 0.98  # "the answer": the best so far within 2% of the applied configuration's trial
 NOT_RUN = ("invalid", "predicted_oom")  # refused before a process started: not trials
 
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if result["budget_s"]:
             result["wall_over_budget"] = round(args.wall_s / result["budget_s"], 3)
     if args.oracle is not None:
-        best = json.loads(args.oracle.read_text())["best"]
+        best = best_point(json.loads(args.oracle.read_text())["points"])
         rate = best["metrics"]["samples_per_s"]
         result["oracle_best"] = {"label": best["label"], "samples_per_s": rate}
         if result["applied_check_median"]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness.oracle import cache_mismatch, implied_oom, measuring_order
+from benchmarks.harness.oracle import best_point, cache_mismatch, implied_oom, measuring_order, set_aside
 from benchmarks.harness.registry import WORKLOADS
 from benchmarks.harness.report import markdown, targets
 from dstune.trial.measure_settings import MeasureSettings
@@ -129,6 +129,22 @@ def test_oracle_measures_the_smaller_points_first_and_runs_none_beyond_one_out_o
     assert implied_oom(order, points[0], [{**failed, "status": "ok"}]) is None
     assert implied_oom(order, {**failed["config"], "batch_size": 32},
                        [{**failed, "implied_by": "grid 5"}]) is None
+
+
+def test_the_oracle_is_not_a_compiled_point_whose_eager_twin_diverged() -> None:
+    """The committed H200 grid of ResNet-50: fp16 went NaN eager; compiled it passed once, then failed every round."""
+    grid = json.loads((REPO / "benchmarks/results/oracle-resnet50-nvidia-h200.json").read_text())["points"]
+    best = best_point(grid)
+    assert best["config"]["precision"] == "bf16" and best["config"]["compile"] == "reduce-overhead"
+    rate = best["metrics"]["samples_per_s"]
+    faster = [p for p in grid if p["status"] == "ok" and p["metrics"]["samples_per_s"] > rate]
+    assert faster and all(p["config"]["precision"] == "fp16" and p["config"]["compile"] != "off" for p in faster)
+    notes = set_aside(grid)
+    assert len(notes) == len(faster) and all("eager twin" in n and "NaN" in n for n in notes)
+    # With the eager twins gone (never measured), the compiled fp16 point is the oracle again.
+    kept = [p for p in grid if not (p["config"]["precision"] == "fp16" and p["config"]["compile"] == "off")]
+    assert best_point(kept)["metrics"]["samples_per_s"] == max(p["metrics"]["samples_per_s"] for p in faster)
+    assert set_aside(kept) == []
 
 
 def test_oracle_cache_is_refused_for_another_driver_or_grid() -> None:

@@ -21,7 +21,7 @@ from dstune.trial.measure_settings import MeasureSettings
 
 from .arms import Arm, checklist_arm, default_arm, dstune_arm, finder_arm, run_finder
 from .compare import side_by_side
-from .oracle import run_oracle
+from .oracle import best_point, run_oracle, set_aside
 from .registry import REPO, BenchWorkload
 from .report import markdown
 from .trials import Bench, cache_env
@@ -137,9 +137,10 @@ class BenchmarkRun:
                 oracle = self._stage("oracle", lambda: run_oracle(self.bench, self.spec, self.results,
                                                                   self.shared_env, self.say,
                                                                   self.settings.reuse_oracle))
-                best = oracle.get("best")
+                best = best_point(oracle.get("points", []))  # by today's rule, for a cache or state saved before
                 arms.append(Arm("oracle", best["config"], tuning_s=oracle.get("grid_s") or 0.0,
-                                notes=[f"best of {len(oracle['points'])} grid points ({oracle['source']})"])
+                                notes=[f"best of {len(oracle['points'])} grid points ({oracle['source']})",
+                                       *set_aside(oracle["points"])])
                             if best else Arm("oracle", {}, failed="no grid point ran"))
                 continue
             record = self._stage(f"arm {name}", lambda: self._arm(name).to_dict())
