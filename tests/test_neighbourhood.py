@@ -214,6 +214,40 @@ def test_a_choice_beyond_the_budgets_reach_is_neither_a_seed_a_neighbour_nor_run
     assert ran and all(value == "off" for value, _ in ran), ran  # seeded, proposed by the sampler or not: never started
 
 
+CHEAP_COSTLY_KNOB = '''
+from dstune import Knob, hookimpl
+
+
+@hookimpl
+def dstune_knobs(ctx):
+    return [Knob("autotune", choices=("off", "exhaustive"), default="off", checklist="exhaustive",
+                 costly=("exhaustive",), cost={"exhaustive": 2.0}),
+            Knob("tidy", choices=("off", "on"), default="off", checklist="on")]  # cheap, as bf16 would be
+'''
+
+
+def test_the_sampler_too_runs_the_checklist_without_its_costly_choices_before_the_checklist(tmp_path):
+    """A 336M Qwen2 with ``--search sampler --budget 5m`` on an H200: the default trial, then the compiled checklist,
+    costed at 50 s from the default's trial, cut by the budget after 81 s; the run kept the default.  The local
+    search, which ran the checklist eager first, promoted that at 5.7x."""
+    from .conftest import installed_plugin
+
+    (tmp_path / "site").mkdir()
+    site = installed_plugin(tmp_path / "site", "cheapplug", "autotune", "cheapplug", CHEAP_COSTLY_KNOB)
+    db = tmp_path / "seeds.db"
+    result = run_cli("run", str(WORKLOADS / "paced.py"), "--db", str(db), "--search", "sampler", "--trials", "3",
+                     "--only", "autotune,tidy", "--window-time", "0.05", "--windows", "2", "--check-repeats", "2",
+                     cwd=tmp_path, env={"PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = db_rows(db, "select seed_kind, json_extract(config, '$.autotune'), json_extract(config, '$.tidy'), "
+                       "status, duration_s, json_extract(metrics, '$.expected_duration_s') from dstune_trials "
+                       "order by id")
+    assert [r[0] for r in rows] == ["default", "checklist-eager", "checklist"], rows
+    (_, eager_value, eager_tidy, eager_status, eager_s, _), (_, value, tidy, _, _, expected) = rows[1:]
+    assert (eager_value, value) == ("off", "exhaustive") and eager_tidy == tidy == "on" and eager_status == "ok"
+    assert expected == pytest.approx(2.0 * eager_s, rel=0.01)  # costed from its eager twin, as the plugin says
+
+
 def test_a_compiled_trial_is_costed_from_its_eager_twin_then_from_compiled_trials_after_the_first():
     """ResNet-50 at ``--budget 4m`` on an H200: the default trial took 8 s, the eager checklist 27 s (cuDNN
     autotuning at micro-batch 256).  Its compiled twin took 66 s.  The median eager trial times the factor said
