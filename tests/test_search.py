@@ -112,6 +112,21 @@ def test_costly_choices_wait_for_exploration_then_promote_the_best():
     assert promoted.user_attrs["dstune_seed"] == "promoted"
 
 
+def test_a_promotion_skips_a_configuration_already_measured_with_its_costly_choices():
+    """The compiled checklist runs as a seed after the eager one; promoting the eager one again would be a wasted
+    turn, so the next-best cheap configuration is promoted."""
+    space = SearchSpace(KNOBS)
+    study = _study(seed=3)
+    schedule = CostAwareSchedule(space, trials=10, budget_s=1000, explore_fraction=0.0)
+    successes = [({"batch": 32, "mode": "eager", "fixed": "only"}, 32.0),
+                 ({"batch": 32, "mode": "compiled", "fixed": "only"}, 40.0),
+                 ({"batch": 16, "mode": "eager", "fixed": "only"}, 16.0)]
+    schedule.before_ask(study, 3, elapsed_s=30, successes=successes)
+    promoted = study.ask()
+    assert space.config_from_trial(promoted) == {"batch": 16, "mode": "compiled", "fixed": "only"}
+    assert promoted.user_attrs["dstune_seed"] == "promoted"
+
+
 def test_costly_choices_are_held_back_when_the_budget_cannot_pay_for_them():
     space = SearchSpace(KNOBS)
     study = _study(seed=1)

@@ -143,7 +143,8 @@ class CostAwareSchedule:
         exploring = done < self.trials * self.explore_fraction and elapsed_s < self.budget_s * self.explore_fraction
         affordable = self.affordable(self.budget_s - elapsed_s)
         if not exploring and affordable and self.promotions < self.promote_top:
-            tried = {config_key(c) for c in self.promoted_configs}
+            # Nor one measured already: the compiled checklist is the checklist-eager seed's promotion.
+            tried = {config_key(c) for c in self.promoted_configs} | {config_key(c) for c, _ in successes}
             cheap = sorted((c for c in successes if not self.is_costly(c[0])), key=lambda c: -c[1])
             for config, _ in cheap:
                 promoted = dict(config, **{k.name: k.checklist for k in costly})
