@@ -137,10 +137,10 @@ class BenchmarkRun:
                 oracle = self._stage("oracle", lambda: run_oracle(self.bench, self.spec, self.results,
                                                                   self.shared_env, self.say,
                                                                   self.settings.reuse_oracle))
-                best = best_point(oracle.get("points", []))  # by today's rule, for a cache or state saved before
+                points = oracle.get("points", [])
+                best = best_point(points)  # by today's rule, for a cache or a saved state written before it
                 arms.append(Arm("oracle", best["config"], tuning_s=oracle.get("grid_s") or 0.0,
-                                notes=[f"best of {len(oracle['points'])} grid points ({oracle['source']})",
-                                       *set_aside(oracle["points"])])
+                                notes=[f"best of {len(points)} grid points ({oracle['source']})", *set_aside(points)])
                             if best else Arm("oracle", {}, failed="no grid point ran"))
                 continue
             record = self._stage(f"arm {name}", lambda: self._arm(name).to_dict())
