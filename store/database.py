@@ -112,10 +112,17 @@ SETUP_ATTEMPTS = 3
 
 
 def lost_setup_race(exc: Exception) -> bool:
-    """Whether ``exc`` is another process having created the same table or row first."""
+    """Whether ``exc`` is another process having created the same table or row first, or writing it now.
+
+    SQLite in WAL mode refuses at once, without waiting out the busy timeout, a
+    transaction that read before another process's write and then writes
+    itself ("database is locked"): six runs opening a fresh store together on
+    a loaded 2-core CI host met it in Optuna's version stamp.
+    """
     # PostgreSQL reports a table created meanwhile as DuplicateTable, a ProgrammingError; SQLite as OperationalError.
     return isinstance(exc, IntegrityError) or (
-        isinstance(exc, (OperationalError, ProgrammingError)) and "already exists" in str(exc))
+        isinstance(exc, (OperationalError, ProgrammingError)) and "already exists" in str(exc)) or (
+        isinstance(exc, OperationalError) and "database is locked" in str(exc))
 
 
 def first_use(setup: Callable[[], T]) -> T:

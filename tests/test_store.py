@@ -154,6 +154,27 @@ def test_runs_starting_together_share_one_workload_and_environment_row(tmp_path)
     race_six_processes(str(tmp_path / "race.db"))
 
 
+def test_a_setup_refused_by_a_concurrent_write_is_tried_again():
+    """A clean-clone CI run saw one of the six racing processes fail in Optuna's version stamp: SQLite's
+    "database is locked", which WAL mode raises at once when a reader's snapshot went stale."""
+    from sqlalchemy.exc import OperationalError
+
+    from dstune.store.database import first_use, lost_setup_race
+
+    locked = OperationalError("INSERT INTO alembic_version", {}, sqlite3.OperationalError("database is locked"))
+    assert lost_setup_race(locked)
+    assert not lost_setup_race(OperationalError("SELECT 1", {}, sqlite3.OperationalError("disk I/O error")))
+    calls = []
+
+    def setup() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise locked
+        return "done"
+
+    assert first_use(setup) == "done" and len(calls) == 2
+
+
 def test_reading_commands_and_dstune_best_never_create_a_store(tmp_path, monkeypatch, capsys):
     """In a folder with no store, `dstune.best`, `show` and `history` say where they looked; no file appears."""
     import dstune
