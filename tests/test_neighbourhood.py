@@ -504,6 +504,30 @@ def test_a_neighbour_longer_than_the_budget_could_ever_give_a_trial_is_left_out_
     assert sum("not trying compile=autotune" in line for line in said) == 1
 
 
+def test_a_search_whose_eager_seed_did_not_fit_the_time_left_stops_for_the_budget_rather_than_converging():
+    """A 20-s budget on a quicker CI host: the checklist (no compile) was not started with 2 s left for trials,
+    its neighbours were out of reach, and the run said "converged after 1 trials" with the checklist never
+    measured.  A compiled seed left unrun once its eager twin ran leaves nothing within reach unmeasured."""
+    import optuna
+
+    from dstune.run.neighbourhood import BUDGET, CONVERGED, LocalSearch
+
+    space, found = _compiled_findings(KNOBS)
+    for unrun, ending in (([], CONVERGED), (["checklist"], BUDGET)):
+        said: list[str] = []
+        local = LocalSearch(Neighbourhood(KNOBS, space.normalised, lambda c: c["compile"] != "off"),
+                            unrun_seeds=list(unrun))
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        assert local.before_ask(study, space, found, lambda c: False, said.append, 100.0, 300.0, available_s=150.0,
+                                ceiling_s=100.0) == ending
+        why = ("no neighbour of the best configuration is left{}, and a sampler trial with its costly choices (about "
+               "0:30) would take more than the 0:15 left of the 5% of the budget the sampler's trials may take")
+        assert said[-1] == ("stopping the trials after 6 trials, 1:40 of 5:00 used, with the seed(s) the time left "
+                            "did not pay for not run (checklist; the budget that would run them is above): "
+                            + why.format(" within this budget's reach") if unrun else
+                            "converged after 6 trials, 1:40 of 5:00 used: " + why.format(""))
+
+
 def test_the_sampler_gets_no_turn_when_one_at_the_bests_compile_would_outgrow_its_share_of_the_budget():
     """ResNet-50 on the H200: after the neighbourhood, two compiled sampler guesses took 114 s of a 10-minute
     budget and found nothing.  Its turns may take SAMPLER_SHARE of the budget; a compiled trial here took 30 s,

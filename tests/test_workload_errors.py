@@ -163,11 +163,20 @@ def test_a_budget_that_ends_the_trials_before_the_seeds_ran_says_which_and_what_
     out = " ".join(result.stdout.split())
     ran = [kind for kind, in db_rows(db, "select seed_kind from dstune_trials where status = 'ok'")]
     assert ran == ["default"], (ran, out)
+    # Fewer than 2 s left for trials after the default: the trials stop, and the run names the seed not run.
     said = re.search(r"stopping the trials with 1 seed\(s\) not run \(checklist\): \d+ s were left for trials, the "
                      r"check's time kept back, and a trial of this workload has taken about 0:0\d; --budget (\d+)m or "
                      r"more would run them and the check", out)
-    assert said and int(said.group(1)) >= 1, out
-    assert "(stopped: budget)" in out
+    # A quicker host (CI's, once) leaves a few seconds: the checklist is not started, said so, and the neighbours
+    # are out of reach; the search stops for the budget, not "converged" with the checklist never measured.
+    skipped = re.search(r"not starting the checklist seed: about 0:0\d, longer than the 0:0\d left for trials, the "
+                        r"check's time kept back; --budget (\d+)m or more would run it", out)
+    assert bool(said) != bool(skipped), out
+    assert int((said or skipped).group(1)) >= 1, out
+    if skipped:
+        assert re.search(r"stopping the trials after 1 trials, 0:\d\d of 0:20 used, with the seed\(s\) the time left "
+                         r"did not pay for not run \(checklist; the budget that would run them is above\)", out), out
+    assert "(stopped: budget)" in out and "converged" not in out, out
 
 
 @pytest.mark.slow

@@ -337,7 +337,7 @@ class TrialPool:
             setup.reporter.message(self.local.converged(
                 self.found.finished, self.elapsed(), setup.options.budget_s,
                 "the sampler proposes only configurations measured already or beyond the budget's reach"))
-            return CONVERGED
+            return self.local.ending
         setup.reporter.message("every configuration the search proposes has been measured already: stopping")
         return "exhausted"
 
@@ -366,6 +366,8 @@ class TrialPool:
             return False
         setup.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         costly = ", ".join(f"{name}={value}" for name, value in costly_choices(setup.space.knobs, config))
+        if self.local is not None and not costly:  # its eager choices unmeasured: the search cannot converge
+            self.local.unrun_seeds.append(seed_kind)
         needed = self.elapsed() + cost + setup.budget.check_reserve(self.found.best_key)
         setup.reporter.message(
             f"not starting the {seed_kind} seed{f' ({costly})' if costly else ''}: about {format_duration(cost)}, "
