@@ -38,20 +38,27 @@ def _choices(ctx: TuneContext) -> tuple[str, ...]:
     return ("fp32", "bf16") if ctx.bf16_supported else ("fp32",)
 
 
-@hookimpl
-def dstune_model_facts(model: Any, workload: Any, ctx: TuneContext) -> dict[str, Any]:
-    if ctx.is_cuda:
-        return {}
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX)."""
     import torch
 
     # Private probes, present since torch 2.0; a torch without them is taken to have neither.
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return {CPU_BF16: any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)}
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+@hookimpl
+def dstune_model_facts(model: Any, workload: Any, ctx: TuneContext) -> dict[str, Any]:
+    return {} if ctx.is_cuda else {CPU_BF16: _cpu_has_bf16()}
 
 
 def _fast(precision: str, ctx: TuneContext) -> bool:
-    """Whether ``precision`` runs at the device's speed, not emulated: a CPU's bf16 needs its instructions."""
-    return ctx.is_cuda or precision != "bf16" or bool(ctx.facts.get(CPU_BF16))
+    """Whether ``precision`` runs at the device's speed, not emulated: a CPU's bf16 needs its instructions.  The
+    probe reports them; a context without the fact (``dstune plugins``, which builds no model) asks the CPU."""
+    if ctx.is_cuda or precision != "bf16":
+        return True
+    native = ctx.facts.get(CPU_BF16)
+    return _cpu_has_bf16() if native is None else bool(native)
 
 
 @hookimpl

@@ -161,6 +161,8 @@ def test_a_cpu_without_bf16_instructions_keeps_fp32_in_its_checklist_and_bf16_am
     for has, checklist in ((False, "fp32"), (True, "bf16")):
         knob = _knobs_in(ctx.with_updates(facts={**ctx.facts, "precision.cpu_bf16": has}))["precision"]
         assert (knob.checklist, knob.choices) == (checklist, ("fp32", "bf16"))
+    # Without the probe's fact (`dstune plugins` builds no model) the plugin asks the CPU itself.
+    assert _knobs_in(ctx.with_updates(facts={}))["precision"].checklist == ("bf16" if native else "fp32")
     # On a GPU with bf16 the CPU's instructions do not matter.
     gpu = ctx.with_updates(device="cuda", capability=(9, 0), bf16_supported=True,
                            facts={**ctx.facts, "precision.cpu_bf16": False})

@@ -337,7 +337,7 @@ class TrialPool:
         if self.repeats < MAX_REPEATS:
             return None
         if self.local is not None and self.local.exhausted_at is not None:
-            setup.reporter.message(self.local.converged(
+            setup.reporter.message(self.local.end_sentence(
                 self.found.finished, self.elapsed(), setup.options.budget_s,
                 "the sampler proposes only configurations measured already or beyond the budget's reach"))
             return self.local.ending

@@ -477,7 +477,7 @@ class LocalSearch:
         left = self.sampler_left(budget_s)
         try_s = self.neighbourhood.cost(centre, found.durations) if found.durations else 0.0
         if self.exhausted_at != where and try_s > left:
-            say(self.converged(found.finished, elapsed_s, budget_s,
+            say(self.end_sentence(found.finished, elapsed_s, budget_s,
                                f"a sampler trial with its costly choices (about {format_duration(try_s)}) would take "
                                f"more than the {format_duration(left)} left of the {SAMPLER_SHARE:.0%} of the budget "
                                "the sampler's trials may take"))
@@ -490,7 +490,7 @@ class LocalSearch:
         if self.sampler_tries < SAMPLER_PATIENCE:
             self._pin_passed_over(study, centre)
             return None
-        say(self.converged(found.finished, elapsed_s, budget_s,
+        say(self.end_sentence(found.finished, elapsed_s, budget_s,
                            f"{SAMPLER_PATIENCE} sampler trials found nothing better"))
         return self.ending
 
@@ -502,7 +502,7 @@ class LocalSearch:
         twin) leaves nothing within reach unmeasured, and the search may still converge."""
         return BUDGET if self.unrun_seeds else CONVERGED
 
-    def converged(self, trials: int, elapsed_s: float, budget_s: float, why: str) -> str:
+    def end_sentence(self, trials: int, elapsed_s: float, budget_s: float, why: str) -> str:
         """The sentence that ends the search once no neighbour of the best is left and ``why`` the sampler found
         nothing better; not "converged" when an eager seed did not run for want of time (a 20-s budget on a quick
         CI host skipped its checklist with 2 s left for trials, then called the default alone converged)."""
