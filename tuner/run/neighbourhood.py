@@ -478,9 +478,9 @@ class LocalSearch:
         try_s = self.neighbourhood.cost(centre, found.durations) if found.durations else 0.0
         if self.exhausted_at != where and try_s > left:
             say(self.end_sentence(found.finished, elapsed_s, budget_s,
-                               f"a sampler trial with its costly choices (about {format_duration(try_s)}) would take "
-                               f"more than the {format_duration(left)} left of the {SAMPLER_SHARE:.0%} of the budget "
-                               "the sampler's trials may take"))
+                                  f"a sampler trial with its costly choices (about {format_duration(try_s)}) would "
+                                  f"take more than the {format_duration(left)} left of the {SAMPLER_SHARE:.0%} of the "
+                                  "budget the sampler's trials may take"))
             return self.ending
         if self.exhausted_at != where:
             self.exhausted_at, self.sampler_tries = where, 0
@@ -491,7 +491,7 @@ class LocalSearch:
             self._pin_passed_over(study, centre)
             return None
         say(self.end_sentence(found.finished, elapsed_s, budget_s,
-                           f"{SAMPLER_PATIENCE} sampler trials found nothing better"))
+                              f"{SAMPLER_PATIENCE} sampler trials found nothing better"))
         return self.ending
 
     @property
